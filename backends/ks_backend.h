@@ -1,0 +1,91 @@
+/*
+ * The key store backend table. INTERNAL: only files in backends/ (and the
+ * keystore test suite) include this header. Everything else uses the ks_*
+ * functions of include/keystore.h.
+ *
+ * A backend is one `static const struct ks_backend` filled with designated
+ * initializers, listed in ks_backends[] (backends/registry.c). Every open
+ * store begins with `struct ks_store base;` whose `be` points at its
+ * backend's table, so the dispatchers in registry.c can find the slot.
+ * Each backend has one downcast helper that aborts when `be` is not its own
+ * table.
+ *
+ * Rules for every slot: return 0 or a negative KS_E* code, never a native
+ * one (SQLITE_*, MDB_*); write detail for the log into err (may be NULL);
+ * never keep a pointer into the caller's buffers after returning; copy data
+ * out of the library before its statement or transaction ends.
+ */
+#ifndef JWKS_KS_BACKEND_H
+#define JWKS_KS_BACKEND_H
+
+#include <stdlib.h>
+
+#include "keystore.h"
+
+/* The base every backend's store struct embeds as its first member. */
+struct ks_store {
+	const struct ks_backend *be;
+};
+
+struct ks_backend {
+	/* The name users pass to --backend. Mandatory. */
+	const char *name;
+
+	/* The store file used when ks_options.path is NULL. Mandatory. */
+	const char *default_path;
+
+	/*
+	 * Mandatory. Open or create the store described by opts (path already
+	 * resolved, never NULL). Creates the schema on first use, files with
+	 * mode 0600. On success sets *out to a new store whose base.be is this
+	 * table. Called once per store; the store may then be used from
+	 * several threads until close.
+	 */
+	int (*open)(struct ks_store **out, const struct ks_options *opts,
+		    struct ks_err *err);
+
+	/* Mandatory. Release everything open() acquired. store is not NULL. */
+	void (*close)(struct ks_store *store);
+
+	/* Mandatory. See ks_put() in keystore.h. */
+	int (*put)(struct ks_store *store, const unsigned char *blob,
+		   size_t blob_len, int64_t exp, int64_t *kid_out,
+		   struct ks_err *err);
+
+	/* Mandatory. See ks_import(). */
+	int (*import)(struct ks_store *store, const struct ks_record *rec,
+		      struct ks_err *err);
+
+	/*
+	 * Mandatory. See ks_get(). The blob in *out is allocated with
+	 * malloc() and released by ks_record_release().
+	 */
+	int (*get)(struct ks_store *store, int64_t kid, struct ks_record *out,
+		   struct ks_err *err);
+
+	/* Mandatory. See ks_list(). */
+	int (*list)(struct ks_store *store, int64_t exp_after,
+		    int64_t exp_until, ks_list_fn fn, void *arg,
+		    struct ks_err *err);
+
+	/*
+	 * Optional (NULL: ks_version() returns KS_EUNSUPPORTED). A cheap
+	 * counter that changes when any process changed the store.
+	 */
+	int (*version)(struct ks_store *store, uint64_t *out,
+		       struct ks_err *err);
+
+	/* Optional (NULL: ks_check() returns KS_EUNSUPPORTED). */
+	int (*check)(struct ks_store *store, struct ks_err *err);
+};
+
+/* Abort with a message: a programmer error, never a runtime condition. */
+#define KS_BUG(...)                                                  \
+	do {                                                         \
+		fprintf(stderr, "BUG: %s:%d: ", __FILE__, __LINE__); \
+		fprintf(stderr, __VA_ARGS__);                        \
+		fputc('\n', stderr);                                 \
+		abort();                                             \
+	} while (0)
+
+#endif /* JWKS_KS_BACKEND_H */

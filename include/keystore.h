@@ -1,0 +1,165 @@
+/*
+ * The key store: where jwksd keeps its signing keys.
+ *
+ * A store holds opaque records. Each record is a kid (a positive integer the
+ * store assigns, that only grows and is never reused), a blob (the private key
+ * bytes the signer produced; the store never looks inside) and an expiry
+ * (seconds since the Unix epoch). Stores know nothing about cryptography.
+ *
+ * Several implementations ("backends") are compiled in; ks_backend_find()
+ * picks one by name. Callers use only the ks_* functions below, which
+ * dispatch to the backend; they never see the backend's table or its native
+ * error codes (SQLITE_*, MDB_*), which are translated to KS_E* at the
+ * backend's edge.
+ *
+ * Thread safety: one open store may be used from several threads; each
+ * backend serializes access to its handle as it needs. Several processes may
+ * open the same store at once.
+ */
+#ifndef JWKS_KEYSTORE_H
+#define JWKS_KEYSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jwks_error.h"
+
+struct ks_backend;
+struct ks_store;
+
+/*
+ * One stored key. Filled by ks_get() and passed to ks_list() callbacks.
+ * After ks_get(), the caller owns blob and frees it with ks_record_release(),
+ * which wipes it first (it is private key material).
+ */
+struct ks_record {
+	int64_t kid;
+	unsigned char *blob;
+	size_t blob_len;
+	int64_t exp;
+};
+
+/* Wipe and free rec->blob and reset rec to empty. rec may be NULL. */
+void ks_record_release(struct ks_record *rec);
+
+/*
+ * Options for ks_open(). Start from KS_OPTIONS_INIT and set what you need.
+ *
+ * path: the store's file (or directory, for backends that use one). NULL
+ *       means the backend's default name in the current directory.
+ * lmdb_map_size: the LMDB map size in bytes (ignored by other backends).
+ * max_readers: the number of threads that may read at once (LMDB sizes its
+ *       reader table from it; ignored by other backends).
+ * busy_timeout_ms: how long a write waits for another process's lock.
+ */
+struct ks_options {
+	const char *path;
+	size_t lmdb_map_size;
+	unsigned max_readers;
+	int busy_timeout_ms;
+};
+
+#define KS_OPTIONS_INIT                                          \
+	{                                                        \
+		.path = NULL, .lmdb_map_size = (size_t)64 << 20, \
+		.max_readers = 126, .busy_timeout_ms = 5000,     \
+	}
+
+/*
+ * The compiled-in backends, NULL-terminated; the first is the default.
+ * Ownership: borrowed (static storage).
+ */
+extern const struct ks_backend *const ks_backends[];
+
+/*
+ * The backend called name, or the default backend when name is NULL.
+ * Returns NULL for an unknown name (list ks_backends[] for the valid ones).
+ */
+const struct ks_backend *ks_backend_find(const char *name);
+
+/* The backend's name ("sqlite"). Ownership: borrowed. */
+const char *ks_backend_name(const struct ks_backend *be);
+
+/* The file name the backend uses when ks_options.path is NULL. */
+const char *ks_backend_default_path(const struct ks_backend *be);
+
+/*
+ * Open (creating if needed) the store at opts->path with backend be.
+ * A new store's files are created readable and writable by their owner
+ * only (0600). On success *out is an open store the caller closes with
+ * ks_close(); on failure *out is NULL.
+ *
+ * Returns 0, KS_EACCES (no permission for the file or its directory),
+ * KS_ECORRUPT (not a store of this backend, or damaged), KS_EIO otherwise.
+ * Aborts if be has a NULL mandatory slot (a programmer error).
+ */
+int ks_open(struct ks_store **out, const struct ks_backend *be,
+	    const struct ks_options *opts, struct ks_err *err);
+
+/* Close the store and free it. store may be NULL. */
+void ks_close(struct ks_store *store);
+
+/* The backend an open store uses. Ownership: borrowed. */
+const struct ks_backend *ks_store_backend(const struct ks_store *store);
+
+/*
+ * Add a new key: the store assigns the kid, greater than every kid it ever
+ * assigned, and writes the record durably before returning. *kid_out (may
+ * be NULL) receives it.
+ *
+ * Returns 0, KS_ENOSPC (disk or map full), KS_EBUSY (another process held
+ * the write lock past the busy timeout), KS_EACCES (read-only store), KS_EIO.
+ */
+int ks_put(struct ks_store *store, const unsigned char *blob, size_t blob_len,
+	   int64_t exp, int64_t *kid_out, struct ks_err *err);
+
+/*
+ * Add a record with a given kid, as it is (used to copy keys between stores
+ * without changing a kid). Later ks_put() calls assign kids above it.
+ *
+ * Returns 0, KS_EEXISTS (that kid is taken), KS_EINVAL (kid < 1) or the
+ * errors of ks_put().
+ */
+int ks_import(struct ks_store *store, const struct ks_record *rec,
+	      struct ks_err *err);
+
+/*
+ * Read the record with this kid into *out, which the caller releases with
+ * ks_record_release(). Returns 0, KS_ENOTFOUND, KS_EIO.
+ */
+int ks_get(struct ks_store *store, int64_t kid, struct ks_record *out,
+	   struct ks_err *err);
+
+/*
+ * Called once per record by ks_list(). rec and its blob are borrowed and
+ * valid only during the call: copy what you keep. Return 0 to go on, any
+ * other value to stop the walk (ks_list() then returns that value).
+ */
+typedef int (*ks_list_fn)(const struct ks_record *rec, void *arg);
+
+/*
+ * Call fn for every record whose expiry is in (exp_after, exp_until], in
+ * increasing kid order. Use INT64_MIN and INT64_MAX for all records.
+ *
+ * Returns 0, fn's non-zero value, KS_EIO.
+ */
+int ks_list(struct ks_store *store, int64_t exp_after, int64_t exp_until,
+	    ks_list_fn fn, void *arg, struct ks_err *err);
+
+/*
+ * A counter that changes whenever the store has changed, by this process or
+ * another, since the last call. Cheap: no record is read. Callers compare
+ * successive values; the numbers mean nothing else.
+ *
+ * Returns 0, KS_EUNSUPPORTED (the backend cannot tell: poll by re-reading),
+ * KS_EIO.
+ */
+int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err);
+
+/*
+ * Check the store's own consistency (SQLite's integrity_check, ...).
+ * Returns 0, KS_ECORRUPT, KS_EUNSUPPORTED, KS_EIO.
+ */
+int ks_check(struct ks_store *store, struct ks_err *err);
+
+#endif /* JWKS_KEYSTORE_H */
