@@ -1,12 +1,13 @@
 /*
- * The key store backend table. INTERNAL: only files in backends/ (and the
- * keystore test suite) include this header. Everything else uses the ks_*
- * functions of include/keystore.h.
+ * The key store backend table. INTERNAL: only files in backends/ include
+ * this header (the include_boundaries test enforces it). Everything else
+ * uses the ks_* functions of include/keystore.h.
  *
- * A backend is one `static const struct ks_backend` filled with designated
- * initializers, listed in ks_backends[] (backends/registry.c). Every open
- * store begins with `struct ks_store base;` whose `be` points at its
- * backend's table, so the dispatchers in registry.c can find the slot.
+ * A backend is one `const struct ks_backend` filled with designated
+ * initializers, declared below and listed in ks_backends[]
+ * (backends/registry.c). Every open store begins with `struct ks_store
+ * base;` whose `be` points at its backend's table, so the dispatchers in
+ * registry.c can find the slot.
  * Each backend has one downcast helper that aborts when `be` is not its own
  * table.
  *
@@ -78,6 +79,11 @@ struct ks_backend {
 	/* Optional (NULL: ks_check() returns KS_EUNSUPPORTED). */
 	int (*check)(struct ks_store *store, struct ks_err *err);
 };
+
+extern const struct ks_backend ks_backend_sqlite;
+#if defined(JWKS_WITH_LMDB) && JWKS_WITH_LMDB
+extern const struct ks_backend ks_backend_lmdb;
+#endif
 
 /* Abort with a message: a programmer error, never a runtime condition. */
 #define KS_BUG(...)                                                  \

@@ -1,0 +1,202 @@
+/*
+ * The compiled-in key store backends and the ks_* dispatchers of keystore.h.
+ */
+#define _DEFAULT_SOURCE
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "ks_backend.h"
+
+const struct ks_backend *const ks_backends[] = {
+	&ks_backend_sqlite,
+#if defined(JWKS_WITH_LMDB) && JWKS_WITH_LMDB
+	&ks_backend_lmdb,
+#endif
+	NULL,
+};
+
+/*
+ * Refuse a table with a NULL mandatory slot, as git_refdb_set_backend()
+ * does: that is a programmer error, found on the first use of the table.
+ */
+static void ks_backend_validate(const struct ks_backend *be)
+{
+	const char *name = be->name ? be->name : "(unnamed)";
+
+#define KS__REQUIRE(slot)                                                 \
+	do {                                                              \
+		if (!be->slot)                                            \
+			KS_BUG("backend '%s' has no mandatory slot '%s'", \
+			       name, #slot);                              \
+	} while (0)
+	KS__REQUIRE(name);
+	KS__REQUIRE(default_path);
+	KS__REQUIRE(open);
+	KS__REQUIRE(close);
+	KS__REQUIRE(put);
+	KS__REQUIRE(import);
+	KS__REQUIRE(get);
+	KS__REQUIRE(list);
+#undef KS__REQUIRE
+}
+
+const struct ks_backend *ks_backend_find(const char *name)
+{
+	const struct ks_backend *const *be;
+
+	for (be = ks_backends; *be; be++) {
+		ks_backend_validate(*be);
+		if (!name || strcmp((*be)->name, name) == 0)
+			return *be;
+	}
+	return NULL;
+}
+
+const char *ks_backend_name(const struct ks_backend *be)
+{
+	return be ? be->name : NULL;
+}
+
+const char *ks_backend_default_path(const struct ks_backend *be)
+{
+	return be ? be->default_path : NULL;
+}
+
+void ks_record_release(struct ks_record *rec)
+{
+	if (!rec)
+		return;
+	if (rec->blob) {
+		explicit_bzero(rec->blob, rec->blob_len);
+		free(rec->blob);
+	}
+	memset(rec, 0, sizeof(*rec));
+}
+
+int ks_open(struct ks_store **out, const struct ks_backend *be,
+	    const struct ks_options *opts, struct ks_err *err)
+{
+	struct ks_options resolved;
+	int rc;
+
+	if (!out)
+		return ks_err_set(err, KS_EINVAL, "ks_open: out is NULL");
+	*out = NULL;
+	if (!be)
+		return ks_err_set(err, KS_EINVAL, "ks_open: backend is NULL");
+	ks_backend_validate(be);
+	if (!opts)
+		return ks_err_set(err, KS_EINVAL, "ks_open: options are NULL");
+	if (opts->path && !opts->path[0])
+		return ks_err_set(err, KS_EINVAL, "ks_open: path is empty");
+	if (opts->busy_timeout_ms < 0)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_open: busy_timeout_ms %d is negative",
+				  opts->busy_timeout_ms);
+
+	resolved = *opts;
+	if (!resolved.path)
+		resolved.path = be->default_path;
+	rc = be->open(out, &resolved, err);
+	if (rc == 0 && (!*out || (*out)->be != be))
+		KS_BUG("backend '%s' opened a store of another table",
+		       be->name);
+	if (rc > 0)
+		KS_BUG("backend '%s' open returned %d", be->name, rc);
+	if (rc != 0 && *out)
+		KS_BUG("backend '%s' failed to open but set *out", be->name);
+	return rc;
+}
+
+void ks_close(struct ks_store *store)
+{
+	if (store)
+		store->be->close(store);
+}
+
+const struct ks_backend *ks_store_backend(const struct ks_store *store)
+{
+	return store ? store->be : NULL;
+}
+
+int ks_put(struct ks_store *store, const unsigned char *blob, size_t blob_len,
+	   int64_t exp, int64_t *kid_out, struct ks_err *err)
+{
+	if (kid_out)
+		*kid_out = 0;
+	if (!store)
+		return ks_err_set(err, KS_EINVAL, "ks_put: store is NULL");
+	if (!blob || !blob_len)
+		return ks_err_set(err, KS_EINVAL, "ks_put: blob is empty");
+	return store->be->put(store, blob, blob_len, exp, kid_out, err);
+}
+
+int ks_import(struct ks_store *store, const struct ks_record *rec,
+	      struct ks_err *err)
+{
+	if (!store || !rec)
+		return ks_err_set(err, KS_EINVAL, "ks_import: %s is NULL",
+				  store ? "record" : "store");
+	if (rec->kid < 1)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_import: kid %lld is not positive",
+				  (long long)rec->kid);
+	if (!rec->blob || !rec->blob_len)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_import: kid %lld has an empty blob",
+				  (long long)rec->kid);
+	return store->be->import(store, rec, err);
+}
+
+int ks_get(struct ks_store *store, int64_t kid, struct ks_record *out,
+	   struct ks_err *err)
+{
+	if (out)
+		memset(out, 0, sizeof(*out));
+	if (!store || !out)
+		return ks_err_set(err, KS_EINVAL, "ks_get: %s is NULL",
+				  store ? "out" : "store");
+	if (kid < 1)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_get: kid %lld not found", (long long)kid);
+	return store->be->get(store, kid, out, err);
+}
+
+int ks_list(struct ks_store *store, int64_t exp_after, int64_t exp_until,
+	    ks_list_fn fn, void *arg, struct ks_err *err)
+{
+	if (!store || !fn)
+		return ks_err_set(err, KS_EINVAL, "ks_list: %s is NULL",
+				  store ? "callback" : "store");
+	if (exp_after > exp_until)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_list: exp_after %lld > exp_until %lld",
+				  (long long)exp_after, (long long)exp_until);
+	return store->be->list(store, exp_after, exp_until, fn, arg, err);
+}
+
+int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err)
+{
+	if (out)
+		*out = 0;
+	if (!store || !out)
+		return ks_err_set(err, KS_EINVAL, "ks_version: %s is NULL",
+				  store ? "out" : "store");
+	if (!store->be->version)
+		return ks_err_set(err, KS_EUNSUPPORTED,
+				  "ks_version: backend '%s' has no version",
+				  store->be->name);
+	return store->be->version(store, out, err);
+}
+
+int ks_check(struct ks_store *store, struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL, "ks_check: store is NULL");
+	if (!store->be->check)
+		return ks_err_set(err, KS_EUNSUPPORTED,
+				  "ks_check: backend '%s' has no check",
+				  store->be->name);
+	return store->be->check(store, err);
+}

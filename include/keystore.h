@@ -132,7 +132,8 @@ int ks_get(struct ks_store *store, int64_t kid, struct ks_record *out,
 
 /*
  * Called once per record by ks_list(). rec and its blob are borrowed and
- * valid only during the call: copy what you keep. Return 0 to go on, any
+ * valid only during the call: copy what you keep. The callback must not
+ * call back into the same store. Return 0 to go on, any
  * other value to stop the walk (ks_list() then returns that value).
  */
 typedef int (*ks_list_fn)(const struct ks_record *rec, void *arg);
@@ -148,8 +149,9 @@ int ks_list(struct ks_store *store, int64_t exp_after, int64_t exp_until,
 
 /*
  * A counter that changes whenever the store has changed, by this process or
- * another, since the last call. Cheap: no record is read. Callers compare
- * successive values; the numbers mean nothing else.
+ * another, since the last call, and stays the same when it has not. Cheap:
+ * no record is read. Callers compare successive values; the numbers mean
+ * nothing else.
  *
  * Returns 0, KS_EUNSUPPORTED (the backend cannot tell: poll by re-reading),
  * KS_EIO.

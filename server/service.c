@@ -1,0 +1,808 @@
+/*
+ * The issuer: loads keys from the store, keeps the published snapshot,
+ * signs tokens. See include/service.h for the contract.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "service.h"
+#include "signer.h"
+
+/*
+ * One parsed key. Entries are created once and live until the service is
+ * freed, so snapshots may point at them without counting references.
+ */
+struct svc_key {
+	int64_t kid;
+	int64_t exp;
+	uint64_t seen_gen; /* the store listing that last contained it */
+	struct signer_key *key;
+	char *header_b64; /* b64url of the JWS header, ready to sign */
+	size_t header_len;
+	struct svc_key *next;
+};
+
+/* What requests read. Immutable once published. */
+struct svc_snapshot {
+	atomic_uint refs;
+	int64_t valid_until; /* the earliest expiry among published keys */
+	const struct svc_key *signing;
+	char *body;
+	size_t body_len;
+	char etag[24];
+};
+
+struct jwks_service {
+	struct ks_store *store;
+	struct jwks_service_options opts;
+
+	/* snap_lock guards cur, expired and ready; held only for a swap. */
+	pthread_mutex_t snap_lock;
+	pthread_cond_t ready_cond;
+	struct svc_snapshot *cur;
+	const struct svc_key *expired; /* cached for ?expired=true, or NULL */
+
+	/* work_lock guards keys, gen, version and every store access. */
+	pthread_mutex_t work_lock;
+	struct svc_key *keys;
+	uint64_t gen;
+	uint64_t version;
+	int have_version;
+	int64_t next_keygen_try;
+
+	pthread_mutex_t stop_lock;
+	pthread_cond_t stop_cond;
+	int stopping;
+	int thread_started;
+	pthread_t thread;
+};
+
+static int64_t svc_now(const struct jwks_service *svc)
+{
+	if (svc->opts.clock)
+		return svc->opts.clock(svc->opts.clock_arg);
+	return (int64_t)time(NULL);
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void
+svc_log(const struct jwks_service *svc, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (svc->opts.log)
+		svc->opts.log(svc->opts.log_arg, line);
+	else
+		fprintf(stderr, "jwksd: %s\n", line);
+}
+
+static void svc_key_free(struct svc_key *k)
+{
+	if (!k)
+		return;
+	signer_key_free(k->key);
+	free(k->header_b64);
+	free(k);
+}
+
+/*
+ * Wrap a parsed key (taking ownership of key, also on failure) in an entry
+ * with its JWS header pre-encoded.
+ */
+static int svc_key_new(struct svc_key **out, int64_t kid, int64_t exp,
+		       struct signer_key *key)
+{
+	char header[128];
+	struct svc_key *k;
+	int n;
+
+	*out = NULL;
+	n = snprintf(header, sizeof(header),
+		     "{\"alg\":\"%s\",\"typ\":\"JWT\",\"kid\":\"%" PRId64 "\"}",
+		     signer_key_alg(key), kid);
+	k = calloc(1, sizeof(*k));
+	if (!k || n < 0 || (size_t)n >= sizeof(header))
+		goto fail;
+	k->header_b64 = malloc(B64URL_ENCODED_LEN((size_t)n) + 1);
+	if (!k->header_b64)
+		goto fail;
+	k->header_len = b64url_encode(k->header_b64, header, (size_t)n);
+	k->kid = kid;
+	k->exp = exp;
+	k->key = key;
+	*out = k;
+	return 0;
+fail:
+	free(k);
+	signer_key_free(key);
+	return KS_ENOMEM;
+}
+
+static struct svc_key *svc_find_key(const struct jwks_service *svc, int64_t kid)
+{
+	struct svc_key *k;
+
+	for (k = svc->keys; k; k = k->next)
+		if (k->kid == kid)
+			return k;
+	return NULL;
+}
+
+/* Add a loaded record to the key list (work_lock held). */
+static int svc_adopt_record(struct jwks_service *svc,
+			    const struct ks_record *rec, struct svc_key **out)
+{
+	struct signer_key *key;
+	struct svc_key *k;
+	struct ks_err e;
+	int rc;
+
+	*out = NULL;
+	rc = signer_load(&key, rec->blob, rec->blob_len, &e);
+	if (rc) {
+		svc_log(svc, "key %" PRId64 " skipped: %s (%s)", rec->kid,
+			ks_strerror(rc), e.text);
+		return rc;
+	}
+	rc = svc_key_new(&k, rec->kid, rec->exp, key);
+	if (rc)
+		return rc;
+	k->next = svc->keys;
+	svc->keys = k;
+	*out = k;
+	return 0;
+}
+
+static void svc_snapshot_release(struct svc_snapshot *s)
+{
+	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+		free(s->body);
+		free(s);
+	}
+}
+
+/*
+ * The current snapshot with a reference held, waiting for the first one
+ * up to ready_timeout_ms. NULL when none was ready in time.
+ */
+static struct svc_snapshot *svc_acquire(struct jwks_service *svc)
+{
+	struct svc_snapshot *s;
+	struct timespec deadline;
+
+	pthread_mutex_lock(&svc->snap_lock);
+	if (!svc->cur) {
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_sec += svc->opts.ready_timeout_ms / 1000;
+		deadline.tv_nsec +=
+			(long)(svc->opts.ready_timeout_ms % 1000) * 1000000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
+		while (!svc->cur &&
+		       pthread_cond_timedwait(&svc->ready_cond, &svc->snap_lock,
+					      &deadline) != ETIMEDOUT)
+			;
+	}
+	s = svc->cur;
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	pthread_mutex_unlock(&svc->snap_lock);
+	return s;
+}
+
+/* Collects a signer's public members into a JSON object, allowlisted. */
+static int svc_jwk_member(const char *name, const char *value, void *arg)
+{
+	static const char *const allowed[] = {"kty", "n", "e", "crv", "x", "y"};
+	size_t i;
+
+	for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
+		if (!strcmp(name, allowed[i]))
+			return json_object_set_new((json_t *)arg, name,
+						   json_string(value))
+				       ? KS_ENOMEM
+				       : 0;
+	return 0;
+}
+
+/* One JWK: kid, kty, use, alg, then the key's own public members. */
+static json_t *svc_jwk(const struct svc_key *k)
+{
+	json_t *members = json_object(), *jwk = json_object();
+	const char *name;
+	json_t *value;
+	char kid[24];
+
+	if (!members || !jwk ||
+	    signer_public_jwk(k->key, svc_jwk_member, members) ||
+	    !json_object_get(members, "kty"))
+		goto fail;
+	snprintf(kid, sizeof(kid), "%" PRId64, k->kid);
+	if (json_object_set_new(jwk, "kid", json_string(kid)) ||
+	    json_object_set(jwk, "kty", json_object_get(members, "kty")) ||
+	    json_object_set_new(jwk, "use", json_string("sig")) ||
+	    json_object_set_new(jwk, "alg",
+				json_string(signer_key_alg(k->key))))
+		goto fail;
+	json_object_foreach(members, name, value)
+	{
+		if (strcmp(name, "kty") && json_object_set(jwk, name, value))
+			goto fail;
+	}
+	json_decref(members);
+	return jwk;
+fail:
+	json_decref(members);
+	json_decref(jwk);
+	return NULL;
+}
+
+static int svc_cmp_kid(const void *a, const void *b)
+{
+	const struct svc_key *ka = *(const struct svc_key *const *)a;
+	const struct svc_key *kb = *(const struct svc_key *const *)b;
+
+	return (ka->kid > kb->kid) - (ka->kid < kb->kid);
+}
+
+static uint64_t svc_fnv1a(const char *p, size_t n)
+{
+	uint64_t h = 14695981039346656037ULL;
+
+	while (n--) {
+		h ^= (unsigned char)*p++;
+		h *= 1099511628211ULL;
+	}
+	return h;
+}
+
+/*
+ * Build a snapshot of the keys the last store listing saw that are
+ * unexpired at now, and publish it (work_lock held).
+ */
+static int svc_rebuild(struct jwks_service *svc, int64_t now)
+{
+	struct svc_snapshot *s = NULL, *old;
+	struct svc_key **pub = NULL, *k;
+	json_t *root = NULL, *arr = NULL;
+	size_t n = 0, i;
+	int rc = KS_ENOMEM;
+
+	for (k = svc->keys; k; k = k->next)
+		n++;
+	pub = calloc(n ? n : 1, sizeof(*pub));
+	s = calloc(1, sizeof(*s));
+	root = json_object();
+	arr = json_array();
+	if (!pub || !s || !root || !arr || json_object_set(root, "keys", arr))
+		goto out;
+	n = 0;
+	for (k = svc->keys; k; k = k->next)
+		if (k->seen_gen == svc->gen && k->exp > now)
+			pub[n++] = k;
+	qsort(pub, n, sizeof(*pub), svc_cmp_kid);
+
+	s->valid_until = INT64_MAX;
+	for (i = 0; i < n; i++) {
+		if (json_array_append_new(arr, svc_jwk(pub[i])))
+			goto out;
+		if (pub[i]->exp < s->valid_until)
+			s->valid_until = pub[i]->exp;
+		if (!s->signing || pub[i]->exp >= s->signing->exp)
+			s->signing = pub[i];
+	}
+	s->body = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (!s->body)
+		goto out;
+	s->body_len = strlen(s->body);
+	snprintf(s->etag, sizeof(s->etag), "\"%016" PRIx64 "\"",
+		 svc_fnv1a(s->body, s->body_len));
+	atomic_init(&s->refs, 1);
+
+	pthread_mutex_lock(&svc->snap_lock);
+	old = svc->cur;
+	svc->cur = s;
+	svc->expired = NULL;
+	pthread_cond_broadcast(&svc->ready_cond);
+	pthread_mutex_unlock(&svc->snap_lock);
+	svc_snapshot_release(old);
+	s = NULL;
+	rc = 0;
+out:
+	if (rc)
+		svc_log(svc, "snapshot rebuild failed: %s", ks_strerror(rc));
+	if (s)
+		free(s->body);
+	free(s);
+	free(pub);
+	json_decref(arr);
+	json_decref(root);
+	return rc;
+}
+
+struct svc_load_ctx {
+	struct jwks_service *svc;
+	uint64_t gen;
+};
+
+static int svc_load_one(const struct ks_record *rec, void *arg)
+{
+	struct svc_load_ctx *ctx = arg;
+	struct svc_key *k = svc_find_key(ctx->svc, rec->kid);
+
+	if (!k && svc_adopt_record(ctx->svc, rec, &k) == KS_ENOMEM)
+		return KS_ENOMEM;
+	if (k)
+		k->seen_gen = ctx->gen;
+	return 0;
+}
+
+/*
+ * Read the store's unexpired keys, parse the ones not seen yet, and
+ * rebuild the snapshot (work_lock held). Keys that left the store leave
+ * the published set; a failed listing keeps the previous set.
+ */
+static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
+{
+	struct svc_load_ctx ctx = {svc, svc->gen + 1};
+	uint64_t version;
+	int rc, have_version;
+
+	have_version = ks_version(svc->store, &version, NULL) == 0;
+	rc = ks_list(svc->store, now, INT64_MAX, svc_load_one, &ctx, err);
+	if (rc)
+		return rc;
+	svc->gen = ctx.gen;
+	svc->have_version = have_version;
+	svc->version = version;
+	return svc->cur ? svc_rebuild(svc, now) : 0;
+}
+
+int jwks_service_new(struct jwks_service **out, struct ks_store *store,
+		     const struct jwks_service_options *opts,
+		     struct ks_err *err)
+{
+	struct jwks_service *svc;
+	int rc;
+
+	if (!out)
+		return KS_EINVAL;
+	*out = NULL;
+	if (!store || !opts || opts->token_ttl <= 0 || opts->key_ttl <= 0 ||
+	    !opts->alg || !signer_alg_supported(opts->alg) || !opts->poll_ms)
+		return ks_err_set(err, KS_EINVAL, "invalid service options");
+	svc = calloc(1, sizeof(*svc));
+	if (!svc)
+		return KS_ENOMEM;
+	svc->store = store;
+	svc->opts = *opts;
+	pthread_mutex_init(&svc->snap_lock, NULL);
+	pthread_cond_init(&svc->ready_cond, NULL);
+	pthread_mutex_init(&svc->work_lock, NULL);
+	pthread_mutex_init(&svc->stop_lock, NULL);
+	pthread_cond_init(&svc->stop_cond, NULL);
+
+	rc = svc_reload(svc, svc_now(svc), err);
+	if (rc) {
+		jwks_service_free(svc);
+		return rc;
+	}
+	*out = svc;
+	return 0;
+}
+
+struct svc_keygen {
+	const char *alg;
+	struct signer_key *key;
+	int rc;
+	struct ks_err err;
+};
+
+static void *svc_keygen_thread(void *arg)
+{
+	struct svc_keygen *g = arg;
+
+	g->rc = signer_generate(&g->key, g->alg, &g->err);
+	return NULL;
+}
+
+/* Save a generated key (ownership taken) under exp (work_lock held). */
+static int svc_store_key(struct jwks_service *svc, struct signer_key *key,
+			 int64_t exp, struct ks_err *err)
+{
+	unsigned char *blob = NULL;
+	struct svc_key *k;
+	size_t len = 0;
+	int64_t kid;
+	int rc;
+
+	rc = signer_save(key, &blob, &len, err);
+	if (!rc)
+		rc = ks_put(svc->store, blob, len, exp, &kid, err);
+	signer_blob_free(blob, len);
+	if (rc) {
+		signer_key_free(key);
+		return rc;
+	}
+	rc = svc_key_new(&k, kid, exp, key);
+	if (rc)
+		return rc;
+	k->seen_gen = svc->gen;
+	k->next = svc->keys;
+	svc->keys = k;
+	return 0;
+}
+
+/* The unexpired key that expires last, in the published set (work_lock). */
+static const struct svc_key *svc_best_key(const struct jwks_service *svc,
+					  int64_t now)
+{
+	const struct svc_key *k, *best = NULL;
+
+	for (k = svc->keys; k; k = k->next)
+		if (k->seen_gen == svc->gen && k->exp > now &&
+		    (!best || k->exp > best->exp))
+			best = k;
+	return best;
+}
+
+/* A new key is due when no key could sign a token of full lifetime. */
+static int svc_needs_key(const struct jwks_service *svc, int64_t now)
+{
+	const struct svc_key *best = svc_best_key(svc, now);
+	int64_t margin = svc->opts.token_ttl;
+
+	if (margin > svc->opts.key_ttl / 2)
+		margin = svc->opts.key_ttl / 2;
+	return !best || best->exp - now <= margin;
+}
+
+static int svc_count_one(const struct ks_record *rec, void *arg)
+{
+	(void)rec;
+	(*(size_t *)arg)++;
+	return 0;
+}
+
+static void *svc_thread_main(void *arg);
+
+int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
+		       struct ks_err *err)
+{
+	struct svc_keygen gen[2] = {{.alg = svc->opts.alg},
+				    {.alg = svc->opts.alg}};
+	pthread_t tid[2];
+	int started[2] = {0, 0};
+	size_t count = 0, want, i;
+	int64_t now;
+	int rc;
+
+	pthread_mutex_lock(&svc->work_lock);
+	now = svc_now(svc);
+	rc = ks_list(svc->store, INT64_MIN, INT64_MAX, svc_count_one, &count,
+		     err);
+	if (rc)
+		goto out;
+	/* An empty store gets an expired key too, for ?expired=true. */
+	want = (svc_best_key(svc, now) ? 0 : 1) + (count == 0 ? 1 : 0);
+	for (i = 0; i < want; i++)
+		started[i] = !pthread_create(&tid[i], NULL, svc_keygen_thread,
+					     &gen[i]);
+	for (i = 0; i < want; i++) {
+		if (started[i])
+			pthread_join(tid[i], NULL);
+		else
+			svc_keygen_thread(&gen[i]);
+	}
+	for (i = 0; i < want; i++) {
+		if (gen[i].rc) {
+			rc = ks_err_set(err, gen[i].rc, "key generation: %s",
+					gen[i].err.text);
+			goto out;
+		}
+	}
+	/* The unexpired key first, so that it gets the lower kid. */
+	for (i = 0; i < want; i++) {
+		int64_t exp = (i == 0 && !svc_best_key(svc, now))
+				      ? now + svc->opts.key_ttl
+				      : now - 3600;
+
+		rc = svc_store_key(svc, gen[i].key, exp, err);
+		gen[i].key = NULL;
+		if (rc)
+			goto out;
+		count++;
+	}
+	rc = svc_reload(svc, now, err);
+	if (!rc && !svc->cur)
+		rc = svc_rebuild(svc, now);
+	if (rc)
+		goto out;
+	if (!pthread_create(&svc->thread, NULL, svc_thread_main, svc))
+		svc->thread_started = 1;
+	else
+		svc_log(svc, "background thread not started: %s",
+			strerror(errno));
+	if (key_count_out)
+		*key_count_out = count;
+out:
+	for (i = 0; i < 2; i++)
+		signer_key_free(gen[i].key);
+	pthread_mutex_unlock(&svc->work_lock);
+	return rc;
+}
+
+/* One pass of background work (called without locks). */
+static void svc_tick(struct jwks_service *svc)
+{
+	struct signer_key *key = NULL;
+	struct ks_err e = {{0}};
+	uint64_t version;
+	int64_t now;
+	int rc, need;
+
+	pthread_mutex_lock(&svc->work_lock);
+	now = svc_now(svc);
+	rc = ks_version(svc->store, &version, &e);
+	if (rc == KS_EUNSUPPORTED ||
+	    (!rc && (!svc->have_version || version != svc->version))) {
+		rc = svc_reload(svc, now, &e);
+		if (rc)
+			svc_log(svc, "reloading keys failed: %s (%s)",
+				ks_strerror(rc), e.text);
+	} else if (rc) {
+		svc_log(svc, "checking the store failed: %s (%s)",
+			ks_strerror(rc), e.text);
+	} else if (svc->cur && now >= svc->cur->valid_until) {
+		svc_rebuild(svc, now);
+	}
+	need = svc_needs_key(svc, now) && now >= svc->next_keygen_try;
+	pthread_mutex_unlock(&svc->work_lock);
+	if (!need)
+		return;
+
+	/* Generate outside the lock: it takes a good fraction of a second. */
+	rc = signer_generate(&key, svc->opts.alg, &e);
+	pthread_mutex_lock(&svc->work_lock);
+	now = svc_now(svc);
+	if (!rc && svc_needs_key(svc, now)) {
+		rc = svc_store_key(svc, key, now + svc->opts.key_ttl, &e);
+		key = NULL;
+		if (!rc)
+			rc = svc_rebuild(svc, now);
+	}
+	if (rc) {
+		svc->next_keygen_try = now + 5;
+		svc_log(svc, "adding a new key failed: %s (%s)",
+			ks_strerror(rc), e.text);
+	}
+	pthread_mutex_unlock(&svc->work_lock);
+	signer_key_free(key);
+}
+
+static void *svc_thread_main(void *arg)
+{
+	struct jwks_service *svc = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&svc->stop_lock);
+	while (!svc->stopping) {
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)svc->opts.poll_ms * 1000000L;
+		until.tv_sec += until.tv_nsec / 1000000000L;
+		until.tv_nsec %= 1000000000L;
+		pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock,
+				       &until);
+		if (svc->stopping)
+			break;
+		pthread_mutex_unlock(&svc->stop_lock);
+		svc_tick(svc);
+		pthread_mutex_lock(&svc->stop_lock);
+	}
+	pthread_mutex_unlock(&svc->stop_lock);
+	return NULL;
+}
+
+void jwks_service_free(struct jwks_service *svc)
+{
+	struct svc_key *k, *next;
+
+	if (!svc)
+		return;
+	if (svc->thread_started) {
+		pthread_mutex_lock(&svc->stop_lock);
+		svc->stopping = 1;
+		pthread_cond_signal(&svc->stop_cond);
+		pthread_mutex_unlock(&svc->stop_lock);
+		pthread_join(svc->thread, NULL);
+	}
+	svc_snapshot_release(svc->cur);
+	for (k = svc->keys; k; k = next) {
+		next = k->next;
+		svc_key_free(k);
+	}
+	pthread_mutex_destroy(&svc->snap_lock);
+	pthread_cond_destroy(&svc->ready_cond);
+	pthread_mutex_destroy(&svc->work_lock);
+	pthread_mutex_destroy(&svc->stop_lock);
+	pthread_cond_destroy(&svc->stop_cond);
+	free(svc);
+}
+
+/*
+ * The current snapshot, rebuilt first (without touching the store) when
+ * one of its keys has expired since it was built.
+ */
+static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
+					      int64_t now)
+{
+	struct svc_snapshot *s = svc_acquire(svc);
+
+	if (s && now >= s->valid_until) {
+		svc_snapshot_release(s);
+		pthread_mutex_lock(&svc->work_lock);
+		if (svc->cur && now >= svc->cur->valid_until)
+			svc_rebuild(svc, now);
+		pthread_mutex_unlock(&svc->work_lock);
+		s = svc_acquire(svc);
+	}
+	return s;
+}
+
+static int svc_find_expired(const struct ks_record *rec, void *arg)
+{
+	struct ks_record *best = arg;
+
+	if (!best->blob || rec->exp >= best->exp) {
+		unsigned char *copy = malloc(rec->blob_len ? rec->blob_len : 1);
+
+		if (!copy)
+			return KS_ENOMEM;
+		memcpy(copy, rec->blob, rec->blob_len);
+		ks_record_release(best);
+		best->blob = copy;
+		best->blob_len = rec->blob_len;
+		best->kid = rec->kid;
+		best->exp = rec->exp;
+	}
+	return 0;
+}
+
+/*
+ * The most recently expired key: cached after the first request, read
+ * from the store (and parsed) only when the cache is empty.
+ */
+static int svc_expired_key(struct jwks_service *svc, int64_t now,
+			   const struct svc_key **out, struct ks_err *err)
+{
+	struct ks_record best = {0};
+	const struct svc_key *k;
+	struct svc_key *found;
+	int rc;
+
+	pthread_mutex_lock(&svc->snap_lock);
+	*out = svc->expired;
+	pthread_mutex_unlock(&svc->snap_lock);
+	if (*out)
+		return 0;
+
+	pthread_mutex_lock(&svc->work_lock);
+	rc = ks_list(svc->store, INT64_MIN, now, svc_find_expired, &best, err);
+	if (!rc && !best.blob)
+		rc = ks_err_set(err, KS_ENOTFOUND,
+				"the store has no expired key");
+	if (!rc) {
+		found = svc_find_key(svc, best.kid);
+		if (!found)
+			rc = svc_adopt_record(svc, &best, &found);
+		k = found;
+		if (!rc) {
+			pthread_mutex_lock(&svc->snap_lock);
+			svc->expired = k;
+			pthread_mutex_unlock(&svc->snap_lock);
+			*out = k;
+		}
+	}
+	pthread_mutex_unlock(&svc->work_lock);
+	ks_record_release(&best);
+	return rc;
+}
+
+/* header_b64 "." b64url(claims) "." b64url(signature), NUL-terminated. */
+static int svc_sign_token(const struct svc_key *k, int64_t iat, int64_t exp,
+			  char *out, size_t cap, size_t *len_out)
+{
+	unsigned char sig[SIGNER_SIG_MAX];
+	size_t sig_len = sizeof(sig), pos;
+	char claims[96];
+	int n, rc;
+
+	n = snprintf(claims, sizeof(claims),
+		     "{\"iat\":%" PRId64 ",\"exp\":%" PRId64 "}", iat, exp);
+	if (n < 0 || (size_t)n >= sizeof(claims) ||
+	    k->header_len + B64URL_ENCODED_LEN((size_t)n) +
+			    B64URL_ENCODED_LEN(sizeof(sig)) + 3 >
+		    cap)
+		return KS_EINVAL;
+	memcpy(out, k->header_b64, k->header_len);
+	pos = k->header_len;
+	out[pos++] = '.';
+	pos += b64url_encode(out + pos, claims, (size_t)n);
+	rc = signer_sign(k->key, out, pos, sig, &sig_len);
+	if (rc)
+		return rc;
+	out[pos++] = '.';
+	pos += b64url_encode(out + pos, sig, sig_len);
+	*len_out = pos;
+	return 0;
+}
+
+int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
+		       size_t cap, size_t *len_out, struct ks_err *err)
+{
+	struct svc_snapshot *s = NULL;
+	const struct svc_key *k;
+	int64_t now, iat, exp;
+	int rc;
+
+	if (!svc || !out || !len_out)
+		return KS_EINVAL;
+	*len_out = 0;
+	now = svc_now(svc);
+	if (expired) {
+		rc = svc_expired_key(svc, now, &k, err);
+		if (rc)
+			return rc;
+		exp = k->exp < now ? k->exp : now - 1;
+		iat = exp - svc->opts.token_ttl;
+	} else {
+		s = svc_acquire_fresh(svc, now);
+		if (!s || !s->signing) {
+			svc_snapshot_release(s);
+			return ks_err_set(err, KS_ENOKEY,
+					  "no unexpired signing key");
+		}
+		k = s->signing;
+		iat = now;
+		exp = now + svc->opts.token_ttl;
+		if (exp > k->exp)
+			exp = k->exp;
+	}
+	rc = svc_sign_token(k, iat, exp, out, cap, len_out);
+	if (rc)
+		ks_err_set(err, rc, "signing with key %" PRId64 " failed",
+			   k->kid);
+	svc_snapshot_release(s);
+	return rc;
+}
+
+int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg)
+{
+	struct svc_snapshot *s;
+	int rc;
+
+	if (!svc || !fn)
+		return KS_EINVAL;
+	s = svc_acquire_fresh(svc, svc_now(svc));
+	if (!s)
+		return KS_ENOKEY;
+	rc = fn(s->body, s->body_len, s->etag, arg);
+	svc_snapshot_release(s);
+	return rc;
+}

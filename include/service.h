@@ -1,0 +1,136 @@
+/*
+ * The jwksd service: token issuance, key selection and the published key set.
+ *
+ * A service sits on an open key store. It parses the unexpired keys once and
+ * keeps an immutable snapshot: the signing key, the published keys and the
+ * serialized JWKS body with its ETag. Requests read the current snapshot and
+ * never touch the store; a change (a new key, an expiry boundary, a change
+ * another process made to the store) builds a new snapshot and swaps it in,
+ * and the old one is freed when its last reader is done. Expired keys are
+ * parsed only when a token signed with one is asked for.
+ *
+ * A background thread watches the store's change counter (every poll_ms),
+ * rebuilds the snapshot when the key set changed, and adds a new key when no
+ * unexpired key has enough life left to sign a full-length token.
+ *
+ * The service is a library: any program that runs CivetWeb can register the
+ * routes on its own context with jwks_http_register(); server/main.c is one
+ * such program.
+ *
+ * Thread safety: jwks_service_issue() and jwks_service_jwks() may be called
+ * from any number of threads once jwks_service_new() has returned; they
+ * wait (up to ready_timeout_ms) until jwks_service_start() has published the
+ * first snapshot.
+ */
+#ifndef JWKS_SERVICE_H
+#define JWKS_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jwks_error.h"
+#include "keystore.h"
+
+struct jwks_service;
+struct mg_context;
+
+/* A clock: seconds since the Unix epoch. Injectable for tests. */
+typedef int64_t (*jwks_clock_fn)(void *arg);
+
+/* Where the service writes its own log lines (background work only). */
+typedef void (*jwks_log_fn)(void *arg, const char *line);
+
+/*
+ * token_ttl: lifetime of an issued token, seconds (> 0). A token's exp is
+ *       also never later than its signing key's expiry.
+ * key_ttl: lifetime of a generated key, seconds (> 0).
+ * alg: the JWS algorithm of generated keys ("RS256").
+ * poll_ms: how often the store's change counter is checked.
+ * ready_timeout_ms: how long a request waits for the first keys.
+ * clock, clock_arg: the time source; NULL means time(NULL).
+ * log, log_arg: background log lines; NULL means stderr.
+ */
+struct jwks_service_options {
+	int64_t token_ttl;
+	int64_t key_ttl;
+	const char *alg;
+	unsigned poll_ms;
+	unsigned ready_timeout_ms;
+	jwks_clock_fn clock;
+	void *clock_arg;
+	jwks_log_fn log;
+	void *log_arg;
+};
+
+#define JWKS_SERVICE_OPTIONS_INIT                                         \
+	{                                                                 \
+		.token_ttl = 3600, .key_ttl = 86400, .alg = "RS256",      \
+		.poll_ms = 250, .ready_timeout_ms = 10000, .clock = NULL, \
+		.clock_arg = NULL, .log = NULL, .log_arg = NULL,          \
+	}
+
+/*
+ * Create a service on store (borrowed: it must stay open until
+ * jwks_service_free()) and load the store's unexpired keys. Generates
+ * nothing and starts no thread. *out is the caller's, freed with
+ * jwks_service_free().
+ *
+ * Returns 0, KS_EINVAL (bad options), KS_EIO/KS_EBUSY (store read failed).
+ * A key row that cannot be parsed is skipped with a log line.
+ */
+int jwks_service_new(struct jwks_service **out, struct ks_store *store,
+		     const struct jwks_service_options *opts,
+		     struct ks_err *err);
+
+/*
+ * Make sure the store has what the service needs, publish the first
+ * snapshot and start the background thread. On an empty store it generates
+ * one unexpired and one expired key (concurrently); when no unexpired key is
+ * left it adds one. Existing keys are never changed or removed.
+ * *key_count_out (may be NULL) receives the number of keys in the store.
+ *
+ * Returns 0, or the store's error (KS_EACCES, KS_ENOSPC, KS_EBUSY, KS_EIO)
+ * or KS_ECRYPTO when a needed key could not be generated or saved.
+ */
+int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
+		       struct ks_err *err);
+
+/* Stop the background thread and free everything. svc may be NULL. */
+void jwks_service_free(struct jwks_service *svc);
+
+/*
+ * Issue a signed JWT (compact serialization) into out, capacity cap
+ * (JWKS_TOKEN_MAX suffices), NUL-terminated; *len_out is its length.
+ * expired = 0: signed with the unexpired key that expires last, exp =
+ * min(now + token_ttl, key expiry). expired = 1: signed with the most
+ * recently expired key, exp in the past.
+ *
+ * Returns 0, KS_ENOKEY (no unexpired key: the store could not be written),
+ * KS_ENOTFOUND (expired asked for and the store has no expired key),
+ * KS_EIO/KS_EBUSY (the store could not be read for an expired key),
+ * KS_ECRYPTO.
+ */
+#define JWKS_TOKEN_MAX 2048
+int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
+		       size_t cap, size_t *len_out, struct ks_err *err);
+
+/*
+ * The published key set. fn is called once with the serialized JWKS body
+ * ({"keys":[...]}) and its strong ETag (with quotes), both borrowed for the
+ * duration of the call. Returns fn's value, or KS_ENOKEY if the first
+ * snapshot was not ready in time.
+ */
+typedef int (*jwks_body_fn)(const char *body, size_t body_len, const char *etag,
+			    void *arg);
+int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg);
+
+/*
+ * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json) on a
+ * running CivetWeb context. With catch_all set, every other path answers a
+ * JSON 404 (for a program that serves nothing else). svc is borrowed and
+ * must outlive the context.
+ */
+void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
+			int catch_all);
+
+#endif /* JWKS_SERVICE_H */

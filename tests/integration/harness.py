@@ -1,0 +1,563 @@
+"""Shared helpers for the jwksd integration tests.
+
+The tests start the real jwksd binary (env JWKSD_BIN) on a free loopback port
+with a store in a fresh temporary directory, talk HTTP to it with http.client
+(or a raw socket where http.client cannot express the request), and stop it
+with SIGTERM, expecting exit code 0.
+
+Only the standard library, PyJWT (python3-jwt) and cryptography are used.
+"""
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+from jwt.algorithms import RSAAlgorithm
+
+LOOPBACK = "127.0.0.1"
+JWKS_PATH = "/.well-known/jwks.json"
+AUTH_PATH = "/auth"
+
+# The backend the generic suite runs against (one CTest entry per backend).
+BACKEND = os.environ.get("KS_TEST_BACKEND", "sqlite")
+
+# The store name each backend uses when --db is not given.
+DEFAULT_STORE_NAMES = {
+    "sqlite": "totally_not_my_privateKeys.db",
+    "lmdb": "totally_not_my_privateKeys.lmdb",
+}
+
+# Members a JWK may carry only for a private key (RFC 7518 section 6.3.2).
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi"})
+
+# The exact members every published key has.
+PUBLIC_JWK_MEMBERS = frozenset({"kid", "kty", "use", "alg", "n", "e"})
+
+# What the assignment's tools send: Basic userABC:password123.
+BASIC_AUTH = "Basic dXNlckFCQzpwYXNzd29yZDEyMw=="
+ASSIGNMENT_CREDENTIALS = {"username": "userABC", "password": "password123"}
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+HTTP_TIMEOUT = 30.0   # generous: the first request may wait for key generation
+START_TIMEOUT = 10.0  # until the server accepts TCP connections
+STOP_TIMEOUT = 10.0   # from SIGTERM to exit
+START_ATTEMPTS = 3    # a start is retried on a new port if the server exits
+CLOCK_SLACK = 2       # seconds allowed between our clock reads and the server's
+
+KID_RE = re.compile(r"[1-9][0-9]*")
+B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def jwksd_bin():
+    """The path of the jwksd binary under test."""
+    path = os.environ.get("JWKSD_BIN")
+    if not path:
+        raise RuntimeError("JWKSD_BIN is not set: point it at the built jwksd")
+    if not os.access(path, os.X_OK):
+        raise RuntimeError(f"JWKSD_BIN={path} is not an executable file")
+    return path
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def can_connect(port, timeout=0.2):
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- base64url, JWT
+
+def b64url_decode(text):
+    """Decode unpadded base64url; raises ValueError on padding or bad chars."""
+    if not isinstance(text, str) or not B64URL_RE.fullmatch(text):
+        raise ValueError(f"not unpadded base64url: {text!r}")
+    if len(text) % 4 == 1:
+        raise ValueError(f"impossible base64url length {len(text)}")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def split_jwt(token):
+    """(header, claims) of a compact JWS, parsed by hand (no verification)."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError(f"a JWS has 3 dot-separated parts, got {len(parts)}")
+    header = json.loads(b64url_decode(parts[0]))
+    claims = json.loads(b64url_decode(parts[1]))
+    b64url_decode(parts[2])
+    return header, claims
+
+
+def jwk_for_kid(jwks, kid):
+    """The PyJWK with this kid from a served key set, or None."""
+    for key in jwt.PyJWKSet.from_dict(jwks).keys:
+        if key.key_id == kid:
+            return key
+    return None
+
+
+def jwks_kids(jwks):
+    return [k.get("kid") for k in jwks.get("keys", [])]
+
+
+def rsa_public_key_from_jwk(jwk):
+    """A cryptography RSA public key built from a JWK dict."""
+    return RSAAlgorithm.from_jwk(json.dumps(jwk))
+
+
+def int_from_b64url(text):
+    return int.from_bytes(b64url_decode(text), "big")
+
+
+# ------------------------------------------------------------------- HTTP
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: list  # [(name, value)] in order received
+    body: bytes
+
+    def header(self, name):
+        """The first value of a header (case-insensitive), or None."""
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
+        return None
+
+    def header_values(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def describe(self):
+        body = self.body[:500].decode("utf-8", "replace")
+        return f"HTTP {self.status} {self.reason}, headers {self.headers}, body {body!r}"
+
+
+def http_request(port, method, path, body=None, headers=None,
+                 timeout=HTTP_TIMEOUT):
+    """One request on a new connection; returns a Response."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, resp.reason, resp.getheaders(), data)
+    finally:
+        conn.close()
+
+
+def raw_exchange(port, request_bytes, timeout=5.0):
+    """Send raw bytes and read until the server closes or goes quiet.
+
+    Returns (data, closed): closed is False when reading stopped on the
+    timeout instead of end of stream.
+    """
+    chunks = []
+    with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+        sock.sendall(request_bytes)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                return b"".join(chunks), False
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+
+
+def parse_raw_response(data):
+    """(status, [(name, value)], body bytes) of one raw HTTP/1.x response."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError(f"no end of headers in {data[:300]!r}")
+    lines = head.decode("latin-1").split("\r\n")
+    status_parts = lines[0].split(" ", 2)
+    if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/1."):
+        raise ValueError(f"bad status line {lines[0]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ValueError(f"bad header line {line!r}")
+        headers.append((name.strip(), value.strip()))
+    return int(status_parts[1]), headers, body
+
+
+def header_of(headers, name):
+    for key, value in headers:
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+# ------------------------------------------------------------------ server
+
+class Server:
+    """One jwksd process, started on a free loopback port."""
+
+    def __init__(self, workdir, db=None, backend=BACKEND, args=(), label="jwksd"):
+        self.workdir = Path(workdir)
+        self.db = None if db is None else Path(db)
+        self.backend = backend
+        self.args = list(args)
+        self.label = label
+        self.port = None
+        self.proc = None
+        self.launches = 0
+        self.stderr_path = None
+        self._files = []
+
+    # -- lifecycle
+
+    def command(self):
+        cmd = [jwksd_bin(), "--listen", f"{LOOPBACK}:{self.port}"]
+        if self.backend is not None:
+            cmd += ["--backend", self.backend]
+        if self.db is not None:
+            cmd += ["--db", str(self.db)]
+        return cmd + self.args
+
+    def launch(self):
+        """Start the process on a new free port; returns the monotonic launch time."""
+        self.port = free_port()
+        self.launches += 1
+        self.stderr_path = self.workdir / f"{self.label}-stderr-{self.launches}.log"
+        stdout_path = self.workdir / f"{self.label}-stdout-{self.launches}.log"
+        err = open(self.stderr_path, "wb")
+        out = open(stdout_path, "wb")
+        self._files += [err, out]
+        started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=err, umask=0o022)
+        return started
+
+    def start(self):
+        """Launch and wait until the port accepts connections.
+
+        If the process exits before listening (e.g. the port was taken in the
+        meantime), it is launched again on another port, up to START_ATTEMPTS
+        times. Raises AssertionError with the server's stderr otherwise.
+        """
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.launch()
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if can_connect(self.port):
+                    return self
+                time.sleep(0.02)
+            else:
+                raise AssertionError(
+                    f"jwksd did not accept connections on port {self.port} "
+                    f"within {START_TIMEOUT} s{self.context()}")
+            rc = self.proc.returncode
+            self.proc = None
+            if attempt == START_ATTEMPTS:
+                raise AssertionError(
+                    f"jwksd exited with {rc} before listening "
+                    f"(attempt {attempt}){self.context()}")
+        return self
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Signal the server and return its exit code.
+
+        Raises AssertionError if it had already exited on its own or does not
+        exit in time (it is then killed).
+        """
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"jwksd exited on its own with code {proc.returncode} "
+                    f"before it was stopped{self.context()}")
+            proc.send_signal(sig)
+            try:
+                return proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(
+                    f"jwksd did not exit within {timeout} s of signal "
+                    f"{sig!s}; killed{self.context()}") from None
+        finally:
+            self._close_files()
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+        self._close_files()
+
+    def _close_files(self):
+        for f in self._files:
+            f.close()
+        self._files = []
+
+    # -- diagnostics
+
+    def stderr_text(self):
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_bytes().decode("utf-8", "replace")
+
+    def stderr_lines(self):
+        return [line for line in self.stderr_text().splitlines() if line.strip()]
+
+    def context(self):
+        text = self.stderr_text()
+        if len(text) > 4000:
+            text = "...\n" + text[-4000:]
+        return (f"\n--- {self.label} stderr (port {self.port}, launch "
+                f"{self.launches}) ---\n{text}--- end of stderr ---")
+
+    # -- HTTP
+
+    def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
+        return http_request(self.port, method, path, body, headers, timeout)
+
+    def url(self, path):
+        return f"http://{LOOPBACK}:{self.port}{path}"
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    elapsed: float
+    listened: bool = False
+    args: list = field(default_factory=list)
+
+    def describe(self):
+        return (f"jwksd {' '.join(self.args)} -> exit {self.returncode} after "
+                f"{self.elapsed:.2f} s\n--- stdout ---\n{self.stdout}"
+                f"--- stderr ---\n{self.stderr}--- end ---")
+
+
+def run_jwksd(args, cwd, timeout=10.0, watch_port=None):
+    """Run jwksd to completion (for flags and failures that must exit).
+
+    If watch_port is given, keep trying to connect to it while the process
+    runs; RunResult.listened tells whether a connection ever succeeded.
+    A process still running after timeout is killed and reported with
+    returncode None.
+    """
+    cmd = [jwksd_bin()] + list(args)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err, umask=0o022)
+        listened = False
+        deadline = started + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            if watch_port is not None and not listened:
+                listened = can_connect(watch_port, timeout=0.05)
+            time.sleep(0.01)
+        elapsed = time.monotonic() - started
+        returncode = proc.poll()
+        if returncode is None:
+            proc.kill()
+            proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return RunResult(returncode, out.read().decode("utf-8", "replace"),
+                         err.read().decode("utf-8", "replace"), elapsed,
+                         listened, list(args))
+
+
+# --------------------------------------------------------------- test base
+
+class JwksdTestCase(unittest.TestCase):
+    """Base class: a fresh temporary directory per test, servers stopped in
+    cleanup with exit code 0 asserted, and the stderr of every server this
+    test started appended to every assertion message."""
+
+    maxDiff = 4000
+
+    def setUp(self):
+        jwksd_bin()  # fail early and clearly when the binary is missing
+        self._servers = []
+        self.tmp = self.make_tmpdir()
+
+    def make_tmpdir(self):
+        tmp = tempfile.TemporaryDirectory(prefix="jwksd-test-")
+        self.addCleanup(tmp.cleanup)
+        return Path(tmp.name)
+
+    def default_store_name(self, backend=BACKEND):
+        if backend not in DEFAULT_STORE_NAMES:
+            self.skipTest(f"no default store name known for backend {backend}")
+        return DEFAULT_STORE_NAMES[backend]
+
+    def store_path(self, directory=None, backend=BACKEND):
+        return Path(directory or self.tmp) / self.default_store_name(backend)
+
+    # -- diagnostics on failure
+
+    def _formatMessage(self, msg, standardMsg):
+        text = super()._formatMessage(msg, standardMsg)
+        for server in getattr(self, "_servers", []):
+            text += server.context()
+        return text
+
+    def failure(self, message):
+        """Fail with message plus the servers' stderr."""
+        self.fail(self._formatMessage(None, message))
+
+    # -- servers
+
+    def new_server(self, *args, db=None, backend=BACKEND, workdir=None,
+                   label="jwksd"):
+        """A Server (not yet started) whose stop is registered for cleanup.
+
+        db defaults to the backend's default store name in the test's
+        temporary directory.
+        """
+        workdir = Path(workdir or self.tmp)
+        if db is None:
+            db = self.store_path(workdir, backend)
+        server = Server(workdir, db=db, backend=backend, args=args, label=label)
+        self._servers.append(server)
+        self.addCleanup(self._stop_in_cleanup, server)
+        return server
+
+    def start_server(self, *args, **kwargs):
+        return self.new_server(*args, **kwargs).start()
+
+    def _stop_in_cleanup(self, server):
+        if server.proc is not None:
+            rc = server.stop()
+            if rc != 0:
+                raise AssertionError(
+                    f"jwksd exited with {rc} on SIGTERM, expected 0"
+                    f"{server.context()}")
+
+    def stop_server(self, server, sig=signal.SIGTERM):
+        rc = server.stop(sig)
+        self.assertEqual(rc, 0, f"jwksd must exit 0 on signal {sig!s}")
+
+    # -- HTTP with diagnostics
+
+    def request(self, server, method, path, body=None, headers=None,
+                timeout=HTTP_TIMEOUT):
+        try:
+            return server.request(method, path, body, headers, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            self.failure(f"{method} {path} failed: {exc!r}")
+
+    def post_auth(self, server, query="", body=None, headers=None):
+        """POST /auth, assert 200 JSON with a token; returns (response, token)."""
+        path = AUTH_PATH + (f"?{query}" if query else "")
+        resp = self.request(server, "POST", path, body=body, headers=headers)
+        self.assertEqual(resp.status, 200, f"POST {path}: {resp.describe()}")
+        self.assertJsonContentType(resp, f"POST {path}")
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            self.failure(f"POST {path}: body is not JSON ({exc}): {resp.describe()}")
+        self.assertIsInstance(data, dict, f"POST {path}: {resp.describe()}")
+        token = data.get("token")
+        self.assertIsInstance(token, str, f"POST {path}: no string token: {resp.describe()}")
+        return resp, token
+
+    def get_jwks(self, server):
+        """GET the JWKS, assert 200 JSON {"keys": [...]}; returns the dict."""
+        resp = self.request(server, "GET", JWKS_PATH)
+        self.assertEqual(resp.status, 200, f"GET {JWKS_PATH}: {resp.describe()}")
+        self.assertJsonContentType(resp, f"GET {JWKS_PATH}")
+        try:
+            jwks = resp.json()
+        except ValueError as exc:
+            self.failure(f"JWKS body is not JSON ({exc}): {resp.describe()}")
+        self.assertIsInstance(jwks, dict, resp.describe())
+        self.assertIsInstance(jwks.get("keys"), list, f"no keys list: {resp.describe()}")
+        return jwks
+
+    def verify_with_served_jwks(self, server, token):
+        """Verify token with PyJWT using only the key the server publishes."""
+        header = jwt.get_unverified_header(token)
+        jwks = self.get_jwks(server)
+        key = jwk_for_kid(jwks, header.get("kid"))
+        self.assertIsNotNone(
+            key, f"token kid {header.get('kid')!r} is not in the served JWKS "
+                 f"{jwks_kids(jwks)}")
+        try:
+            return jwt.decode(token, key.key, algorithms=["RS256"],
+                              options={"require": ["exp", "iat"]})
+        except jwt.PyJWTError as exc:
+            self.failure(f"token does not verify with the served JWKS: {exc!r}")
+
+    # -- assertions
+
+    def assertJsonContentType(self, resp, what=""):
+        ctype = resp.header("Content-Type") or ""
+        self.assertEqual(ctype.split(";")[0].strip().lower(), "application/json",
+                         f"{what}: Content-Type {ctype!r}: {resp.describe()}")
+
+    def assertJsonError(self, resp, status, what=""):
+        """resp has the status and a JSON body {"error": "<non-empty string>"}."""
+        self.assertEqual(resp.status, status, f"{what}: {resp.describe()}")
+        if resp.body == b"" and status >= 400:
+            self.failure(f"{what}: empty error body, want JSON {{\"error\": ...}}: "
+                         f"{resp.describe()}")
+        self.assertJsonContentType(resp, what)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            self.failure(f"{what}: error body is not JSON ({exc}): {resp.describe()}")
+        self.assertIsInstance(data, dict, f"{what}: {resp.describe()}")
+        self.assertIsInstance(data.get("error"), str, f"{what}: {resp.describe()}")
+        self.assertTrue(data["error"].strip(), f"{what}: empty error text")
+        return data
+
+    def assertTokenWellFormed(self, token, what="token"):
+        """Header {"alg":"RS256","typ":"JWT","kid":"<digits>"}, integer iat/exp.
+
+        Returns (header, claims) as parsed from the token.
+        """
+        try:
+            header, claims = split_jwt(token)
+        except ValueError as exc:
+            self.failure(f"{what} is not a compact JWS: {exc}: {token!r}")
+        self.assertEqual(set(header), {"alg", "typ", "kid"}, f"{what} header {header}")
+        self.assertEqual(header["alg"], "RS256", f"{what} header {header}")
+        self.assertEqual(header["typ"], "JWT", f"{what} header {header}")
+        self.assertIsInstance(header["kid"], str, f"{what} header {header}")
+        self.assertRegex(header["kid"], r"\A[1-9][0-9]*\Z",
+                         f"{what} kid must be a decimal integer string")
+        for claim in ("iat", "exp"):
+            self.assertIn(claim, claims, f"{what} claims {claims}")
+            self.assertIs(type(claims[claim]), int,
+                          f"{what} claim {claim} must be an integer: {claims}")
+        return header, claims

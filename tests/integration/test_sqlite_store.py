@@ -1,0 +1,379 @@
+"""jwksd with the SQLite backend: the store file as the assignment's tools see it.
+
+These tests read (and, for interop, pre-create) totally_not_my_privateKeys.db
+with Python's sqlite3 module, so the backend is pinned to sqlite.
+"""
+
+import os
+import sqlite3
+import stat
+import time
+import unittest
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from harness import (
+    AUTH_PATH, LOOPBACK, REPO_ROOT, JwksdTestCase, free_port, int_from_b64url,
+    jwk_for_kid, jwks_kids, run_jwksd,
+)
+
+BACKEND = "sqlite"
+STORE_NAME = "totally_not_my_privateKeys.db"
+PEM_HEADER = b"-----BEGIN RSA PRIVATE KEY-----"
+ASSIGNMENT_SCHEMA = ("CREATE TABLE IF NOT EXISTS keys("
+                     "kid INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "key BLOB NOT NULL, exp INTEGER NOT NULL)")
+INSERT_KEY = "INSERT INTO keys (key, exp) VALUES (?, ?)"
+
+_pem_cache = []
+
+
+def pkcs1_pem(index):
+    """The index-th RSA-2048 private key as PKCS#1 PEM (generated once per run)."""
+    while len(_pem_cache) <= index:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _pem_cache.append(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption()))
+    return _pem_cache[index]
+
+
+def as_bytes(value):
+    return value.encode("ascii") if isinstance(value, str) else bytes(value)
+
+
+def load_private(pem):
+    return serialization.load_pem_private_key(as_bytes(pem), password=None)
+
+
+def public_pem(pem):
+    return load_private(pem).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class SqliteStoreTestCase(JwksdTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.db = self.tmp / STORE_NAME
+
+    def start_sqlite(self, *args, label="jwksd"):
+        return self.start_server(*args, db=self.db, backend=BACKEND, label=label)
+
+    def connect(self, readonly=True):
+        mode = "ro" if readonly else "rwc"
+        con = sqlite3.connect(f"file:{self.db}?mode={mode}", uri=True, timeout=5)
+        self.addCleanup(con.close)
+        return con
+
+    def rows(self):
+        """[(kid, typeof(key), key as bytes, exp)] ordered by kid; the
+        connection is closed again before returning."""
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return [(kid, kind, as_bytes(key), exp) for kid, kind, key, exp in
+                    con.execute("SELECT kid, typeof(key), key, exp FROM keys ORDER BY kid")]
+        finally:
+            con.close()
+
+    def row(self, kid):
+        for row in self.rows():
+            if str(row[0]) == str(kid):
+                return row
+        self.failure(f"no row with kid {kid} in the store")
+
+    def precreate(self, keys):
+        """Create the store the way the assignment's Python does; keys is
+        [(pem bytes or str, exp)]. Returns the kids assigned."""
+        con = sqlite3.connect(self.db)
+        try:
+            con.execute(ASSIGNMENT_SCHEMA)
+            kids = [con.execute(INSERT_KEY, (pem, exp)).lastrowid for pem, exp in keys]
+            con.commit()
+        finally:
+            con.close()
+        return kids
+
+    def assertVerifiesWithPem(self, token, pem, verify_exp=True, what="token"):
+        try:
+            return jwt.decode(token, public_pem(pem), algorithms=["RS256"],
+                              options={"verify_exp": verify_exp})
+        except jwt.PyJWTError as exc:
+            self.failure(f"{what} does not verify with the stored key: {exc!r}")
+
+
+class StoreFileTests(SqliteStoreTestCase):
+
+    def test_store_file_mode_is_0600(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        self.assertTrue(self.db.exists(), f"{self.db} was not created")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path = self.db.with_name(self.db.name + suffix)
+            if path.exists():
+                with self.subTest(file=path.name, running=True):
+                    self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600,
+                                     f"{path.name} mode {oct(path.stat().st_mode)}")
+        self.stop_server(server)
+        self.assertEqual(stat.S_IMODE(self.db.stat().st_mode), 0o600)
+
+    def test_schema_is_exactly_the_assignment_schema(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        con = self.connect()
+        columns = [(name, ctype.upper(), notnull, pk) for _, name, ctype, notnull, _, pk
+                   in con.execute("PRAGMA table_info(keys)")]
+        self.assertEqual([c[0] for c in columns], ["kid", "key", "exp"],
+                         f"keys columns {columns}")
+        kid, key, exp = columns
+        self.assertEqual((kid[1], kid[3]), ("INTEGER", 1), f"kid column {kid}")
+        self.assertEqual(key, ("key", "BLOB", 1, 0), f"key column {key}")
+        self.assertEqual(exp, ("exp", "INTEGER", 1, 0), f"exp column {exp}")
+        (sql,), = con.execute("SELECT sql FROM sqlite_master "
+                              "WHERE type = 'table' AND name = 'keys'")
+        self.assertIn("AUTOINCREMENT", sql.upper(), f"keys table SQL: {sql}")
+
+    def test_wal_mode_and_a_concurrent_reader(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        con = self.connect()
+        (mode,), = con.execute("PRAGMA journal_mode")
+        self.assertEqual(mode.lower(), "wal", "the store is not in WAL mode")
+        # A second process holding a read transaction does not disturb the server.
+        con.execute("BEGIN")
+        con.execute("SELECT count(*) FROM keys").fetchall()
+        _, token = self.post_auth(server)
+        self.verify_with_served_jwks(server, token)
+        con.rollback()
+
+    def test_source_has_the_insert_statement_graders_scan_for(self):
+        source = REPO_ROOT / "backends" / "sqlite.c"
+        lines = source.read_text(errors="replace").splitlines()
+        self.assertTrue(any(INSERT_KEY in line for line in lines),
+                        f"{source} has no line containing {INSERT_KEY!r}")
+
+
+class FirstStartTests(SqliteStoreTestCase):
+
+    def test_first_start_makes_one_unexpired_and_one_expired_pkcs1_key(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        now = time.time()
+        rows = self.rows()
+        self.assertEqual(len(rows), 2, f"rows after first start: {[r[0] for r in rows]}")
+        self.assertEqual(sum(1 for r in rows if r[3] > now), 1, "unexpired keys")
+        self.assertEqual(sum(1 for r in rows if r[3] <= now), 1, "expired keys")
+        for kid, _, key, _ in rows:
+            with self.subTest(kid=kid):
+                self.assertGreater(kid, 0)
+                self.assertTrue(key.startswith(PEM_HEADER),
+                                f"key {kid} is not PKCS#1 PEM: {key[:40]!r}")
+                private = load_private(key)
+                self.assertIsInstance(private, rsa.RSAPrivateKey)
+                self.assertEqual(private.key_size, 2048)
+                self.assertEqual(private.public_key().public_numbers().e, 65537)
+
+    def test_jwks_kids_are_exactly_the_unexpired_rows(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        jwks = self.get_jwks(server)
+        now = time.time()
+        unexpired = sorted(str(r[0]) for r in self.rows() if r[3] > now)
+        self.assertEqual(sorted(jwks_kids(jwks)), unexpired)
+
+    def test_normal_token_uses_the_unexpired_row(self):
+        server = self.start_sqlite()
+        _, token = self.post_auth(server)
+        header, claims = self.assertTokenWellFormed(token)
+        kid, _, pem, key_exp = self.row(header["kid"])
+        self.assertGreater(key_exp, time.time(), "token signed with an expired row")
+        self.assertLessEqual(claims["exp"], key_exp, "token outlives its key")
+        self.assertVerifiesWithPem(token, pem)
+        numbers = load_private(pem).public_key().public_numbers()
+        jwk = next((k for k in self.get_jwks(server)["keys"] if k["kid"] == str(kid)), None)
+        self.assertIsNotNone(jwk, f"kid {kid} not in the JWKS")
+        self.assertEqual(int_from_b64url(jwk["n"]), numbers.n, "JWKS n differs from the row")
+        self.assertEqual(int_from_b64url(jwk["e"]), numbers.e, "JWKS e differs from the row")
+
+    def test_expired_token_verifies_with_the_expired_row(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        jwks = self.get_jwks(server)
+        for query in ("expired=true", "expired=1"):
+            with self.subTest(query):
+                _, token = self.post_auth(server, query=query)
+                header, claims = self.assertTokenWellFormed(token, query)
+                now = time.time()
+                self.assertLess(claims["exp"], now, f"{query}: exp not in the past")
+                kid, _, pem, key_exp = self.row(header["kid"])
+                self.assertLessEqual(key_exp, now, f"{query}: signing row is not expired")
+                self.assertNotIn(header["kid"], jwks_kids(jwks))
+                self.assertVerifiesWithPem(token, pem, verify_exp=False, what=query)
+                with self.assertRaises(jwt.ExpiredSignatureError):
+                    jwt.decode(token, public_pem(pem), algorithms=["RS256"])
+                other = next(r for r in self.rows() if r[0] != kid)
+                with self.assertRaises(jwt.InvalidSignatureError,
+                                       msg="expired token verifies with the other key"):
+                    jwt.decode(token, public_pem(other[2]), algorithms=["RS256"],
+                               options={"verify_exp": False})
+
+    def test_short_key_ttl_caps_token_exp_at_row_exp(self):
+        server = self.start_sqlite("--key-ttl", "3")
+        _, token = self.post_auth(server)
+        header, claims = self.assertTokenWellFormed(token)
+        _, _, pem, key_exp = self.row(header["kid"])
+        self.assertLessEqual(key_exp, time.time() + 3 + 1, "--key-ttl 3 not applied")
+        self.assertLessEqual(claims["exp"], key_exp,
+                             f"token exp {claims['exp']} later than key exp {key_exp}")
+        self.assertGreater(claims["exp"], time.time() - 1)
+        self.assertVerifiesWithPem(token, pem)
+
+    def test_jwks_follows_the_expiry_boundary(self):
+        server = self.start_sqlite("--key-ttl", "2")
+        self.post_auth(server)
+        unexpired = [r for r in self.rows() if r[3] > time.time()]
+        self.assertEqual(len(unexpired), 1)
+        old_kid, _, _, old_exp = unexpired[0]
+        time.sleep(max(0.0, old_exp + 1.2 - time.time()))
+        jwks = self.get_jwks(server)
+        self.assertNotIn(str(old_kid), jwks_kids(jwks), "expired key still published")
+        by_kid = {str(r[0]): r for r in self.rows()}
+        now = time.time()
+        for kid in jwks_kids(jwks):
+            self.assertIn(kid, by_kid, f"published kid {kid} is not in the store")
+            self.assertGreater(by_kid[kid][3], now, f"published kid {kid} is expired")
+        self.assertIn(str(old_kid), by_kid, "an expired key was deleted from the store")
+
+
+class RestartTests(SqliteStoreTestCase):
+
+    def test_restart_keeps_every_row_unchanged(self):
+        first = self.start_sqlite(label="first")
+        _, token = self.post_auth(first)
+        self.stop_server(first)
+        before = self.rows()
+        second = self.start_sqlite(label="second")
+        self.verify_with_served_jwks(second, token)
+        self.post_auth(second)
+        self.assertEqual(self.rows(), before, "restart changed the stored keys")
+
+    def test_start_with_only_expired_keys_adds_one(self):
+        old_exp = int(time.time()) - 600
+        (old_kid,) = self.precreate([(pkcs1_pem(0), old_exp)])
+        server = self.start_sqlite()
+        _, token = self.post_auth(server)
+        rows = self.rows()
+        self.assertEqual(rows[0], (old_kid, "blob", pkcs1_pem(0), old_exp),
+                         "the existing expired key was changed or removed")
+        self.assertEqual(len(rows), 2, f"expected one new key: {[r[0] for r in rows]}")
+        new_kid, _, new_pem, new_exp = rows[1]
+        self.assertGreater(new_kid, old_kid)
+        self.assertGreater(new_exp, time.time())
+        self.assertEqual(jwks_kids(self.get_jwks(server)), [str(new_kid)])
+        self.assertEqual(jwt.get_unverified_header(token)["kid"], str(new_kid))
+        self.assertVerifiesWithPem(token, new_pem)
+        _, expired = self.post_auth(server, query="expired=true")
+        self.assertEqual(jwt.get_unverified_header(expired)["kid"], str(old_kid))
+        self.assertVerifiesWithPem(expired, pkcs1_pem(0), verify_exp=False)
+
+
+class InteropTests(SqliteStoreTestCase):
+    """A store created by the assignment's own Python code."""
+
+    def check_precreated_store(self, as_text):
+        pem = pkcs1_pem(0)
+        value = pem.decode("ascii") if as_text else pem
+        exp = int(time.time()) + 3600
+        (kid,) = self.precreate([(value, exp)])
+        before = self.rows()
+        self.assertEqual(before[0][1], "text" if as_text else "blob")
+
+        server = self.start_sqlite()
+        jwks = self.get_jwks(server)
+        self.assertEqual(jwks_kids(jwks), [str(kid)], "the pre-created key is not published")
+        numbers = load_private(pem).public_key().public_numbers()
+        self.assertEqual(int_from_b64url(jwks["keys"][0]["n"]), numbers.n)
+        _, token = self.post_auth(server)
+        header, claims = self.assertTokenWellFormed(token)
+        self.assertEqual(header["kid"], str(kid))
+        self.assertLessEqual(claims["exp"], exp)
+        self.verify_with_served_jwks(server, token)
+        self.assertVerifiesWithPem(token, pem)
+
+        # No expired key in this store: expired=true is a JSON error, not a crash.
+        resp = self.request(server, "POST", f"{AUTH_PATH}?expired=true")
+        self.assertNotEqual(resp.status, 200, resp.describe())
+        self.assertJsonError(resp, resp.status, "expired=true with no expired key")
+        self.assertGreaterEqual(resp.status, 400)
+        self.get_jwks(server)  # still serving
+
+        self.assertEqual(self.rows(), before, "the pre-created rows were changed")
+        self.stop_server(server)
+        self.assertEqual(self.rows(), before, "the pre-created rows were changed")
+
+    def test_precreated_store_with_text_key(self):
+        self.check_precreated_store(as_text=True)
+
+    def test_precreated_store_with_blob_key(self):
+        self.check_precreated_store(as_text=False)
+
+    def test_signs_with_the_key_that_expires_last(self):
+        now = int(time.time())
+        late, early = now + 7200, now + 3600
+        kid_late, kid_early = self.precreate([(pkcs1_pem(0), late), (pkcs1_pem(1), early)])
+        server = self.start_sqlite("--token-ttl", "100000")
+        _, token = self.post_auth(server)
+        header, claims = self.assertTokenWellFormed(token)
+        self.assertEqual(header["kid"], str(kid_late),
+                         "must sign with the unexpired key that expires last")
+        self.assertLessEqual(claims["exp"], late, "token outlives its signing key")
+        self.assertGreater(claims["exp"], late - 10, "token exp should be the key's expiry")
+        self.assertVerifiesWithPem(token, pkcs1_pem(0))
+        self.assertEqual(sorted(jwks_kids(self.get_jwks(server))),
+                         sorted([str(kid_late), str(kid_early)]))
+        self.assertIsNotNone(jwk_for_kid(self.get_jwks(server), str(kid_early)))
+
+
+class FailureTests(SqliteStoreTestCase):
+
+    def run_failing(self, db, expected_rc=1):
+        port = free_port()
+        result = run_jwksd(["--listen", f"{LOOPBACK}:{port}", "--backend", BACKEND,
+                            "--db", str(db)], cwd=self.tmp, timeout=5.0, watch_port=port)
+        if result.returncode is None:
+            self.failure(f"jwksd did not exit within 5 s:\n{result.describe()}")
+        self.assertEqual(result.returncode, expected_rc, result.describe())
+        self.assertFalse(result.listened, "listened although the store is unusable")
+        self.assertIn(str(db), result.stderr, f"stderr must name the store file:\n"
+                                              f"{result.describe()}")
+        return result
+
+    def test_missing_directory_exits_1_and_creates_nothing(self):
+        missing = self.tmp / "missing"
+        self.run_failing(missing / STORE_NAME)
+        self.assertFalse(missing.exists(), "the missing directory was created")
+
+    def test_store_path_is_a_directory_exits_1(self):
+        directory = self.tmp / "a-directory.db"
+        directory.mkdir()
+        self.run_failing(directory)
+        self.assertEqual(list(directory.iterdir()), [], "wrote into the directory")
+
+    def test_random_bytes_file_exits_1_unchanged(self):
+        content = os.urandom(4096)
+        self.db.write_bytes(content)
+        self.run_failing(self.db)
+        self.assertEqual(self.db.read_bytes(), content, "the file was modified")
+
+    def test_bad_flag_exits_2_with_usage(self):
+        result = run_jwksd(["--backend", BACKEND, "--db", str(self.db), "--bogus-flag"],
+                           cwd=self.tmp, timeout=5.0)
+        self.assertEqual(result.returncode, 2, result.describe())
+        self.assertRegex(result.stderr, r"(?i)usage", result.describe())
+        self.assertFalse(self.db.exists(), "a bad flag still created the store")
+
+
+if __name__ == "__main__":
+    unittest.main()
