@@ -164,4 +164,19 @@ int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err);
  */
 int ks_check(struct ks_store *store, struct ks_err *err);
 
+/*
+ * Copy every record of src into dst (any two backends), keeping each kid,
+ * blob and expiry, so that tokens signed before a switch of backend still
+ * verify. Without merge, dst must be empty. With merge, a kid already in
+ * dst with the same blob and expiry is skipped, and one with other content
+ * stops the copy before anything is written. Nothing in dst is ever
+ * replaced or removed. *copied_out (may be NULL) receives the number of
+ * records written.
+ *
+ * Returns 0, KS_EEXISTS (dst not empty, or a conflicting kid), or the
+ * errors of ks_list() and ks_import().
+ */
+int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
+	    size_t *copied_out, struct ks_err *err);
+
 #endif /* JWKS_KEYSTORE_H */

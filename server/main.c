@@ -29,30 +29,37 @@ struct main_config {
 	long long token_ttl;
 	long long key_ttl;
 	long long threads;
+	long long lmdb_map_size;
 };
+
+static const char main_usage_text[] =
+	"usage: jwksd [--listen ADDR:PORT] [--db PATH] [--backend NAME]\n"
+	"             [--token-ttl SECONDS] [--key-ttl SECONDS] [--threads N]\n"
+	"             [--lmdb-map-size BYTES] [--help] [--version]\n"
+	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
+	"\n"
+	"  --listen ADDR:PORT     address to serve on (default "
+	"127.0.0.1:8080)\n"
+	"  --db PATH              key store (default: the backend's file in\n"
+	"                         the current directory)\n"
+	"  --backend NAME         key store backend (default sqlite)\n"
+	"  --token-ttl SECONDS    lifetime of issued tokens (default 3600)\n"
+	"  --key-ttl SECONDS      lifetime of generated keys (default 86400)\n"
+	"  --threads N            worker threads (default 16)\n"
+	"  --lmdb-map-size BYTES  LMDB map size, K/M/G suffix allowed\n"
+	"                         (default 64M)\n"
+	"\n"
+	"  copy                   copy every key with its kid and expiry from\n"
+	"                         one store to another; the destination must\n"
+	"                         be empty unless --merge is given\n"
+	"\n"
+	"backends:";
 
 static void main_usage(FILE *f)
 {
 	size_t i;
 
-	fprintf(f, "usage: jwksd [--listen ADDR:PORT] [--db PATH] [--backend "
-		   "NAME]\n"
-		   "             [--token-ttl SECONDS] [--key-ttl SECONDS] "
-		   "[--threads N]\n"
-		   "             [--help] [--version]\n"
-		   "\n"
-		   "  --listen ADDR:PORT   address to serve on (default "
-		   "127.0.0.1:8080)\n"
-		   "  --db PATH            key store (default: the backend's "
-		   "file in the current directory)\n"
-		   "  --backend NAME       key store backend (default sqlite)\n"
-		   "  --token-ttl SECONDS  lifetime of issued tokens (default "
-		   "3600)\n"
-		   "  --key-ttl SECONDS    lifetime of generated keys (default "
-		   "86400)\n"
-		   "  --threads N          worker threads (default 16)\n"
-		   "\n"
-		   "backends:");
+	fputs(main_usage_text, f);
 	for (i = 0; ks_backends[i]; i++)
 		fprintf(f, " %s (%s)", ks_backend_name(ks_backends[i]),
 			ks_backend_default_path(ks_backends[i]));
@@ -91,6 +98,31 @@ static int main_parse_int(const char *s, long long min, long long max,
 	return 0;
 }
 
+/* A byte count with an optional K, M or G suffix, in [min, max]. */
+static int main_parse_size(const char *s, long long min, long long max,
+			   long long *out)
+{
+	char *end;
+	long long v, unit = 1;
+
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || end == s || v < 0)
+		return -1;
+	if (*end == 'K' || *end == 'k')
+		unit = 1LL << 10;
+	else if (*end == 'M' || *end == 'm')
+		unit = 1LL << 20;
+	else if (*end == 'G' || *end == 'g')
+		unit = 1LL << 30;
+	if (unit > 1)
+		end++;
+	if (*end || v > max / unit || v * unit < min)
+		return -1;
+	*out = v * unit;
+	return 0;
+}
+
 /* ADDR:PORT with a non-empty address (or [v6]) and a port 0..65535. */
 static int main_valid_listen(const char *s)
 {
@@ -110,6 +142,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"token-ttl", required_argument, NULL, 't'},
 		{"key-ttl", required_argument, NULL, 'k'},
 		{"threads", required_argument, NULL, 'n'},
+		{"lmdb-map-size", required_argument, NULL, 'm'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -150,6 +183,12 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 			if (main_parse_int(optarg, 1, 1024, &cfg->threads))
 				return main_bad_usage("invalid --threads '%s'",
 						      optarg);
+			break;
+		case 'm':
+			if (main_parse_size(optarg, 1LL << 16, 1LL << 40,
+					    &cfg->lmdb_map_size))
+				return main_bad_usage(
+					"invalid --lmdb-map-size '%s'", optarg);
 			break;
 		case 'h':
 			main_usage(stdout);
@@ -235,6 +274,124 @@ static void main_bound_address(struct mg_context *ctx, const char *listen,
 		snprintf(out, len, "%s", listen);
 }
 
+/* The backend called name (NULL: the default), or exit status 2. */
+static const struct ks_backend *main_find_backend(const char *name)
+{
+	const struct ks_backend *be = ks_backend_find(name);
+	size_t i;
+
+	if (!be) {
+		fprintf(stderr,
+			"jwksd: unknown backend '%s'; valid backends:", name);
+		for (i = 0; ks_backends[i]; i++)
+			fprintf(stderr, " %s", ks_backend_name(ks_backends[i]));
+		fputc('\n', stderr);
+	}
+	return be;
+}
+
+/* Open a store, or say which file and why not. Returns 0 or 1. */
+static int main_open_store(struct ks_store **out, const struct ks_backend *be,
+			   const char *path, const struct main_config *cfg)
+{
+	struct ks_options kopts = KS_OPTIONS_INIT;
+	struct ks_err e = {{0}};
+
+	kopts.path = path ? path : ks_backend_default_path(be);
+	kopts.max_readers = (unsigned)cfg->threads + 8;
+	if (cfg->lmdb_map_size)
+		kopts.lmdb_map_size = (size_t)cfg->lmdb_map_size;
+	if (ks_open(out, be, &kopts, &e)) {
+		fprintf(stderr, "jwksd: cannot open %s store '%s': %s\n",
+			ks_backend_name(be), kopts.path, e.text);
+		return 1;
+	}
+	return 0;
+}
+
+/* NAME:PATH, split at the first colon. */
+static int main_parse_store_spec(char *spec, const struct ks_backend **be,
+				 const char **path)
+{
+	char *colon = strchr(spec, ':');
+
+	if (!colon || colon == spec || !colon[1])
+		return main_bad_usage("invalid store '%s': want NAME:PATH",
+				      spec);
+	*colon = '\0';
+	*be = main_find_backend(spec);
+	*path = colon + 1;
+	return *be ? 0 : 2;
+}
+
+/* jwksd copy --from NAME:PATH --to NAME:PATH [--merge] */
+static int main_copy(int argc, char **argv, const struct main_config *cfg)
+{
+	static const struct option opts[] = {
+		{"from", required_argument, NULL, 'f'},
+		{"to", required_argument, NULL, 't'},
+		{"merge", no_argument, NULL, 'M'},
+		{"lmdb-map-size", required_argument, NULL, 'm'},
+		{NULL, 0, NULL, 0},
+	};
+	const struct ks_backend *from_be = NULL, *to_be = NULL;
+	const char *from_path = NULL, *to_path = NULL;
+	struct ks_store *from = NULL, *to = NULL;
+	struct main_config c = *cfg;
+	struct ks_err e = {{0}};
+	int opt, rc, merge = 0;
+	size_t copied = 0;
+
+	opterr = 0;
+	optind = 1;
+	while ((opt = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
+		rc = 0;
+		if (opt == 'f')
+			rc = main_parse_store_spec(optarg, &from_be,
+						   &from_path);
+		else if (opt == 't')
+			rc = main_parse_store_spec(optarg, &to_be, &to_path);
+		else if (opt == 'M')
+			merge = 1;
+		else if (opt == 'm' &&
+			 main_parse_size(optarg, 1LL << 16, 1LL << 40,
+					 &c.lmdb_map_size))
+			rc = main_bad_usage("invalid --lmdb-map-size '%s'",
+					    optarg);
+		else if (opt == ':' || opt == '?')
+			rc = main_bad_usage("copy: bad option '%s'",
+					    argv[optind - 1]);
+		if (rc)
+			return rc;
+	}
+	if (!from_be || !to_be || optind < argc)
+		return main_bad_usage("copy needs --from NAME:PATH and "
+				      "--to NAME:PATH");
+	if (main_open_store(&from, from_be, from_path, &c))
+		return 1;
+	if (main_open_store(&to, to_be, to_path, &c)) {
+		ks_close(from);
+		return 1;
+	}
+	rc = ks_copy(to, from, merge, &copied, &e);
+	if (rc)
+		fprintf(stderr,
+			"jwksd: copy from %s '%s' to %s '%s' failed after %zu "
+			"keys: %s (%s)%s\n",
+			ks_backend_name(from_be), from_path,
+			ks_backend_name(to_be), to_path, copied,
+			ks_strerror(rc), e.text,
+			rc == KS_EEXISTS && !merge ? "; --merge adds to it"
+						   : "");
+	else
+		printf("copied %zu keys from %s '%s' to %s '%s'\n", copied,
+		       ks_backend_name(from_be), from_path,
+		       ks_backend_name(to_be), to_path);
+	ks_close(to);
+	ks_close(from);
+	return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct main_config cfg = {
@@ -244,29 +401,25 @@ int main(int argc, char **argv)
 		.threads = 16,
 	};
 	struct jwks_service_options sopts = JWKS_SERVICE_OPTIONS_INIT;
-	struct ks_options kopts = KS_OPTIONS_INIT;
 	const struct ks_backend *be;
 	struct jwks_service *svc = NULL;
 	struct ks_store *store = NULL;
 	struct mg_context *ctx = NULL;
 	struct ks_err e = {{0}};
+	const char *path;
 	char address[128];
-	size_t nkeys = 0, i;
+	size_t nkeys = 0;
 	sigset_t sigs;
 	int rc, sig, status = 1, library = 0;
 
+	if (argc > 1 && !strcmp(argv[1], "copy"))
+		return main_copy(argc - 1, argv + 1, &cfg);
 	rc = main_parse_args(argc, argv, &cfg);
 	if (rc)
 		return rc;
-	be = ks_backend_find(cfg.backend);
-	if (!be) {
-		fprintf(stderr, "jwksd: unknown backend '%s'; valid backends:",
-			cfg.backend);
-		for (i = 0; ks_backends[i]; i++)
-			fprintf(stderr, " %s", ks_backend_name(ks_backends[i]));
-		fputc('\n', stderr);
+	be = main_find_backend(cfg.backend);
+	if (!be)
 		return 2;
-	}
 
 	/* Worker threads inherit this mask; main waits for the signals. */
 	sigemptyset(&sigs);
@@ -275,20 +428,15 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	kopts.path = cfg.db ? cfg.db : ks_backend_default_path(be);
-	kopts.max_readers = (unsigned)cfg.threads + 8;
-	rc = ks_open(&store, be, &kopts, &e);
-	if (rc) {
-		fprintf(stderr, "jwksd: cannot open %s store '%s': %s\n",
-			ks_backend_name(be), kopts.path, e.text);
+	path = cfg.db ? cfg.db : ks_backend_default_path(be);
+	if (main_open_store(&store, be, path, &cfg))
 		return 1;
-	}
 	sopts.token_ttl = cfg.token_ttl;
 	sopts.key_ttl = cfg.key_ttl;
 	rc = jwks_service_new(&svc, store, &sopts, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot load keys from '%s': %s (%s)\n",
-			kopts.path, ks_strerror(rc), e.text);
+			path, ks_strerror(rc), e.text);
 		goto out;
 	}
 
@@ -301,13 +449,13 @@ int main(int argc, char **argv)
 	rc = jwks_service_start(svc, &nkeys, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot prepare keys in '%s': %s (%s)\n",
-			kopts.path, ks_strerror(rc), e.text);
+			path, ks_strerror(rc), e.text);
 		goto out;
 	}
 	main_bound_address(ctx, cfg.listen, address, sizeof(address));
 	fprintf(stderr,
 		"jwksd: listening on %s, backend %s, store '%s', %zu keys\n",
-		address, ks_backend_name(be), kopts.path, nkeys);
+		address, ks_backend_name(be), path, nkeys);
 
 	while (sigwait(&sigs, &sig) != 0)
 		;
