@@ -9,9 +9,11 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "keystore.h"
 #include "service.h"
@@ -210,6 +212,43 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 	return 0;
 }
 
+/*
+ * Requests between begin and end. CivetWeb's mg_stop() drops the answers of
+ * requests still running (its writes stop with the server), so jwksd first
+ * waits for these to finish.
+ */
+static atomic_int main_in_flight;
+
+static int main_begin_request(struct mg_connection *conn)
+{
+	(void)conn;
+	atomic_fetch_add(&main_in_flight, 1);
+	return 0;
+}
+
+static void main_end_request(const struct mg_connection *conn, int status)
+{
+	(void)conn;
+	(void)status;
+	atomic_fetch_sub(&main_in_flight, 1);
+}
+
+/*
+ * Wait until no request has been running for 100 ms (so that connections
+ * just accepted are served too), at most timeout_ms.
+ */
+static void main_drain(unsigned timeout_ms)
+{
+	const struct timespec tick = {0, 20 * 1000000L};
+	unsigned waited = 0, idle = 0;
+
+	while (idle < 5 && waited < timeout_ms) {
+		nanosleep(&tick, NULL);
+		waited += 20;
+		idle = atomic_load(&main_in_flight) ? 0 : idle + 1;
+	}
+}
+
 static int main_civetweb_log(const struct mg_connection *conn,
 			     const char *message)
 {
@@ -248,6 +287,8 @@ static struct mg_context *main_start_http(const struct main_config *cfg,
 	snprintf(threads, sizeof(threads), "%lld", cfg->threads);
 	memset(&callbacks, 0, sizeof(callbacks));
 	callbacks.log_message = main_civetweb_log;
+	callbacks.begin_request = main_begin_request;
+	callbacks.end_request = main_end_request;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
@@ -461,6 +502,7 @@ int main(int argc, char **argv)
 		;
 	fprintf(stderr, "jwksd: %s received, stopping\n",
 		sig == SIGINT ? "SIGINT" : "SIGTERM");
+	main_drain(10000);
 	status = 0;
 out:
 	if (ctx)

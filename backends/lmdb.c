@@ -1,0 +1,791 @@
+/*
+ * The LMDB key store: one data file and its "-lock" file (MDB_NOSUBDIR).
+ * Named database "keys" maps the kid (8 bytes, big-endian, so that cursor
+ * order is kid order) to the expiry (8 bytes, big-endian) followed by the
+ * blob; "meta" holds "next_kid", the next kid put() assigns.
+ */
+#define _DEFAULT_SOURCE
+
+#include <errno.h>
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "ks_backend.h"
+
+#define KS_LMDB_MAXDBS 2
+#define KS_LMDB_LOCK_SUFFIX "-lock"
+
+static char ks_lmdb_key_next_kid[] = "next_kid";
+
+/*
+ * LMDB forbids opening one environment twice in a process (closing the
+ * second would drop the first one's fcntl() locks). Every ks_open() of a
+ * file in this process therefore shares one environment, found by the data
+ * file's (st_dev, st_ino) and reference counted; the last ks_close() closes
+ * it. The first open's map size and reader count apply to all. Entries are
+ * never shared with a child of fork(), which opens its own.
+ * Every transaction holds map_lock for reading; adopting a map grown by
+ * another process (which unmaps the old one) holds it for writing.
+ * Writers wait for each other inside LMDB; busy_timeout_ms is not used.
+ */
+struct ks_lmdb_env {
+	struct ks_lmdb_env *next;
+	dev_t dev;
+	ino_t ino;
+	pid_t pid;
+	unsigned refs;
+	MDB_env *env;
+	MDB_dbi keys, meta;
+	pthread_rwlock_t map_lock;
+};
+
+static pthread_mutex_t ks_lmdb_envs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct ks_lmdb_env *ks_lmdb_envs;
+
+struct ks_lmdb_store {
+	struct ks_store base;
+	MDB_env *env;
+	MDB_dbi keys, meta;
+	struct ks_lmdb_env *shared;
+	char *path;
+};
+
+static struct ks_lmdb_store *ks_lmdb_downcast(struct ks_store *store)
+{
+	if (store->be != &ks_backend_lmdb)
+		KS_BUG("store of backend '%s' passed to the lmdb backend",
+		       store->be && store->be->name ? store->be->name : "?");
+	return (struct ks_lmdb_store *)store;
+}
+
+static int ks_lmdb_code(int rc)
+{
+	switch (rc) {
+	case MDB_NOTFOUND:
+		return KS_ENOTFOUND;
+	case MDB_KEYEXIST:
+		return KS_EEXISTS;
+	case MDB_MAP_FULL:
+	case MDB_TXN_FULL:
+	case ENOSPC:
+	case EDQUOT:
+		return KS_ENOSPC;
+	case MDB_READERS_FULL:
+	case MDB_MAP_RESIZED:
+	case EBUSY:
+	case EAGAIN:
+		return KS_EBUSY;
+	case MDB_CORRUPTED:
+	case MDB_INVALID:
+	case MDB_PAGE_NOTFOUND:
+	case MDB_VERSION_MISMATCH:
+	case MDB_INCOMPATIBLE:
+		return KS_ECORRUPT;
+	case EACCES:
+	case EROFS:
+	case EPERM:
+		return KS_EACCES;
+	case ENOMEM:
+		return KS_ENOMEM;
+	case MDB_BAD_VALSIZE:
+		return KS_EINVAL;
+	default:
+		return KS_EIO;
+	}
+}
+
+/*
+ * Translate rc (an MDB_* code, negative, or an errno value) at the edge and
+ * describe it: function, failing call, the store's path, the library's
+ * text and the number. A full map also names its size, which is read from
+ * the environment: call it with map_lock held, or before the env is shared.
+ */
+static int ks_lmdb_error(const struct ks_lmdb_store *s, int rc,
+			 const char *func, const char *call, struct ks_err *err)
+{
+	MDB_envinfo info;
+	char text[128];
+	const char *msg = text;
+
+	if (rc < 0)
+		msg = mdb_strerror(rc);
+	else if (strerror_r(rc, text, sizeof(text)) != 0)
+		snprintf(text, sizeof(text), "unknown error");
+	if (rc == MDB_MAP_FULL && s->env && mdb_env_info(s->env, &info) == 0)
+		return ks_err_set(err, KS_ENOSPC,
+				  "%s: %s '%s' failed: the map of %zu bytes is "
+				  "full: %s (%d)",
+				  func, call, s->path, info.me_mapsize, msg,
+				  rc);
+	return ks_err_set(err, ks_lmdb_code(rc), "%s: %s '%s' failed: %s (%d)",
+			  func, call, s->path, msg, rc);
+}
+
+static void ks_lmdb_put64(unsigned char *p, uint64_t v)
+{
+	int i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = (unsigned char)(v & 0xff);
+		v >>= 8;
+	}
+}
+
+static uint64_t ks_lmdb_get64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static int64_t ks_lmdb_int64(uint64_t v)
+{
+	return v <= INT64_MAX ? (int64_t)v : -(int64_t)~v - 1;
+}
+
+/*
+ * Point rec at the record in key and val, inside the map: it is valid until
+ * the transaction ends.
+ */
+static int ks_lmdb_decode(const struct ks_lmdb_store *s, const MDB_val *key,
+			  const MDB_val *val, struct ks_record *rec,
+			  const char *func, struct ks_err *err)
+{
+	if (key->mv_size != 8)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: a key in 'keys' of '%s' has %zu bytes, "
+				  "want 8",
+				  func, s->path, key->mv_size);
+	rec->kid = ks_lmdb_int64(ks_lmdb_get64(key->mv_data));
+	if (rec->kid < 1)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: kid %lld in '%s' is not positive", func,
+				  (long long)rec->kid, s->path);
+	if (val->mv_size < 8)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: kid %lld in '%s' has a %zu-byte value, "
+				  "want at least 8",
+				  func, (long long)rec->kid, s->path,
+				  val->mv_size);
+	rec->exp = ks_lmdb_int64(ks_lmdb_get64(val->mv_data));
+	rec->blob = (unsigned char *)val->mv_data + 8;
+	rec->blob_len = val->mv_size - 8;
+	return 0;
+}
+
+/* Adopt the map size another process committed; no transaction may run. */
+static int ks_lmdb_remap(struct ks_lmdb_store *s, const char *func,
+			 struct ks_err *err)
+{
+	int rc;
+
+	pthread_rwlock_wrlock(&s->shared->map_lock);
+	rc = mdb_env_set_mapsize(s->env, 0);
+	pthread_rwlock_unlock(&s->shared->map_lock);
+	return rc ? ks_lmdb_error(s, rc, func, "mdb_env_set_mapsize", err) : 0;
+}
+
+/*
+ * Begin a transaction and hold map_lock for reading until ks_lmdb_end().
+ * When another process grew the map past ours, adopt its size and retry
+ * once. On failure nothing is held.
+ */
+static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
+			 const char *func, struct ks_err *err)
+{
+	int rc, ret, tries = 0;
+
+	for (;;) {
+		pthread_rwlock_rdlock(&s->shared->map_lock);
+		rc = mdb_txn_begin(s->env, NULL, flags, txn);
+		if (!rc)
+			return 0;
+		*txn = NULL;
+		ret = ks_lmdb_error(s, rc, func, "mdb_txn_begin", err);
+		pthread_rwlock_unlock(&s->shared->map_lock);
+		if (rc != MDB_MAP_RESIZED || tries++)
+			return ret;
+		ret = ks_lmdb_remap(s, func, err);
+		if (ret)
+			return ret;
+	}
+}
+
+/* Abort txn (which may be NULL: committed already) and drop map_lock. */
+static void ks_lmdb_end(struct ks_lmdb_store *s, MDB_txn *txn)
+{
+	if (txn)
+		mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&s->shared->map_lock);
+}
+
+/*
+ * A data file shorter than its committed pages would fault (SIGBUS) on the
+ * first read of a missing page: refuse it. Called with map_lock held.
+ */
+static int ks_lmdb_check_size(const struct ks_lmdb_store *s, const char *func,
+			      struct ks_err *err)
+{
+	const char *call = "mdb_env_info";
+	MDB_envinfo info;
+	MDB_stat st;
+	struct stat fst;
+	uint64_t need;
+	int fd, rc;
+
+	rc = mdb_env_info(s->env, &info);
+	if (!rc)
+		rc = mdb_env_stat(s->env, &st);
+	if (!rc)
+		rc = mdb_env_get_fd(s->env, &fd);
+	if (!rc && fstat(fd, &fst) != 0) {
+		call = "fstat";
+		rc = errno;
+	}
+	if (rc)
+		return ks_lmdb_error(s, rc, func, call, err);
+	need = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	if (fst.st_size < 0 || (uint64_t)fst.st_size < need)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: '%s' is %lld bytes, shorter than its "
+				  "%llu bytes of committed pages",
+				  func, s->path, (long long)fst.st_size,
+				  (unsigned long long)need);
+	return 0;
+}
+
+/* Read "next_kid" in txn; 1 when the store never assigned a kid. */
+static int ks_lmdb_next_kid(struct ks_lmdb_store *s, MDB_txn *txn,
+			    uint64_t *out, const char *func, struct ks_err *err)
+{
+	MDB_val key = {sizeof(ks_lmdb_key_next_kid) - 1, ks_lmdb_key_next_kid};
+	MDB_val val;
+	int rc = mdb_get(txn, s->meta, &key, &val);
+
+	*out = 1;
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return ks_lmdb_error(s, rc, func, "mdb_get next_kid", err);
+	if (val.mv_size == 8)
+		*out = ks_lmdb_get64(val.mv_data);
+	if (val.mv_size != 8 || *out < 1 || *out > (uint64_t)INT64_MAX + 1)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: 'next_kid' in '%s' is not a kid counter "
+				  "(%zu bytes)",
+				  func, s->path, val.mv_size);
+	return 0;
+}
+
+/*
+ * Insert one record in one write transaction and keep next_kid above every
+ * kid. kid 0 means "assign the next kid" (put); else the kid is given
+ * (import). The blob is written straight into the reserved value.
+ */
+static int ks_lmdb_write(struct ks_lmdb_store *s, int64_t kid,
+			 const unsigned char *blob, size_t blob_len,
+			 int64_t exp, int64_t *kid_out, const char *func,
+			 struct ks_err *err)
+{
+	unsigned char kbuf[8], nbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, NULL};
+	MDB_val nkey = {sizeof(ks_lmdb_key_next_kid) - 1, ks_lmdb_key_next_kid};
+	MDB_val nval = {sizeof(nbuf), nbuf};
+	const char *call = "mdb_put";
+	MDB_txn *txn;
+	uint64_t next;
+	int rc, ret, given = kid > 0;
+
+	if (blob_len > SIZE_MAX - 8)
+		return ks_err_set(err, KS_EINVAL,
+				  "%s: a blob of %zu bytes is too large", func,
+				  blob_len);
+	ret = ks_lmdb_begin(s, 0, &txn, func, err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_next_kid(s, txn, &next, func, err);
+	if (!ret && !given && next > INT64_MAX)
+		ret = ks_err_set(err, KS_ENOSPC, "%s: no kid left in '%s'",
+				 func, s->path);
+	if (ret)
+		goto out;
+	if (!given)
+		kid = (int64_t)next;
+	ks_lmdb_put64(kbuf, (uint64_t)kid);
+	val.mv_size = blob_len + 8;
+	rc = mdb_put(txn, s->keys, &key, &val, MDB_NOOVERWRITE | MDB_RESERVE);
+	if (rc == MDB_KEYEXIST) {
+		if (given)
+			ret = ks_err_set(err, KS_EEXISTS,
+					 "%s: kid %lld in '%s' already exists",
+					 func, (long long)kid, s->path);
+		else
+			ret = ks_err_set(err, KS_ECORRUPT,
+					 "%s: 'next_kid' %llu in '%s' is "
+					 "taken",
+					 func, (unsigned long long)next,
+					 s->path);
+		goto out;
+	}
+	if (!rc) {
+		ks_lmdb_put64(val.mv_data, (uint64_t)exp);
+		memcpy((unsigned char *)val.mv_data + 8, blob, blob_len);
+		if ((uint64_t)kid >= next) {
+			ks_lmdb_put64(nbuf, (uint64_t)kid + 1);
+			rc = mdb_put(txn, s->meta, &nkey, &nval, 0);
+		}
+	}
+	if (!rc) {
+		call = "mdb_txn_commit";
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+	}
+	if (rc)
+		ret = ks_lmdb_error(s, rc, func, call, err);
+	else if (kid_out)
+		*kid_out = kid;
+out:
+	ks_lmdb_end(s, txn);
+	return ret;
+}
+
+/*
+ * Open the DBIs once for the environment. Opening an existing store only
+ * reads; the databases are created in a write transaction when missing.
+ * Called before the environment is shared.
+ */
+static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	const char *call = "mdb_dbi_open";
+	unsigned env_flags = 0;
+	MDB_dbi main_dbi;
+	MDB_stat st;
+	MDB_txn *txn;
+	int rc, ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_open", err);
+	if (ret)
+		return ret;
+	rc = mdb_dbi_open(txn, "keys", 0, &s->keys);
+	if (!rc)
+		rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
+	if (!rc) {
+		call = "mdb_txn_commit";
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+	} else if (rc == MDB_NOTFOUND) {
+		rc = mdb_dbi_open(txn, NULL, 0, &main_dbi);
+		if (!rc)
+			rc = mdb_stat(txn, main_dbi, &st);
+		if (!rc && st.ms_entries)
+			ret = ks_err_set(err, KS_ECORRUPT,
+					 "ks_lmdb_open: '%s' is an LMDB "
+					 "environment without the databases "
+					 "'keys' and 'meta' of a key store",
+					 s->path);
+		else if (!rc)
+			rc = MDB_NOTFOUND;
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
+	ks_lmdb_end(s, txn);
+	if (rc != MDB_NOTFOUND || ret)
+		return ret;
+
+	mdb_env_get_flags(s->env, &env_flags);
+	if (env_flags & MDB_RDONLY)
+		return ks_err_set(err, KS_EACCES,
+				  "ks_lmdb_open: mdb_dbi_open '%s' failed: the "
+				  "store is new and its file is read-only",
+				  s->path);
+	ret = ks_lmdb_begin(s, 0, &txn, "ks_lmdb_open", err);
+	if (ret)
+		return ret;
+	rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys);
+	if (!rc)
+		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+	if (!rc) {
+		call = "mdb_txn_commit";
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+	}
+	if (rc)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
+	ks_lmdb_end(s, txn);
+	return ret;
+}
+
+/* Create, configure and open s->env with flags added to the defaults. */
+static int ks_lmdb_env_start(struct ks_lmdb_store *s,
+			     const struct ks_options *opts, unsigned flags,
+			     struct ks_err *err)
+{
+	const char *call = "mdb_env_create";
+	MDB_env *env = NULL;
+	int rc, ret;
+
+	rc = mdb_env_create(&env);
+	if (!rc && opts->max_readers) {
+		call = "mdb_env_set_maxreaders";
+		rc = mdb_env_set_maxreaders(env, opts->max_readers);
+	}
+	if (!rc && opts->lmdb_map_size) {
+		call = "mdb_env_set_mapsize";
+		rc = mdb_env_set_mapsize(env, opts->lmdb_map_size);
+	}
+	if (!rc) {
+		call = "mdb_env_set_maxdbs";
+		rc = mdb_env_set_maxdbs(env, KS_LMDB_MAXDBS);
+	}
+	if (!rc) {
+		call = "mdb_env_open";
+		rc = mdb_env_open(env, s->path,
+				  MDB_NOSUBDIR | MDB_NOTLS | flags, 0600);
+	}
+	if (!rc) {
+		s->env = env;
+		return 0;
+	}
+	ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
+	if (env)
+		mdb_env_close(env);
+	return ret;
+}
+
+/* Whether path exists; an error other than ENOENT counts as existing. */
+static int ks_lmdb_exists(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0 || errno != ENOENT;
+}
+
+/* Record which file s->env has open, to share it with later opens. */
+static int ks_lmdb_identity(const struct ks_lmdb_store *s,
+			    struct ks_lmdb_env *e, struct ks_err *err)
+{
+	struct stat st;
+	int fd, rc;
+
+	rc = mdb_env_get_fd(s->env, &fd);
+	if (!rc && fstat(fd, &st) != 0)
+		rc = errno;
+	if (rc)
+		return ks_lmdb_error(s, rc, "ks_lmdb_open", "fstat", err);
+	e->dev = st.st_dev;
+	e->ino = st.st_ino;
+	return 0;
+}
+
+/*
+ * Open a new environment for s. A data file that is not writable is opened
+ * read-only (reads work, writes fail with KS_EACCES). A failed open removes
+ * the lock file it created when the data file is no store (nobody else can
+ * use that lock file), and files it created when mdb_env_open() failed.
+ * Called with ks_lmdb_envs_lock held.
+ */
+static int ks_lmdb_env_open(struct ks_lmdb_store *s,
+			    const struct ks_options *opts, struct ks_err *err)
+{
+	size_t len = strlen(s->path) + sizeof(KS_LMDB_LOCK_SUFFIX);
+	struct ks_lmdb_env *e = calloc(1, sizeof(*e));
+	char *lock_path = malloc(len);
+	int had_data, had_lock, opened, ret, rc, dead;
+
+	if (!e || !lock_path || pthread_rwlock_init(&e->map_lock, NULL)) {
+		free(e);
+		free(lock_path);
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_open: out of memory");
+	}
+	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
+	s->shared = e;
+	had_data = ks_lmdb_exists(s->path);
+	had_lock = ks_lmdb_exists(lock_path);
+	ret = ks_lmdb_env_start(s, opts, 0, err);
+	if (ret == KS_EACCES && had_data)
+		ret = ks_lmdb_env_start(s, opts, MDB_RDONLY, err);
+	opened = !ret;
+	if (!ret)
+		ret = ks_lmdb_check_size(s, "ks_lmdb_open", err);
+	if (!ret) {
+		rc = mdb_reader_check(s->env, &dead);
+		if (rc)
+			ret = ks_lmdb_error(s, rc, "ks_lmdb_open",
+					    "mdb_reader_check", err);
+	}
+	if (!ret)
+		ret = ks_lmdb_dbis(s, err);
+	if (!ret)
+		ret = ks_lmdb_identity(s, e, err);
+
+	if (ret) {
+		if (s->env)
+			mdb_env_close(s->env);
+		if (!had_lock && (ret == KS_ECORRUPT || !opened))
+			unlink(lock_path);
+		if (!had_data && !opened)
+			unlink(s->path);
+		pthread_rwlock_destroy(&e->map_lock);
+		free(e);
+		s->shared = NULL;
+		s->env = NULL;
+	} else {
+		e->pid = getpid();
+		e->refs = 1;
+		e->env = s->env;
+		e->keys = s->keys;
+		e->meta = s->meta;
+		e->next = ks_lmdb_envs;
+		ks_lmdb_envs = e;
+	}
+	free(lock_path);
+	return ret;
+}
+
+/* Share this process's environment of s->path, if there is one. */
+static void ks_lmdb_env_find(struct ks_lmdb_store *s)
+{
+	struct ks_lmdb_env *e;
+	struct stat st;
+
+	if (stat(s->path, &st) != 0)
+		return;
+	for (e = ks_lmdb_envs; e; e = e->next) {
+		if (e->dev == st.st_dev && e->ino == st.st_ino &&
+		    e->pid == getpid()) {
+			e->refs++;
+			s->shared = e;
+			s->env = e->env;
+			s->keys = e->keys;
+			s->meta = e->meta;
+			return;
+		}
+	}
+}
+
+static int ks_lmdb_open(struct ks_store **out, const struct ks_options *opts,
+			struct ks_err *err)
+{
+	struct ks_lmdb_store *s = calloc(1, sizeof(*s));
+	int ret = 0;
+
+	if (s)
+		s->path = strdup(opts->path);
+	if (!s || !s->path) {
+		free(s);
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_open: out of memory");
+	}
+	s->base.be = &ks_backend_lmdb;
+	pthread_mutex_lock(&ks_lmdb_envs_lock);
+	ks_lmdb_env_find(s);
+	if (!s->shared)
+		ret = ks_lmdb_env_open(s, opts, err);
+	pthread_mutex_unlock(&ks_lmdb_envs_lock);
+	if (ret) {
+		free(s->path);
+		free(s);
+		return ret;
+	}
+	*out = &s->base;
+	return 0;
+}
+
+static void ks_lmdb_close(struct ks_store *store)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	struct ks_lmdb_env **p, *e = s->shared;
+
+	pthread_mutex_lock(&ks_lmdb_envs_lock);
+	if (--e->refs == 0) {
+		for (p = &ks_lmdb_envs; *p; p = &(*p)->next) {
+			if (*p == e) {
+				*p = e->next;
+				break;
+			}
+		}
+		mdb_env_close(e->env);
+		pthread_rwlock_destroy(&e->map_lock);
+		free(e);
+	}
+	pthread_mutex_unlock(&ks_lmdb_envs_lock);
+	free(s->path);
+	free(s);
+}
+
+static int ks_lmdb_put(struct ks_store *store, const unsigned char *blob,
+		       size_t blob_len, int64_t exp, int64_t *kid_out,
+		       struct ks_err *err)
+{
+	return ks_lmdb_write(ks_lmdb_downcast(store), 0, blob, blob_len, exp,
+			     kid_out, "ks_lmdb_put", err);
+}
+
+static int ks_lmdb_import(struct ks_store *store, const struct ks_record *rec,
+			  struct ks_err *err)
+{
+	return ks_lmdb_write(ks_lmdb_downcast(store), rec->kid, rec->blob,
+			     rec->blob_len, rec->exp, NULL, "ks_lmdb_import",
+			     err);
+}
+
+static int ks_lmdb_get(struct ks_store *store, int64_t kid,
+		       struct ks_record *out, struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val;
+	struct ks_record rec;
+	MDB_txn *txn;
+	int rc, ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_get", err);
+	if (ret)
+		return ret;
+	ks_lmdb_put64(kbuf, (uint64_t)kid);
+	rc = mdb_get(txn, s->keys, &key, &val);
+	if (rc == MDB_NOTFOUND)
+		ret = ks_err_set(err, KS_ENOTFOUND,
+				 "ks_lmdb_get: kid %lld not found in '%s'",
+				 (long long)kid, s->path);
+	else if (rc)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_get", "mdb_get", err);
+	else
+		ret = ks_lmdb_decode(s, &key, &val, &rec, "ks_lmdb_get", err);
+	if (!ret) {
+		out->blob = malloc(rec.blob_len ? rec.blob_len : 1);
+		if (!out->blob)
+			ret = ks_err_set(err, KS_ENOMEM,
+					 "ks_lmdb_get: out of memory");
+	}
+	if (!ret) {
+		memcpy(out->blob, rec.blob, rec.blob_len);
+		out->blob_len = rec.blob_len;
+		out->kid = kid;
+		out->exp = rec.exp;
+	}
+	ks_lmdb_end(s, txn);
+	return ret;
+}
+
+/*
+ * The callback sees each record in place, inside the read transaction: no
+ * copy, valid only during the call, as keystore.h allows.
+ */
+static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
+			int64_t exp_until, ks_list_fn fn, void *arg,
+			struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	MDB_cursor *cur = NULL;
+	MDB_val key, val;
+	MDB_txn *txn;
+	int rc, ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_list", err);
+	if (ret)
+		return ret;
+	rc = mdb_cursor_open(txn, s->keys, &cur);
+	if (!rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+	while (!rc) {
+		struct ks_record rec;
+
+		ret = ks_lmdb_decode(s, &key, &val, &rec, "ks_lmdb_list", err);
+		if (!ret && rec.exp > exp_after && rec.exp <= exp_until)
+			ret = fn(&rec, arg);
+		if (ret)
+			break;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (!ret && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_list", "mdb_cursor_get",
+				    err);
+	if (cur)
+		mdb_cursor_close(cur);
+	ks_lmdb_end(s, txn);
+	return ret;
+}
+
+/* The id of the last committed transaction, of any process. */
+static int ks_lmdb_version(struct ks_store *store, uint64_t *out,
+			   struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	MDB_envinfo info;
+	int rc;
+
+	pthread_rwlock_rdlock(&s->shared->map_lock);
+	rc = mdb_env_info(s->env, &info);
+	pthread_rwlock_unlock(&s->shared->map_lock);
+	if (rc)
+		return ks_lmdb_error(s, rc, "ks_lmdb_version", "mdb_env_info",
+				     err);
+	*out = info.me_last_txnid;
+	return 0;
+}
+
+/* Walk every record and the kid counter, checking the layout. */
+static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	MDB_cursor *cur = NULL;
+	MDB_val key, val;
+	MDB_txn *txn;
+	uint64_t next;
+	int rc = 0, ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_check", err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_check_size(s, "ks_lmdb_check", err);
+	if (!ret)
+		ret = ks_lmdb_next_kid(s, txn, &next, "ks_lmdb_check", err);
+	if (!ret)
+		rc = mdb_cursor_open(txn, s->keys, &cur);
+	if (!ret && !rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+	while (!ret && !rc) {
+		struct ks_record rec;
+
+		ret = ks_lmdb_decode(s, &key, &val, &rec, "ks_lmdb_check", err);
+		if (!ret && (uint64_t)rec.kid >= next)
+			ret = ks_err_set(err, KS_ECORRUPT,
+					 "ks_lmdb_check: kid %lld in '%s' is "
+					 "not below 'next_kid' %llu",
+					 (long long)rec.kid, s->path,
+					 (unsigned long long)next);
+		if (!ret)
+			rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (!ret && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_check", "mdb_cursor_get",
+				    err);
+	if (cur)
+		mdb_cursor_close(cur);
+	ks_lmdb_end(s, txn);
+	return ret;
+}
+
+const struct ks_backend ks_backend_lmdb = {
+	.name = "lmdb",
+	.default_path = "totally_not_my_privateKeys.lmdb",
+	.open = ks_lmdb_open,
+	.close = ks_lmdb_close,
+	.put = ks_lmdb_put,
+	.import = ks_lmdb_import,
+	.get = ks_lmdb_get,
+	.list = ks_lmdb_list,
+	.version = ks_lmdb_version,
+	.check = ks_lmdb_check,
+};

@@ -1,0 +1,210 @@
+"""Backend choice, shared stores, copying between backends, a full LMDB map.
+
+Runs against the real jwksd binary (env JWKSD_BIN). Tests that need a backend
+that is not compiled in are skipped with the reason.
+"""
+
+import sqlite3
+import time
+import unittest
+
+import jwt
+
+from harness import (
+    JwksdTestCase, jwks_kids, jwk_for_kid, run_jwksd, split_jwt,
+)
+
+
+def compiled_backends():
+    """The backend names `jwksd --help` lists."""
+    import subprocess
+    from harness import jwksd_bin
+    out = subprocess.run([jwksd_bin(), "--help"], capture_output=True,
+                         text=True, timeout=10).stdout
+    line = next(l for l in out.splitlines() if l.startswith("backends:"))
+    return [w for w in line.split()[1:] if not w.startswith("(")]
+
+
+BACKENDS = compiled_backends()
+
+
+def needs(*names):
+    missing = [n for n in names if n not in BACKENDS]
+    return unittest.skipIf(missing, f"backend(s) {missing} not compiled in")
+
+
+class BackendChoiceTests(JwksdTestCase):
+
+    def test_help_lists_every_backend(self):
+        res = run_jwksd(["--help"], cwd=self.tmp)
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("sqlite", BACKENDS, res.describe())
+
+    def test_unknown_backend_exits_2_and_lists_the_valid_ones(self):
+        res = run_jwksd(["--backend", "nosuchstore", "--listen",
+                         "127.0.0.1:0"], cwd=self.tmp)
+        self.assertEqual(res.returncode, 2, res.describe())
+        self.assertIn("nosuchstore", res.stderr, res.describe())
+        for name in BACKENDS:
+            self.assertIn(name, res.stderr, res.describe())
+        self.assertEqual(list(self.tmp.iterdir()), [],
+                         "an unknown backend must not create a store")
+
+    @needs("lmdb")
+    def test_lmdb_default_store_name_in_current_directory(self):
+        server = self.new_server(backend="lmdb")
+        server.db = None  # no --db: the default name in the working directory
+        server.start()
+        self.post_auth(server)
+        self.assertTrue((self.tmp / "totally_not_my_privateKeys.lmdb").exists(),
+                        list(self.tmp.iterdir()))
+
+
+class SharedStoreTests(JwksdTestCase):
+    """Two servers on one store: a key one adds shows up in the other."""
+
+    def test_key_added_by_another_process_is_published_within_a_second(self):
+        a = self.start_server(label="a")
+        kids_a = set(jwks_kids(self.get_jwks(a)))
+        self.assertEqual(len(kids_a), 1, kids_a)
+        # b wants tokens longer than a's key has left, so it adds a key.
+        b = self.start_server("--token-ttl", "100000", "--key-ttl", "200000",
+                              db=a.db, label="b")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids_b = set(jwks_kids(self.get_jwks(b)))
+            if kids_b - kids_a:
+                break
+            time.sleep(0.05)
+        else:
+            self.failure(f"b never added a key: {kids_b}")
+        added = time.monotonic()
+        new_kid = (kids_b - kids_a).pop()
+        while time.monotonic() < added + 1.0:
+            if new_kid in jwks_kids(self.get_jwks(a)):
+                break
+            time.sleep(0.02)
+        else:
+            self.failure(f"a did not publish kid {new_kid} within 1 s: "
+                         f"{jwks_kids(self.get_jwks(a))}")
+        # A token b signs with the new key verifies against a's JWKS.
+        _, token = self.post_auth(b)
+        self.assertEqual(jwt.get_unverified_header(token)["kid"], new_kid)
+        self.verify_with_served_jwks(a, token)
+
+
+@needs("sqlite", "lmdb")
+class CopyTests(JwksdTestCase):
+    """jwksd copy moves every key with its kid and expiry, both ways."""
+
+    def sqlite_rows(self, path):
+        with sqlite3.connect(path) as db:
+            return db.execute(
+                "SELECT kid, key, exp FROM keys ORDER BY kid").fetchall()
+
+    def copy(self, src, dst, *extra):
+        return run_jwksd(["copy", "--from", src, "--to", dst, *extra],
+                         cwd=self.tmp, timeout=30)
+
+    def test_sqlite_to_lmdb_and_back_keeps_kids_expiries_and_tokens(self):
+        src = self.tmp / "a.db"
+        first = self.start_server(backend="sqlite", db=src, label="sqlite")
+        _, token = self.post_auth(first)
+        _, expired = self.post_auth(first, "expired=true")
+        kids = jwks_kids(self.get_jwks(first))
+        self.stop_server(first)
+        before = self.sqlite_rows(src)
+        self.assertEqual(len(before), 2, before)
+
+        res = self.copy(f"sqlite:{src}", f"lmdb:{self.tmp / 'b.lmdb'}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 2 keys", res.stdout, res.describe())
+
+        second = self.start_server(backend="lmdb", db=self.tmp / "b.lmdb",
+                                   label="lmdb")
+        self.assertEqual(jwks_kids(self.get_jwks(second)), kids)
+        self.verify_with_served_jwks(second, token)
+        _, expired2 = self.post_auth(second, "expired=true")
+        self.assertEqual(split_jwt(expired2)[0]["kid"],
+                         split_jwt(expired)[0]["kid"],
+                         "the expired key kept its kid")
+        self.stop_server(second)
+
+        res = self.copy(f"lmdb:{self.tmp / 'b.lmdb'}",
+                        f"sqlite:{self.tmp / 'c.db'}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertEqual(self.sqlite_rows(self.tmp / "c.db"), before,
+                         "kid, key bytes and exp survive the round trip")
+
+        # New keys after a copy get kids above the copied ones.
+        third = self.start_server("--token-ttl", "100000", "--key-ttl",
+                                  "200000", backend="lmdb",
+                                  db=self.tmp / "b.lmdb", label="lmdb2")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now_kids = jwks_kids(self.get_jwks(third))
+            if len(now_kids) > len(kids):
+                break
+            time.sleep(0.05)
+        self.assertGreater(max(int(k) for k in now_kids),
+                           max(row[0] for row in before), now_kids)
+
+    def test_copy_refuses_a_non_empty_destination_unless_merging(self):
+        src = self.tmp / "a.db"
+        self.stop_server(self.start_server(backend="sqlite", db=src))
+        dst = self.tmp / "b.lmdb"
+        self.assertEqual(self.copy(f"sqlite:{src}", f"lmdb:{dst}").returncode, 0)
+        res = self.copy(f"sqlite:{src}", f"lmdb:{dst}")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertIn("not empty", res.stderr, res.describe())
+        res = self.copy(f"sqlite:{src}", f"lmdb:{dst}", "--merge")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 0 keys", res.stdout, res.describe())
+
+    def test_merge_refuses_a_conflicting_kid_before_writing(self):
+        a, b = self.tmp / "a.db", self.tmp / "b.db"
+        self.stop_server(self.start_server(backend="sqlite", db=a, label="a"))
+        self.stop_server(self.start_server(backend="sqlite", db=b, label="b"))
+        before = self.sqlite_rows(b)
+        res = self.copy(f"sqlite:{a}", f"sqlite:{b}", "--merge")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertIn("kid", res.stderr, res.describe())
+        self.assertEqual(self.sqlite_rows(b), before, "nothing was written")
+
+    def test_copy_usage_errors_exit_2(self):
+        for args in (["copy"], ["copy", "--from", "sqlite:x.db"],
+                     ["copy", "--from", "nosuch:x", "--to", "sqlite:y.db"],
+                     ["copy", "--from", "x.db", "--to", "sqlite:y.db"]):
+            res = run_jwksd(args, cwd=self.tmp)
+            self.assertEqual(res.returncode, 2, res.describe())
+
+
+@needs("lmdb")
+class LmdbMapFullTests(JwksdTestCase):
+
+    def test_full_map_logs_a_clear_error_and_reads_keep_working(self):
+        # Keys that live 2 s make the server add one about every second,
+        # until the 64 KiB map is full.
+        server = self.start_server("--lmdb-map-size", "64K", "--key-ttl", "2",
+                                   "--token-ttl", "1", backend="lmdb")
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if "store is full" in server.stderr_text():
+                break
+            self.assertTrue(server.running, "the server must not crash")
+            time.sleep(0.2)
+        else:
+            self.failure("no 'store is full' log line within 40 s")
+        self.assertTrue(server.running, "the server must not crash")
+        jwks = self.get_jwks(server)
+        resp = self.request(server, "POST", "/auth")
+        if resp.status == 200:
+            self.verify_with_served_jwks(server, resp.json()["token"])
+        else:
+            # Every key expired and none could be added: a clean 503.
+            self.assertJsonError(resp, 503, "POST /auth with a full map")
+        self.assertIsInstance(jwks["keys"], list)
+
+
+if __name__ == "__main__":
+    unittest.main()
