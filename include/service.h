@@ -133,4 +133,23 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg);
 void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
 			int catch_all);
 
+struct mg_connection;
+
+/*
+ * For CivetWeb's begin_request callback: refuse, before any route runs, a
+ * request that no route should see, with a JSON error, closing the
+ * connection: both Content-Length and Transfer-Encoding (or a coding other
+ * than chunked), a declared body over max_body bytes (413, without reading
+ * it), HTTP/1.1 without Host, any protocol upgrade. Returns 0 to let the
+ * request through, or the status sent.
+ */
+int jwks_http_screen(struct mg_connection *conn, long long max_body);
+
+/*
+ * For CivetWeb's http_error callback: CivetWeb's own errors (malformed
+ * requests, oversized headers, bad Content-Length) answered as JSON, and
+ * the connection closed. Returns 0 (handled).
+ */
+int jwks_http_error_page(struct mg_connection *conn, int status);
+
 #endif /* JWKS_SERVICE_H */

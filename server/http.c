@@ -8,52 +8,129 @@
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include "service.h"
 
 #define HTTP_AUTH_PATH "/auth"
 #define HTTP_JWKS_PATH "/.well-known/jwks.json"
 
+/*
+ * Copy at most cap - 1 bytes of in, printable ones only, for a log line.
+ * Returns whether in was cut.
+ */
+static int http_sanitize(char *out, size_t cap, const char *in)
+{
+	size_t i;
+
+	for (i = 0; i < cap - 1 && in[i]; i++)
+		out[i] = isgraph((unsigned char)in[i]) ? in[i] : '?';
+	out[i] = '\0';
+	return in[i] != '\0';
+}
+
 /* Log one failed request: method, path (sanitized), status, reason. */
 static void http_log_failure(const struct mg_connection *conn, int status,
 			     const char *reason, const struct ks_err *e)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
-	const char *p = ri->local_uri ? ri->local_uri : "";
-	char path[81];
-	size_t i;
+	char method[17], path[81];
+	int cut;
 
-	for (i = 0; i < sizeof(path) - 1 && p[i]; i++)
-		path[i] = isprint((unsigned char)p[i]) ? p[i] : '?';
-	path[i] = '\0';
-	fprintf(stderr, "jwksd: %.16s '%s%s': %d %s%s%s\n",
-		ri->request_method ? ri->request_method : "?", path,
-		p[i] ? "..." : "", status, reason, e ? ": " : "",
+	http_sanitize(method, sizeof(method),
+		      ri->request_method ? ri->request_method : "?");
+	cut = http_sanitize(path, sizeof(path),
+			    ri->local_uri ? ri->local_uri : "");
+	fprintf(stderr, "jwksd: %s '%s%s': %d %s%s%s\n", method, path,
+		cut ? "..." : "", status, reason, e ? ": " : "",
 		e ? e->text : "");
 }
 
+/* Whether a comma-separated header value holds token (any case). */
+static int http_has_token(const char *value, const char *token)
+{
+	size_t n = strlen(token);
+
+	while (value && *value) {
+		value += strspn(value, " \t,");
+		if (!strncasecmp(value, token, n) &&
+		    (value[n] == '\0' || value[n] == ',' || value[n] == ' ' ||
+		     value[n] == '\t'))
+			return 1;
+		value = strchr(value, ',');
+	}
+	return 0;
+}
+
 /*
- * Send a complete response: the common headers, the extra ones given as
- * name/value pairs (NULL-terminated), and body unless this is a HEAD.
- * Returns status, as a CivetWeb handler does.
+ * Whether the connection stays open after this answer (RFC 9112 9.3).
+ * Refused requests close it: what follows them on the wire is in doubt.
+ */
+static int http_keep_alive(const struct mg_connection *conn, int status)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	const char *connection = mg_get_header(conn, "Connection");
+
+	if (status >= 400 && status != 404 && status != 405)
+		return 0;
+	if (!ri->http_version || !ri->request_method)
+		return 0;
+	if (!strcmp(ri->http_version, "1.1"))
+		return !http_has_token(connection, "close");
+	return !strcmp(ri->http_version, "1.0") &&
+	       http_has_token(connection, "keep-alive");
+}
+
+/*
+ * Send a complete response: status line, the common headers, the extra
+ * ones given as name/value pairs (NULL-terminated), and body unless this
+ * is a HEAD, in one write when it fits. Returns status, as a CivetWeb
+ * handler does.
  */
 static int http_send(struct mg_connection *conn, int status, const char *cache,
 		     const char *const *extra, const char *body,
 		     size_t body_len)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
-	char length[24];
+	int keep = http_keep_alive(conn, status);
+	char buf[8192], date[40];
+	time_t now = time(NULL);
+	size_t len, cap = sizeof(buf);
+	struct tm tm;
+	int n;
 
-	snprintf(length, sizeof(length), "%zu", body_len);
-	mg_response_header_start(conn, status);
-	mg_response_header_add(conn, "Content-Type", "application/json", -1);
-	mg_response_header_add(conn, "Content-Length", length, -1);
-	mg_response_header_add(conn, "Cache-Control", cache, -1);
-	mg_response_header_add(conn, "X-Content-Type-Options", "nosniff", -1);
-	for (; extra && extra[0]; extra += 2)
-		mg_response_header_add(conn, extra[0], extra[1], -1);
-	mg_response_header_send(conn);
-	if (body_len && strcmp(ri->request_method, "HEAD") != 0)
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	n = snprintf(buf, cap,
+		     "HTTP/1.1 %d %s\r\n"
+		     "Date: %s\r\n"
+		     "Content-Type: application/json\r\n"
+		     "Content-Length: %zu\r\n"
+		     "Cache-Control: %s\r\n"
+		     "X-Content-Type-Options: nosniff\r\n",
+		     status, mg_get_response_code_text(conn, status), date,
+		     body_len, cache);
+	for (; n > 0 && (size_t)n < cap && extra && extra[0]; extra += 2)
+		n += snprintf(buf + n, cap - (size_t)n, "%s: %s\r\n", extra[0],
+			      extra[1]);
+	if (n > 0 && (size_t)n < cap)
+		n += snprintf(buf + n, cap - (size_t)n,
+			      "Connection: %s\r\n\r\n",
+			      keep ? "keep-alive" : "close");
+	if (n <= 0 || (size_t)n >= cap)
+		return -1;
+	if (!keep)
+		mg_disable_connection_keep_alive(conn);
+	len = (size_t)n;
+	if (ri->request_method && !strcmp(ri->request_method, "HEAD"))
+		body_len = 0;
+	if (body_len && body_len <= cap - len) {
+		memcpy(buf + len, body, body_len);
+		len += body_len;
+		body_len = 0;
+	}
+	mg_write(conn, buf, len);
+	if (body_len)
 		mg_write(conn, body, body_len);
 	return status;
 }
@@ -88,7 +165,8 @@ static int http_route(struct mg_connection *conn, const char *path,
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
 
-	if (!ri->local_uri || strcmp(ri->local_uri, path) != 0) {
+	if (!ri->local_uri || strcmp(ri->local_uri, path) != 0 ||
+	    !ri->request_method) {
 		*status = http_not_found(conn);
 		return 0;
 	}
@@ -207,6 +285,70 @@ static int http_catch_all(struct mg_connection *conn, void *cbdata)
 {
 	(void)cbdata;
 	return http_not_found(conn);
+}
+
+/* A fixed reason for a status CivetWeb or the screen below answers with. */
+static const char *http_reason(int status)
+{
+	switch (status) {
+	case 400:
+		return "bad request";
+	case 404:
+		return "not found";
+	case 405:
+		return "method not allowed";
+	case 408:
+		return "request timeout";
+	case 411:
+		return "length required";
+	case 413:
+		return "request body too large";
+	case 414:
+		return "request URI too long";
+	case 431:
+		return "request headers too large";
+	case 501:
+		return "not implemented";
+	case 505:
+		return "HTTP version not supported";
+	default:
+		return status >= 500 ? "internal error" : "bad request";
+	}
+}
+
+/* Answer with a JSON error (4xx other than 404/405 close the connection). */
+static int http_refuse(struct mg_connection *conn, int status)
+{
+	return http_error(conn, status, http_reason(status), NULL, NULL);
+}
+
+int jwks_http_screen(struct mg_connection *conn, long long max_body)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	const char *te = mg_get_header(conn, "Transfer-Encoding");
+
+	/*
+	 * CivetWeb lets chunked win over Content-Length; behind a proxy that
+	 * picks the other one, that is request smuggling (RFC 9112 6.3).
+	 */
+	if (te && (mg_get_header(conn, "Content-Length") ||
+		   strcasecmp(te, "chunked") != 0))
+		return http_refuse(conn, 400);
+	if (ri->content_length > max_body)
+		return http_refuse(conn, 413);
+	if (ri->http_version && !strcmp(ri->http_version, "1.1") &&
+	    !mg_get_header(conn, "Host"))
+		return http_refuse(conn, 400);
+	/* No route speaks another protocol: never switch. */
+	if (mg_get_header(conn, "Upgrade"))
+		return http_refuse(conn, 400);
+	return 0;
+}
+
+int jwks_http_error_page(struct mg_connection *conn, int status)
+{
+	http_refuse(conn, status);
+	return 0;
 }
 
 void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,

@@ -32,12 +32,16 @@ struct main_config {
 	long long key_ttl;
 	long long threads;
 	long long lmdb_map_size;
+	long long max_body;
+	long long request_timeout_ms;
+	char timeout_text[24];
 };
 
 static const char main_usage_text[] =
 	"usage: jwksd [--listen ADDR:PORT] [--db PATH] [--backend NAME]\n"
 	"             [--token-ttl SECONDS] [--key-ttl SECONDS] [--threads N]\n"
-	"             [--lmdb-map-size BYTES] [--help] [--version]\n"
+	"             [--lmdb-map-size BYTES] [--max-body BYTES]\n"
+	"             [--request-timeout MS] [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
 	"\n"
 	"  --listen ADDR:PORT     address to serve on (default "
@@ -50,6 +54,12 @@ static const char main_usage_text[] =
 	"  --threads N            worker threads (default 16)\n"
 	"  --lmdb-map-size BYTES  LMDB map size, K/M/G suffix allowed\n"
 	"                         (default 64M)\n"
+	"  --max-body BYTES       largest request body accepted, K/M suffix\n"
+	"                         allowed (default 64K; larger: 413)\n"
+	"  --request-timeout MS   time allowed to send a request's headers "
+	"and\n"
+	"                         body, and idle time on a kept-alive\n"
+	"                         connection (default 5000)\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry from\n"
 	"                         one store to another; the destination must\n"
@@ -145,6 +155,8 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"key-ttl", required_argument, NULL, 'k'},
 		{"threads", required_argument, NULL, 'n'},
 		{"lmdb-map-size", required_argument, NULL, 'm'},
+		{"max-body", required_argument, NULL, 'B'},
+		{"request-timeout", required_argument, NULL, 'T'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -192,6 +204,19 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage(
 					"invalid --lmdb-map-size '%s'", optarg);
 			break;
+		case 'B':
+			if (main_parse_size(optarg, 0, 1LL << 30,
+					    &cfg->max_body))
+				return main_bad_usage("invalid --max-body '%s'",
+						      optarg);
+			break;
+		case 'T':
+			if (main_parse_int(optarg, 100, 600000,
+					   &cfg->request_timeout_ms))
+				return main_bad_usage(
+					"invalid --request-timeout '%s'",
+					optarg);
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -221,9 +246,17 @@ static atomic_int main_in_flight;
 
 static int main_begin_request(struct mg_connection *conn)
 {
-	(void)conn;
+	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
+
 	atomic_fetch_add(&main_in_flight, 1);
-	return 0;
+	return jwks_http_screen(conn, cfg->max_body);
+}
+
+static int main_http_error(struct mg_connection *conn, int status,
+			   const char *message)
+{
+	(void)message;
+	return jwks_http_error_page(conn, status);
 }
 
 static void main_end_request(const struct mg_connection *conn, int status)
@@ -257,14 +290,14 @@ static int main_civetweb_log(const struct mg_connection *conn,
 	return 1;
 }
 
-static struct mg_context *main_start_http(const struct main_config *cfg,
+static struct mg_context *main_start_http(struct main_config *cfg,
 					  struct jwks_service *svc)
 {
 	char threads[24], errtext[256] = "";
 	unsigned errcode = 0;
 	struct mg_callbacks callbacks;
 	struct mg_error_data error = {&errcode, errtext, sizeof(errtext)};
-	struct mg_init_data init = {&callbacks, NULL, NULL};
+	struct mg_init_data init = {&callbacks, (void *)cfg, NULL};
 	struct mg_context *ctx;
 	const char *options[] = {
 		"listening_ports",
@@ -272,9 +305,13 @@ static struct mg_context *main_start_http(const struct main_config *cfg,
 		"num_threads",
 		threads,
 		"request_timeout_ms",
-		"5000",
+		cfg->timeout_text,
 		"keep_alive_timeout_ms",
-		"5000",
+		cfg->timeout_text,
+		"max_request_size",
+		"16384",
+		"decode_url",
+		"no",
 		"enable_keep_alive",
 		"yes",
 		"tcp_nodelay",
@@ -285,10 +322,13 @@ static struct mg_context *main_start_http(const struct main_config *cfg,
 	};
 
 	snprintf(threads, sizeof(threads), "%lld", cfg->threads);
+	snprintf(cfg->timeout_text, sizeof(cfg->timeout_text), "%lld",
+		 cfg->request_timeout_ms);
 	memset(&callbacks, 0, sizeof(callbacks));
 	callbacks.log_message = main_civetweb_log;
 	callbacks.begin_request = main_begin_request;
 	callbacks.end_request = main_end_request;
+	callbacks.http_error = main_http_error;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
@@ -440,6 +480,8 @@ int main(int argc, char **argv)
 		.token_ttl = 3600,
 		.key_ttl = 86400,
 		.threads = 16,
+		.max_body = 64 * 1024,
+		.request_timeout_ms = 5000,
 	};
 	struct jwks_service_options sopts = JWKS_SERVICE_OPTIONS_INIT;
 	const struct ks_backend *be;

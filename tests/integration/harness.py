@@ -561,3 +561,53 @@ class JwksdTestCase(unittest.TestCase):
             self.assertIs(type(claims[claim]), int,
                           f"{what} claim {claim} must be an integer: {claims}")
         return header, claims
+
+
+class SharedServerTestCase(JwksdTestCase):
+    """Base class for groups of read-only tests that can share one server.
+
+    jwksd takes about 2 s to stop (CivetWeb's accept loop notices the stop
+    only at its next poll timeout), so a server per test makes the suite
+    slow. Tests in a subclass only read (tokens, the JWKS, error answers),
+    never change the store or the server's flags; they share one server
+    started on a fresh store in a fresh temporary directory for the class.
+    The server is stopped (exit 0 asserted) in the class cleanup, and each
+    test fails if the server died during it.
+    """
+
+    server_args = ()
+    server_backend = BACKEND
+    server = None
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        jwksd_bin()
+        tmp = tempfile.TemporaryDirectory(prefix="jwksd-shared-")
+        cls.addClassCleanup(tmp.cleanup)
+        workdir = Path(tmp.name)
+        store = workdir / DEFAULT_STORE_NAMES.get(cls.server_backend, "store")
+        cls.server = Server(workdir, db=store, backend=cls.server_backend,
+                            args=cls.server_args, label=f"shared-{cls.__name__}")
+        cls.addClassCleanup(cls._stop_shared_server)
+        cls.server.start()
+
+    @classmethod
+    def _stop_shared_server(cls):
+        server = cls.server
+        if server is not None and server.proc is not None:
+            rc = server.stop()
+            if rc != 0:
+                raise AssertionError(f"jwksd exited with {rc} on SIGTERM, "
+                                     f"expected 0{server.context()}")
+
+    def setUp(self):
+        super().setUp()
+        self._servers.append(self.server)
+        self.addCleanup(self._check_shared_server_alive)
+
+    def _check_shared_server_alive(self):
+        if not self.server.running:
+            code = self.server.proc.returncode if self.server.proc else None
+            raise AssertionError(f"the shared jwksd died during this test "
+                                 f"(exit {code}){self.server.context()}")
