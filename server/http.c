@@ -10,6 +10,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "http_internal.h"
 #include "service.h"
 
 #define HTTP_AUTH_PATH "/auth"
@@ -199,19 +200,14 @@ static int http_service_error(struct mg_connection *conn, int rc,
 	}
 }
 
-/*
- * ?expired=true|1 asks for an expired key, false|0 or no parameter for a
- * valid one. Returns 0 or 1, or -1 for any other value.
- */
-static int http_expired_param(const struct mg_request_info *ri)
+int jwks_http__parse_expired(const char *query)
 {
-	const char *qs = ri->query_string;
 	char value[8];
 	int n;
 
-	if (!qs)
+	if (!query)
 		return 0;
-	n = mg_get_var(qs, strlen(qs), "expired", value, sizeof(value));
+	n = mg_get_var(query, strlen(query), "expired", value, sizeof(value));
 	if (n == -1)
 		return 0;
 	if (n < 0)
@@ -234,7 +230,8 @@ static int http_auth(struct mg_connection *conn, void *cbdata)
 
 	if (!http_route(conn, HTTP_AUTH_PATH, methods, "POST", &status))
 		return status;
-	expired = http_expired_param(mg_get_request_info(conn));
+	expired = jwks_http__parse_expired(
+		mg_get_request_info(conn)->query_string);
 	if (expired < 0)
 		return http_error(conn, 400, "expired must be true or false",
 				  NULL, NULL);
