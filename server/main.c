@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -13,7 +14,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "keystore.h"
 #include "service.h"
@@ -355,6 +358,68 @@ static void main_bound_address(struct mg_context *ctx, const char *listen,
 		snprintf(out, len, "%s", listen);
 }
 
+/*
+ * CivetWeb's accept loop notices mg_stop() only when its poll() times out
+ * (2 s in 1.15), so stopping takes up to 2 s. Connecting to the listening
+ * port wakes it at once: this thread does so until the stop is done.
+ */
+struct main_waker {
+	char host[64];
+	char port[8];
+	atomic_int done;
+};
+
+static void *main_waker_run(void *arg)
+{
+	struct main_waker *w = arg;
+	const struct timespec pause = {0, 50 * 1000000L};
+	struct addrinfo hints, *ai = NULL;
+	int fd;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+	if (getaddrinfo(w->host, w->port, &hints, &ai) != 0)
+		return NULL;
+	while (!atomic_load(&w->done)) {
+		fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+		if (fd >= 0) {
+			connect(fd, ai->ai_addr, ai->ai_addrlen);
+			close(fd);
+		}
+		nanosleep(&pause, NULL);
+	}
+	freeaddrinfo(ai);
+	return NULL;
+}
+
+/* Stop CivetWeb, waking its accept loop so that it stops promptly. */
+static void main_stop_http(struct mg_context *ctx, const char *listen)
+{
+	struct main_waker w = {.done = 0};
+	struct mg_server_port port;
+	const char *colon = strrchr(listen, ':');
+	pthread_t tid;
+	int woke = 0;
+
+	if (mg_get_server_ports(ctx, 1, &port) == 1 && colon) {
+		snprintf(w.host, sizeof(w.host), "%.*s", (int)(colon - listen),
+			 listen[0] == '[' ? listen + 1 : listen);
+		w.host[strcspn(w.host, "]")] = '\0';
+		if (!strcmp(w.host, "0.0.0.0") || !w.host[0])
+			snprintf(w.host, sizeof(w.host), "127.0.0.1");
+		else if (!strcmp(w.host, "::"))
+			snprintf(w.host, sizeof(w.host), "::1");
+		snprintf(w.port, sizeof(w.port), "%d", port.port);
+		woke = !pthread_create(&tid, NULL, main_waker_run, &w);
+	}
+	mg_stop(ctx);
+	if (woke) {
+		atomic_store(&w.done, 1);
+		pthread_join(tid, NULL);
+	}
+}
+
 /* The backend called name (NULL: the default), or exit status 2. */
 static const struct ks_backend *main_find_backend(const char *name)
 {
@@ -548,7 +613,7 @@ int main(int argc, char **argv)
 	status = 0;
 out:
 	if (ctx)
-		mg_stop(ctx);
+		main_stop_http(ctx, cfg.listen);
 	jwks_service_free(svc);
 	ks_close(store);
 	if (library)
