@@ -559,76 +559,56 @@ static int ks_sqlite_get(struct ks_store *store, int64_t kid,
 	return ret;
 }
 
-struct ks_sqlite_rows {
-	struct ks_record *rec;
-	size_t n;
-	size_t cap;
-};
-
-/* Append the current row of the list statement. Called with the lock held. */
-static int ks_sqlite_rows_add(struct ks_sqlite_store *s,
-			      struct ks_sqlite_rows *rows, struct ks_err *err)
-{
-	struct ks_record *rec;
-	int ret;
-
-	if (rows->n == rows->cap) {
-		size_t cap = rows->cap ? rows->cap * 2 : 16;
-
-		rec = realloc(rows->rec, cap * sizeof(*rec));
-		if (!rec)
-			return ks_err_set(err, KS_ENOMEM,
-					  "ks_sqlite_list: out of memory");
-		rows->rec = rec;
-		rows->cap = cap;
-	}
-	rec = &rows->rec[rows->n];
-	memset(rec, 0, sizeof(*rec));
-	rec->kid = sqlite3_column_int64(s->list, 0);
-	ret = ks_sqlite_copy_row(s, s->list, 1, rec, "ks_sqlite_list", err);
-	if (ret) {
-		ks_record_release(rec);
-		return ret;
-	}
-	rows->n++;
-	return 0;
-}
-
 /*
- * The matching rows are copied out under the lock and the callback runs
- * without it, so that a callback may call back into this store.
+ * Rows are handed to the callback as SQLite holds them (borrowed, valid
+ * until the next step), with the lock held: memory stays constant however
+ * many keys the store has. The contract forbids a callback to call back
+ * into the store.
  */
 static int ks_sqlite_list(struct ks_store *store, int64_t exp_after,
 			  int64_t exp_until, ks_list_fn fn, void *arg,
 			  struct ks_err *err)
 {
 	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
-	struct ks_sqlite_rows rows = {NULL, 0, 0};
+	struct ks_record rec;
 	int rc, ret = 0;
-	size_t i;
 
 	pthread_mutex_lock(&s->lock);
 	rc = sqlite3_bind_int64(s->list, 1, exp_after);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_int64(s->list, 2, exp_until);
-	while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+	while (!ret && (rc == SQLITE_OK || rc == SQLITE_ROW)) {
 		rc = sqlite3_step(s->list);
-		if (rc == SQLITE_ROW)
-			ret = ks_sqlite_rows_add(s, &rows, err);
-		if (ret)
+		if (rc != SQLITE_ROW)
 			break;
+		rec.kid = sqlite3_column_int64(s->list, 0);
+		if (sqlite3_column_type(s->list, 1) == SQLITE_NULL) {
+			ret = ks_err_set(err, KS_ECORRUPT,
+					 "ks_sqlite_list: kid %lld in '%s' "
+					 "has no key",
+					 (long long)rec.kid, s->path);
+			break;
+		}
+		/*
+		 * TEXT (a PEM stored by a Python tool) reads as its bytes.
+		 * The record is borrowed: the callback only reads it.
+		 */
+		rec.blob = (unsigned char *)(uintptr_t)sqlite3_column_blob(
+			s->list, 1);
+		rec.blob_len = (size_t)sqlite3_column_bytes(s->list, 1);
+		rec.exp = sqlite3_column_int64(s->list, 2);
+		if (!rec.blob && rec.blob_len)
+			ret = ks_sqlite_error(err, s->db, SQLITE_NOMEM,
+					      "ks_sqlite_list",
+					      "sqlite3_column_blob", s->path);
+		else
+			ret = fn(&rec, arg);
 	}
 	if (!ret && rc != SQLITE_DONE)
 		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_list",
 				      "sqlite3_step", s->path);
 	sqlite3_reset(s->list);
 	pthread_mutex_unlock(&s->lock);
-
-	for (i = 0; !ret && i < rows.n; i++)
-		ret = fn(&rows.rec[i], arg);
-	for (i = 0; i < rows.n; i++)
-		ks_record_release(&rows.rec[i]);
-	free(rows.rec);
 	return ret;
 }
 

@@ -1,0 +1,314 @@
+#!/usr/bin/python3
+"""jwksd benchmark: throughput, latency, CPU cost and memory, against references.
+
+Starts the given jwksd binary on free loopback ports with fresh stores, drives
+it with wrk (keep-alive connections), and prints a table with the ratios the
+project's targets are stated in:
+
+  /auth   requests per second of server CPU time vs `openssl speed rsa2048`
+          on one core (RS256 is one RSA-2048 signature per request)
+  JWKS    requests per second vs nginx serving the very same bytes as a
+          static file, with the same wrk settings
+  memory  the server's peak resident set (VmHWM) under the benchmark
+  scale   the same figures on a store with 10,000 expired keys and 10
+          unexpired ones, and the time from start to accepting connections
+
+Each figure is the median of --runs runs. The table is also written to
+OUT/bench-<time>.md and OUT/last.md; the previous last.md is shown beside it.
+Only loopback traffic; every run is bounded by --duration.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+LOOP = "127.0.0.1"
+JWKS = "/.well-known/jwks.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind((LOOP, 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, timeout=10.0):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection((LOOP, port), 0.05).close()
+            return time.monotonic() - start
+        except OSError:
+            time.sleep(0.002)
+    raise RuntimeError("server did not listen in time")
+
+
+def cpu_seconds(pid):
+    """utime + stime of a process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def to_ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url, args, lua=None):
+    cmd = ["wrk", f"-t{args.wrk_threads}", f"-c{args.connections}",
+           f"-d{args.duration}s", "--latency"]
+    if lua:
+        cmd += ["-s", lua]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True,
+                         check=True, timeout=args.duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"\n\s+50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"\n\s+99%\s+(\S+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": p50, "p99": p99,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": errors.group(1) if errors else ""}
+
+
+def measure(pid, url, args, lua=None):
+    """Warm up, then --runs wrk runs; medians of each figure."""
+    subprocess.run(["wrk", "-t1", "-c4", f"-d{args.warmup}s"]
+                   + (["-s", lua] if lua else []) + [url],
+                   capture_output=True, check=True, timeout=args.warmup + 30)
+    runs = []
+    for _ in range(args.runs):
+        cpu0, t0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
+        r = run_wrk(url, args, lua)
+        cpu1, t1 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
+        requests = r["rps"] * (t1 - t0)
+        r["per_cpu"] = requests / (cpu1 - cpu0) if pid and cpu1 > cpu0 else 0
+        runs.append(r)
+    med = {k: statistics.median(r[k] for r in runs)
+           for k in ("rps", "p50", "p99", "per_cpu")}
+    med["non2xx"] = sum(r["non2xx"] for r in runs)
+    med["errors"] = "; ".join(r["errors"] for r in runs if r["errors"])
+    return med
+
+
+def openssl_signs_per_second(args):
+    rates = []
+    for _ in range(args.runs):
+        out = subprocess.run(
+            ["openssl", "speed", "-seconds", str(args.duration), "rsa2048"],
+            capture_output=True, text=True, check=True).stdout
+        m = re.search(r"rsa 2048 bits\s+\S+\s+\S+\s+([\d.]+)", out)
+        rates.append(float(m.group(1)))
+    return statistics.median(rates)
+
+
+class Jwksd:
+    def __init__(self, binary, workdir, db, threads):
+        self.port = free_port()
+        cmd = [binary, "--listen", f"{LOOP}:{self.port}", "--db", str(db)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self.log = open(workdir / f"jwksd-{self.port}.log", "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.listen_after = wait_listening(self.port, self.proc)
+        # Ready: the first JWKS answered (keys loaded or generated).
+        urllib.request.urlopen(self.url(JWKS), timeout=30).read()
+        self.ready_after = time.monotonic() - self.started
+
+    def url(self, path):
+        return f"http://{LOOP}:{self.port}{path}"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        self.log.close()
+        if rc != 0:
+            raise RuntimeError(f"jwksd exited with {rc}")
+
+
+def start_nginx(workdir, body):
+    root = workdir / "www" / ".well-known"
+    root.mkdir(parents=True)
+    (root / "jwks.json").write_bytes(body)
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+worker_processes auto;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    default_type application/json;
+    keepalive_requests 100000000;
+    server {{
+        listen {LOOP}:{port};
+        root {workdir}/www;
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc)
+    return proc, port
+
+
+def big_store(path, pem_source, live_count=10):
+    """live_count unexpired keys and 10,000 expired ones, in the assignment's
+    schema. The unexpired keys are fresh RSA-2048 keys from `openssl genrsa`;
+    the expired rows repeat the real expired key jwksd made (a valid blob:
+    parsing all 10,000 would be the cost under test).
+    """
+    src = sqlite3.connect(pem_source)
+    now = int(time.time())
+    dead = src.execute("SELECT key FROM keys WHERE exp <= ? LIMIT 1",
+                       (now,)).fetchone()[0]
+    src.close()
+    live = [subprocess.run(["openssl", "genrsa", "-traditional", "2048"],
+                           capture_output=True, check=True).stdout
+            for _ in range(live_count)]
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE keys(kid INTEGER PRIMARY KEY AUTOINCREMENT, "
+               "key BLOB NOT NULL, exp INTEGER NOT NULL)")
+    db.executemany("INSERT INTO keys (key, exp) VALUES (?, ?)",
+                   [(dead, now - 3600 - i) for i in range(10000)])
+    db.executemany("INSERT INTO keys (key, exp) VALUES (?, ?)",
+                   [(pem, now + 86400 + i) for i, pem in enumerate(live)])
+    db.commit()
+    db.close()
+    os.chmod(path, 0o600)
+    return live_count
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jwksd", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="jwksd --threads (default: jwksd's default)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="jwksd-bench-"))
+    work.chmod(0o755)  # nginx's workers run as another user
+    lua = work / "post.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.body = ""\n')
+
+    print("openssl speed rsa2048 (one core) ...", file=sys.stderr)
+    signs = openssl_signs_per_second(args)
+
+    results = {}
+    small_db = work / "small.db"
+    server = Jwksd(args.jwksd, work, small_db, args.threads)
+    print("jwksd, 2-key store ...", file=sys.stderr)
+    results["auth"] = measure(server.proc.pid, server.url("/auth"), args, str(lua))
+    results["jwks"] = measure(server.proc.pid, server.url(JWKS), args)
+    body = urllib.request.urlopen(server.url(JWKS)).read()
+    results["rss"] = peak_rss_mib(server.proc.pid)
+    server.stop()
+
+    print("nginx, same JWKS bytes ...", file=sys.stderr)
+    nginx, nport = start_nginx(work, body)
+    try:
+        results["nginx"] = measure(None, f"http://{LOOP}:{nport}{JWKS}", args)
+    finally:
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+
+    print("jwksd, 10,000 expired + 10 unexpired keys ...", file=sys.stderr)
+    big_db = work / "big.db"
+    live = big_store(big_db, small_db)
+    starts = []
+    for _ in range(args.runs):
+        s = Jwksd(args.jwksd, work, big_db, args.threads)
+        starts.append((s.listen_after, s.ready_after))
+        s.stop()
+    big = Jwksd(args.jwksd, work, big_db, args.threads)
+    results["big_auth"] = measure(big.proc.pid, big.url("/auth"), args, str(lua))
+    results["big_jwks"] = measure(big.proc.pid, big.url(JWKS), args)
+    results["big_rss"] = peak_rss_mib(big.proc.pid)
+    big.stop()
+    listen_s = statistics.median(s[0] for s in starts)
+    ready_s = statistics.median(s[1] for s in starts)
+
+    a, j, n = results["auth"], results["jwks"], results["nginx"]
+    ba, bj = results["big_auth"], results["big_jwks"]
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"],
+                         capture_output=True, text=True).stdout.split(":")[-1]
+    lines = [
+        f"jwksd benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+        f"{os.cpu_count()} cores ({cpu.strip()}), wrk -t{args.wrk_threads} "
+        f"-c{args.connections} -d{args.duration}s, median of {args.runs} runs, "
+        f"jwksd --threads {args.threads or 'default'}",
+        "",
+        "| endpoint | req/s | p50 ms | p99 ms | req per server CPU-s | reference | ratio | target |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| POST /auth | {a['rps']:.0f} | {a['p50']:.2f} | {a['p99']:.2f} | "
+        f"{a['per_cpu']:.0f} | openssl rsa2048 sign/s, 1 core: {signs:.0f} | "
+        f"{a['per_cpu'] / signs:.3f} | >= 0.95 |",
+        f"| GET JWKS | {j['rps']:.0f} | {j['p50']:.2f} | {j['p99']:.2f} | "
+        f"{j['per_cpu']:.0f} | nginx, same bytes: {n['rps']:.0f} req/s "
+        f"(p50 {n['p50']:.2f}, p99 {n['p99']:.2f}) | {j['rps'] / n['rps']:.3f} | >= 0.9 |",
+        f"| peak RSS | {results['rss']:.1f} MiB | | | | | | <= 16 MiB |",
+        "",
+        f"Store with 10,000 expired + {live} unexpired keys:",
+        "",
+        "| figure | value | 2-key store | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| start to accepting connections | {listen_s * 1000:.0f} ms | | | < 1000 ms |",
+        f"| start to first JWKS answered | {ready_s * 1000:.0f} ms | | | |",
+        f"| POST /auth req/s | {ba['rps']:.0f} | {a['rps']:.0f} | "
+        f"{ba['rps'] / a['rps']:.3f} | >= 0.9 |",
+        f"| GET JWKS req/s | {bj['rps']:.0f} | {j['rps']:.0f} | "
+        f"{bj['rps'] / j['rps']:.3f} | >= 0.9 |",
+        f"| peak RSS | {results['big_rss']:.1f} MiB | {results['rss']:.1f} MiB | | |",
+    ]
+    bad = [f"{k}: {v['non2xx']} non-2xx, socket errors {v['errors']!r}"
+           for k, v in results.items()
+           if isinstance(v, dict) and (v["non2xx"] or v["errors"])]
+    if bad:
+        lines += ["", "Errors during the runs: " + "; ".join(bad)]
+    table = "\n".join(lines) + "\n"
+
+    last = out / "last.md"
+    previous = last.read_text() if last.exists() else None
+    (out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(table)
+    last.write_text(table)
+    print(table)
+    if previous:
+        print("Previous run (" + str(last) + " before this one):\n")
+        print(previous)
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
