@@ -152,4 +152,11 @@ int jwks_http_screen(struct mg_connection *conn, long long max_body);
  */
 int jwks_http_error_page(struct mg_connection *conn, int status);
 
+/*
+ * Answer this connection's current request with "Connection: close" and
+ * close it afterwards; for a server whose worker threads are all taken by
+ * kept-alive connections, so that queued ones get a turn.
+ */
+void jwks_http_close_after(struct mg_connection *conn);
+
 #endif /* JWKS_SERVICE_H */

@@ -63,6 +63,15 @@ static int http_has_token(const char *value, const char *token)
 	return 0;
 }
 
+/* The connection data that marks a connection to close after this answer. */
+static char http_close_mark;
+
+void jwks_http_close_after(struct mg_connection *conn)
+{
+	mg_set_user_connection_data(conn, &http_close_mark);
+	mg_disable_connection_keep_alive(conn);
+}
+
 /*
  * Whether the connection stays open after this answer (RFC 9112 9.3).
  * Refused requests close it: what follows them on the wire is in doubt.
@@ -72,7 +81,8 @@ static int http_keep_alive(const struct mg_connection *conn, int status)
 	const struct mg_request_info *ri = mg_get_request_info(conn);
 	const char *connection = mg_get_header(conn, "Connection");
 
-	if (status >= 400 && status != 404 && status != 405)
+	if ((status >= 400 && status != 404 && status != 405) ||
+	    mg_get_user_connection_data(conn) == &http_close_mark)
 		return 0;
 	if (!ri->http_version || !ri->request_method)
 		return 0;

@@ -247,11 +247,35 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
  */
 static atomic_int main_in_flight;
 
+/*
+ * Open connections. CivetWeb gives each one a worker thread until it
+ * closes, so when there are as many as threads, kept-alive connections
+ * would starve queued ones: answers then close their connection.
+ */
+static atomic_int main_connections;
+
+static int main_init_connection(const struct mg_connection *conn,
+				void **conn_data)
+{
+	(void)conn;
+	*conn_data = NULL;
+	atomic_fetch_add(&main_connections, 1);
+	return 0;
+}
+
+static void main_connection_close(const struct mg_connection *conn)
+{
+	(void)conn;
+	atomic_fetch_sub(&main_connections, 1);
+}
+
 static int main_begin_request(struct mg_connection *conn)
 {
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
 	atomic_fetch_add(&main_in_flight, 1);
+	if (atomic_load(&main_connections) >= cfg->threads)
+		jwks_http_close_after(conn);
 	return jwks_http_screen(conn, cfg->max_body);
 }
 
@@ -332,6 +356,8 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 	callbacks.begin_request = main_begin_request;
 	callbacks.end_request = main_end_request;
 	callbacks.http_error = main_http_error;
+	callbacks.init_connection = main_init_connection;
+	callbacks.connection_close = main_connection_close;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
