@@ -770,7 +770,10 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 		if (rc)
 			return rc;
 		exp = k->exp < now ? k->exp : now - 1;
-		iat = exp - svc->opts.token_ttl;
+		/* A store may hold any exp: never overflow going back. */
+		iat = exp >= INT64_MIN + svc->opts.token_ttl
+			      ? exp - svc->opts.token_ttl
+			      : exp;
 	} else {
 		s = svc_acquire_fresh(svc, now);
 		if (!s || !s->signing) {

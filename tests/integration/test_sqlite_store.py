@@ -382,6 +382,24 @@ class InteropTests(SqliteStoreTestCase):
         self.assertIsNotNone(jwk_for_kid(self.get_jwks(server), str(kid_early)))
 
 
+    def test_extreme_expiry_values_are_served_without_overflow(self):
+        # Found by reading the service while fuzzing: an expired key with
+        # exp near INT64_MIN made iat = exp - token_ttl overflow (undefined
+        # behaviour; the ASan+UBSan run of this suite aborts on it).
+        now = int(time.time())
+        lowest = -(2 ** 63) + 1
+        kid_live, kid_low = self.precreate([(pkcs1_pem(0), now + 50000),
+                                            (pkcs1_pem(1), lowest)])
+        server = self.start_sqlite()
+        _, token = self.post_auth(server, "expired=true")
+        header, claims = self.assertTokenWellFormed(token, "expired token")
+        self.assertEqual(header["kid"], str(kid_low))
+        self.assertEqual(claims["exp"], lowest)
+        self.assertLessEqual(claims["iat"], claims["exp"] + 3600)
+        self.assertVerifiesWithPem(token, pkcs1_pem(1), verify_exp=False)
+        self.assertEqual(jwks_kids(self.get_jwks(server)), [str(kid_live)])
+
+
 class FailureTests(SqliteStoreTestCase):
 
     def run_failing(self, db, expected_rc=1):
