@@ -159,4 +159,11 @@ int jwks_http_error_page(struct mg_connection *conn, int status);
  */
 void jwks_http_close_after(struct mg_connection *conn);
 
+/*
+ * For a server that is stopping: answer 503 {"error":"shutting down"} with
+ * Retry-After and close the connection, so that the requests already in
+ * flight can finish without new ones arriving behind them. Returns 503.
+ */
+int jwks_http_shutting_down(struct mg_connection *conn);
+
 #endif /* JWKS_SERVICE_H */

@@ -220,7 +220,8 @@ int jwks_http__parse_expired(const char *query)
 	n = mg_get_var(query, strlen(query), "expired", value, sizeof(value));
 	if (n == -1)
 		return 0;
-	if (n < 0)
+	/* A decoded NUL ("true%00") would end the comparison early. */
+	if (n < 0 || strlen(value) != (size_t)n)
 		return -1;
 	if (!strcasecmp(value, "true") || !strcmp(value, "1"))
 		return 1;
@@ -329,10 +330,34 @@ static int http_refuse(struct mg_connection *conn, int status)
 	return http_error(conn, status, http_reason(status), NULL, NULL);
 }
 
+/*
+ * Whether the request's framing is unambiguous: at most one Content-Length,
+ * and only digits in it (RFC 9110 8.6). CivetWeb reads "+6", "1e3", "0x10"
+ * or "6, 7" as numbers, and picks the first of two headers; a proxy in
+ * front may pick otherwise.
+ */
+static int http_length_is_sound(const struct mg_request_info *ri)
+{
+	int i, seen = 0;
+
+	for (i = 0; i < ri->num_headers; i++) {
+		const char *v = ri->http_headers[i].value;
+
+		if (strcasecmp(ri->http_headers[i].name, "Content-Length"))
+			continue;
+		if (seen++ || !v || !*v || strspn(v, "0123456789") != strlen(v))
+			return 0;
+	}
+	return 1;
+}
+
 int jwks_http_screen(struct mg_connection *conn, long long max_body)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
 	const char *te = mg_get_header(conn, "Transfer-Encoding");
+
+	if (!http_length_is_sound(ri))
+		return http_refuse(conn, 400);
 
 	/*
 	 * CivetWeb lets chunked win over Content-Length; behind a proxy that
@@ -350,6 +375,15 @@ int jwks_http_screen(struct mg_connection *conn, long long max_body)
 	if (mg_get_header(conn, "Upgrade"))
 		return http_refuse(conn, 400);
 	return 0;
+}
+
+int jwks_http_shutting_down(struct mg_connection *conn)
+{
+	static const char *const extra[] = {"Retry-After", "1", NULL};
+	static const char body[] = "{\"error\":\"shutting down\"}";
+
+	jwks_http_close_after(conn);
+	return http_send(conn, 503, "no-store", extra, body, sizeof(body) - 1);
 }
 
 int jwks_http_error_page(struct mg_connection *conn, int status)

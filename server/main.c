@@ -62,7 +62,7 @@ static const char main_usage_text[] =
 	"  --request-timeout MS   time allowed to send a request's headers "
 	"and\n"
 	"                         body, and idle time on a kept-alive\n"
-	"                         connection (default 5000)\n"
+	"                         connection (default 2000)\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry from\n"
 	"                         one store to another; the destination must\n"
@@ -246,6 +246,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
  * waits for these to finish.
  */
 static atomic_int main_in_flight;
+static atomic_int main_draining;
 
 /*
  * Open connections. CivetWeb gives each one a worker thread until it
@@ -274,6 +275,8 @@ static int main_begin_request(struct mg_connection *conn)
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
 	atomic_fetch_add(&main_in_flight, 1);
+	if (atomic_load(&main_draining))
+		return jwks_http_shutting_down(conn);
 	if (atomic_load(&main_connections) >= cfg->threads)
 		jwks_http_close_after(conn);
 	return jwks_http_screen(conn, cfg->max_body);
@@ -294,14 +297,15 @@ static void main_end_request(const struct mg_connection *conn, int status)
 }
 
 /*
- * Wait until no request has been running for 100 ms (so that connections
- * just accepted are served too), at most timeout_ms.
+ * Answer new requests with 503 and wait until no request has been running
+ * for 100 ms, at most timeout_ms.
  */
 static void main_drain(unsigned timeout_ms)
 {
 	const struct timespec tick = {0, 20 * 1000000L};
 	unsigned waited = 0, idle = 0;
 
+	atomic_store(&main_draining, 1);
 	while (idle < 5 && waited < timeout_ms) {
 		nanosleep(&tick, NULL);
 		waited += 20;
@@ -572,7 +576,7 @@ int main(int argc, char **argv)
 		.key_ttl = 86400,
 		.threads = 16,
 		.max_body = 64 * 1024,
-		.request_timeout_ms = 5000,
+		.request_timeout_ms = 2000,
 	};
 	struct jwks_service_options sopts = JWKS_SERVICE_OPTIONS_INIT;
 	const struct ks_backend *be;

@@ -665,35 +665,57 @@ static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
 	return s;
 }
 
-static int svc_find_expired(const struct ks_record *rec, void *arg)
+/* The kids and expiries of the expired keys, for picking one to sign. */
+struct svc_kid_exp {
+	int64_t kid, exp;
+};
+
+struct svc_expired_set {
+	struct svc_kid_exp *v;
+	size_t n, cap;
+};
+
+static int svc_collect_expired(const struct ks_record *rec, void *arg)
 {
-	struct ks_record *best = arg;
+	struct svc_expired_set *set = arg;
 
-	if (!best->blob || rec->exp >= best->exp) {
-		unsigned char *copy = malloc(rec->blob_len ? rec->blob_len : 1);
+	if (set->n == set->cap) {
+		size_t cap = set->cap ? set->cap * 2 : 64;
+		void *v = realloc(set->v, cap * sizeof(*set->v));
 
-		if (!copy)
+		if (!v)
 			return KS_ENOMEM;
-		memcpy(copy, rec->blob, rec->blob_len);
-		ks_record_release(best);
-		best->blob = copy;
-		best->blob_len = rec->blob_len;
-		best->kid = rec->kid;
-		best->exp = rec->exp;
+		set->v = v;
+		set->cap = cap;
 	}
+	set->v[set->n].kid = rec->kid;
+	set->v[set->n].exp = rec->exp;
+	set->n++;
 	return 0;
 }
 
+/* Latest expiry first; of equal ones, the newest kid. */
+static int svc_cmp_expired(const void *a, const void *b)
+{
+	const struct svc_kid_exp *x = a, *y = b;
+
+	if (x->exp != y->exp)
+		return x->exp < y->exp ? 1 : -1;
+	return (x->kid < y->kid) - (x->kid > y->kid);
+}
+
 /*
- * The most recently expired key: cached after the first request, read
- * from the store (and parsed) only when the cache is empty.
+ * The most recently expired key that can be parsed: cached after the first
+ * request, looked up in the store only when the cache is empty. Only the
+ * kids and expiries are read for all expired keys; key rows are read (and
+ * parsed) one at a time, newest expiry first, skipping undecodable ones.
  */
 static int svc_expired_key(struct jwks_service *svc, int64_t now,
 			   const struct svc_key **out, struct ks_err *err)
 {
-	struct ks_record best = {0};
-	const struct svc_key *k;
-	struct svc_key *found;
+	struct svc_expired_set set = {NULL, 0, 0};
+	struct svc_key *k = NULL;
+	size_t i;
 	int rc;
 
 	pthread_mutex_lock(&svc->snap_lock);
@@ -703,24 +725,36 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 		return 0;
 
 	pthread_mutex_lock(&svc->work_lock);
-	rc = ks_list(svc->store, INT64_MIN, now, svc_find_expired, &best, err);
-	if (!rc && !best.blob)
-		rc = ks_err_set(err, KS_ENOTFOUND,
-				"the store has no expired key");
-	if (!rc) {
-		found = svc_find_key(svc, best.kid);
-		if (!found)
-			rc = svc_adopt_record(svc, &best, &found);
-		k = found;
-		if (!rc) {
-			pthread_mutex_lock(&svc->snap_lock);
-			svc->expired = k;
-			pthread_mutex_unlock(&svc->snap_lock);
-			*out = k;
+	rc = ks_list(svc->store, INT64_MIN, now, svc_collect_expired, &set,
+		     err);
+	if (!rc)
+		qsort(set.v, set.n, sizeof(*set.v), svc_cmp_expired);
+	for (i = 0; !rc && !k && i < set.n; i++) {
+		struct ks_record rec = {0};
+
+		k = svc_find_key(svc, set.v[i].kid);
+		if (k)
+			break;
+		rc = ks_get(svc->store, set.v[i].kid, &rec, err);
+		if (rc == KS_ENOTFOUND) {
+			rc = 0;
+			continue;
 		}
+		if (!rc && svc_adopt_record(svc, &rec, &k) == KS_ENOMEM)
+			rc = KS_ENOMEM;
+		ks_record_release(&rec);
+	}
+	if (!rc && !k)
+		rc = ks_err_set(err, KS_ENOTFOUND,
+				"the store has no usable expired key");
+	if (!rc) {
+		pthread_mutex_lock(&svc->snap_lock);
+		svc->expired = k;
+		pthread_mutex_unlock(&svc->snap_lock);
+		*out = k;
 	}
 	pthread_mutex_unlock(&svc->work_lock);
-	ks_record_release(&best);
+	free(set.v);
 	return rc;
 }
 

@@ -217,12 +217,17 @@ def header_of(headers, name):
 class Server:
     """One jwksd process, started on a free loopback port."""
 
-    def __init__(self, workdir, db=None, backend=BACKEND, args=(), label="jwksd"):
+    def __init__(self, workdir, db=None, backend=BACKEND, args=(), label="jwksd",
+                 prefix=(), umask=0o022):
         self.workdir = Path(workdir)
         self.db = None if db is None else Path(db)
         self.backend = backend
         self.args = list(args)
         self.label = label
+        # A command that execs jwksd (e.g. setpriv ... to run it as another
+        # user); the process keeps its pid, so signals still reach jwksd.
+        self.prefix = list(prefix)
+        self.umask = umask
         self.port = None
         self.proc = None
         self.launches = 0
@@ -232,7 +237,7 @@ class Server:
     # -- lifecycle
 
     def command(self):
-        cmd = [jwksd_bin(), "--listen", f"{LOOPBACK}:{self.port}"]
+        cmd = self.prefix + [jwksd_bin(), "--listen", f"{LOOPBACK}:{self.port}"]
         if self.backend is not None:
             cmd += ["--backend", self.backend]
         if self.db is not None:
@@ -251,7 +256,7 @@ class Server:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=err, umask=0o022)
+            stdout=out, stderr=err, umask=self.umask)
         return started
 
     def start(self):
@@ -365,15 +370,15 @@ class RunResult:
                 f"--- stderr ---\n{self.stderr}--- end ---")
 
 
-def run_jwksd(args, cwd, timeout=10.0, watch_port=None):
+def run_jwksd(args, cwd, timeout=10.0, watch_port=None, prefix=()):
     """Run jwksd to completion (for flags and failures that must exit).
 
     If watch_port is given, keep trying to connect to it while the process
     runs; RunResult.listened tells whether a connection ever succeeded.
     A process still running after timeout is killed and reported with
-    returncode None.
+    returncode None. prefix is a command that execs jwksd (e.g. setpriv).
     """
-    cmd = [jwksd_bin()] + list(args)
+    cmd = list(prefix) + [jwksd_bin()] + list(args)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
