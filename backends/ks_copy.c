@@ -32,7 +32,8 @@ static int ks_copy_collect(const struct ks_record *rec, void *arg)
 	r->blob = malloc(rec->blob_len ? rec->blob_len : 1);
 	if (!r->blob)
 		return KS_ENOMEM;
-	memcpy(r->blob, rec->blob, rec->blob_len);
+	if (rec->blob_len)
+		memcpy(r->blob, rec->blob, rec->blob_len);
 	r->blob_len = rec->blob_len;
 	r->kid = rec->kid;
 	r->exp = rec->exp;

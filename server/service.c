@@ -727,7 +727,7 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 	pthread_mutex_lock(&svc->work_lock);
 	rc = ks_list(svc->store, INT64_MIN, now, svc_collect_expired, &set,
 		     err);
-	if (!rc)
+	if (!rc && set.n)
 		qsort(set.v, set.n, sizeof(*set.v), svc_cmp_expired);
 	for (i = 0; !rc && !k && i < set.n; i++) {
 		struct ks_record rec = {0};
