@@ -249,6 +249,22 @@ static atomic_int main_in_flight;
 static atomic_int main_draining;
 
 /*
+ * CivetWeb accepts connections as soon as mg_start2() returns, before the
+ * routes can be registered on its context; requests wait for them here
+ * (begin_request runs before CivetWeb looks for a handler).
+ */
+static atomic_int main_routes_ready;
+
+static void main_wait_for_routes(void)
+{
+	const struct timespec pause = {0, 1000000L};
+	int waited_ms = 0;
+
+	while (!atomic_load(&main_routes_ready) && waited_ms++ < 10000)
+		nanosleep(&pause, NULL);
+}
+
+/*
  * Open connections. CivetWeb gives each one a worker thread until it
  * closes, so when there are as many as threads, kept-alive connections
  * would starve queued ones: answers then close their connection.
@@ -275,6 +291,7 @@ static int main_begin_request(struct mg_connection *conn)
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
 	atomic_fetch_add(&main_in_flight, 1);
+	main_wait_for_routes();
 	if (atomic_load(&main_draining))
 		return jwks_http_shutting_down(conn);
 	if (atomic_load(&main_connections) >= cfg->threads)
@@ -371,6 +388,7 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 		return NULL;
 	}
 	jwks_http_register(ctx, svc, 1);
+	atomic_store(&main_routes_ready, 1);
 	return ctx;
 }
 

@@ -57,6 +57,8 @@ struct jwks_service {
 	uint64_t version;
 	int have_version;
 	int64_t next_keygen_try;
+	int last_fault;		/* the last background failure logged */
+	int64_t last_fault_log; /* and when */
 
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
@@ -548,6 +550,20 @@ out:
 	return rc;
 }
 
+/*
+ * Log a background failure, once per kind of failure and minute: a store
+ * that stays broken must not fill the log four times a second.
+ */
+static void svc_fault(struct jwks_service *svc, int64_t now, const char *what,
+		      int rc, const struct ks_err *e)
+{
+	if (rc == svc->last_fault && now - svc->last_fault_log < 60)
+		return;
+	svc->last_fault = rc;
+	svc->last_fault_log = now;
+	svc_log(svc, "%s failed: %s (%s)", what, ks_strerror(rc), e->text);
+}
+
 /* One pass of background work (called without locks). */
 static void svc_tick(struct jwks_service *svc)
 {
@@ -564,11 +580,9 @@ static void svc_tick(struct jwks_service *svc)
 	    (!rc && (!svc->have_version || version != svc->version))) {
 		rc = svc_reload(svc, now, &e);
 		if (rc)
-			svc_log(svc, "reloading keys failed: %s (%s)",
-				ks_strerror(rc), e.text);
+			svc_fault(svc, now, "reloading keys", rc, &e);
 	} else if (rc) {
-		svc_log(svc, "checking the store failed: %s (%s)",
-			ks_strerror(rc), e.text);
+		svc_fault(svc, now, "checking the store", rc, &e);
 	} else if (svc->cur && now >= svc->cur->valid_until) {
 		svc_rebuild(svc, now);
 	}
@@ -589,8 +603,7 @@ static void svc_tick(struct jwks_service *svc)
 	}
 	if (rc) {
 		svc->next_keygen_try = now + 5;
-		svc_log(svc, "adding a new key failed: %s (%s)",
-			ks_strerror(rc), e.text);
+		svc_fault(svc, now, "adding a new key", rc, &e);
 	}
 	pthread_mutex_unlock(&svc->work_lock);
 	signer_key_free(key);
