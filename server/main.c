@@ -54,7 +54,7 @@ static const char main_usage_text[] =
 	"  --backend NAME         key store backend (default sqlite)\n"
 	"  --token-ttl SECONDS    lifetime of issued tokens (default 3600)\n"
 	"  --key-ttl SECONDS      lifetime of generated keys (default 86400)\n"
-	"  --threads N            worker threads (default 16)\n"
+	"  --threads N            worker threads (default 64)\n"
 	"  --lmdb-map-size BYTES  LMDB map size, K/M/G suffix allowed\n"
 	"                         (default 64M)\n"
 	"  --max-body BYTES       largest request body accepted, K/M suffix\n"
@@ -592,7 +592,7 @@ int main(int argc, char **argv)
 		.listen = "127.0.0.1:8080",
 		.token_ttl = 3600,
 		.key_ttl = 86400,
-		.threads = 16,
+		.threads = 64,
 		.max_body = 64 * 1024,
 		.request_timeout_ms = 2000,
 	};
