@@ -115,12 +115,16 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	n = snprintf(buf, cap,
 		     "HTTP/1.1 %d %s\r\n"
 		     "Date: %s\r\n"
-		     "Content-Type: application/json\r\n"
-		     "Content-Length: %zu\r\n"
 		     "Cache-Control: %s\r\n"
 		     "X-Content-Type-Options: nosniff\r\n",
 		     status, mg_get_response_code_text(conn, status), date,
-		     body_len, cache);
+		     cache);
+	/* A 304 describes the cached answer: no length or type of its own. */
+	if (status != 304 && n > 0 && (size_t)n < cap)
+		n += snprintf(buf + n, cap - (size_t)n,
+			      "Content-Type: application/json\r\n"
+			      "Content-Length: %zu\r\n",
+			      body_len);
 	for (; n > 0 && (size_t)n < cap && extra && extra[0]; extra += 2)
 		n += snprintf(buf + n, cap - (size_t)n, "%s: %s\r\n", extra[0],
 			      extra[1]);

@@ -244,6 +244,28 @@ class JwksTests(SharedServerTestCase):
         self.assertIn("keys", json.loads(get.read()))
         self.assertEqual(head.getheader("Content-Length"), get.getheader("Content-Length"))
 
+    def test_etag_and_if_none_match(self):
+        # A strong ETag; a matching If-None-Match gets 304 with no body, on
+        # a connection that then still serves; a stale one gets the body.
+        server = self.server
+        first = self.request(server, "GET", JWKS_PATH)
+        etag = first.header("ETag")
+        self.assertIsNotNone(etag, first.describe())
+        self.assertRegex(etag, r'\A"[^"]+"\Z', "a strong ETag is a quoted string")
+        self.assertEqual(self.request(server, "GET", JWKS_PATH).header("ETag"), etag,
+                         "the ETag changes only when the key set does")
+        conn = http.client.HTTPConnection(LOOPBACK, server.port, timeout=HTTP_TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request("GET", JWKS_PATH, headers={"If-None-Match": etag})
+        cached = conn.getresponse()
+        self.assertEqual(cached.status, 304)
+        self.assertEqual(cached.read(), b"")
+        self.assertEqual(cached.getheader("ETag"), etag)
+        conn.request("GET", JWKS_PATH, headers={"If-None-Match": '"stale"'})
+        fresh = conn.getresponse()
+        self.assertEqual(fresh.status, 200)
+        self.assertEqual(fresh.read(), first.body)
+
 
 
 class MethodAndPathTests(SharedServerTestCase):
