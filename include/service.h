@@ -127,7 +127,8 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg);
 /*
  * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json) on a
  * running CivetWeb context. With catch_all set, every other path answers a
- * JSON 404 (for a program that serves nothing else). svc is borrowed and
+ * JSON 404, and CivetWeb's per-directory .htpasswd lookup is turned off (for
+ * a program that serves nothing else). svc is borrowed and
  * must outlive the context.
  */
 void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,

@@ -293,6 +293,14 @@ static int http_jwks(struct mg_connection *conn, void *cbdata)
 	return status;
 }
 
+/* The routes decide for themselves: POST /auth is an open issuer. */
+static int http_no_file_auth(struct mg_connection *conn, void *cbdata)
+{
+	(void)conn;
+	(void)cbdata;
+	return 1;
+}
+
 static int http_catch_all(struct mg_connection *conn, void *cbdata)
 {
 	(void)cbdata;
@@ -401,6 +409,14 @@ void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
 {
 	mg_set_request_handler(ctx, HTTP_AUTH_PATH, http_auth, svc);
 	mg_set_request_handler(ctx, HTTP_JWKS_PATH, http_jwks, svc);
-	if (catch_all)
+	if (catch_all) {
 		mg_set_request_handler(ctx, "/", http_catch_all, NULL);
+		/*
+		 * Without an authorization handler CivetWeb looks for a
+		 * .htpasswd file on every request, relative to the file
+		 * system root when there is no document root: a file
+		 * /.htpasswd would put every route behind Digest auth (401).
+		 */
+		mg_set_auth_handler(ctx, "/", http_no_file_auth, NULL);
+	}
 }
