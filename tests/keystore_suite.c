@@ -16,8 +16,7 @@
 
 #include "keystore.h"
 #include "test.h"
-
-#define SUITE_PATH_MAX 1024
+#include "test_fs.h"
 
 /* A non-NULL value that ks_open() must overwrite on failure. */
 static char junk;
@@ -31,17 +30,9 @@ static unsigned char blob_imp[] = "imp";
 struct ctx {
 	const struct ks_backend *be;
 	const char *name;
-	char dir[SUITE_PATH_MAX];
-	char path[SUITE_PATH_MAX];
+	char dir[TEST_PATH_MAX];
+	char path[TEST_PATH_MAX];
 };
-
-/* out = a/b; -1 if it does not fit. */
-static int join(char *out, size_t size, const char *a, const char *b)
-{
-	int n = snprintf(out, size, "%s/%s", a, b);
-
-	return n < 0 || (size_t)n >= size ? -1 : 0;
-}
 
 static int is_sqlite(const struct ctx *c)
 {
@@ -105,50 +96,6 @@ static void check_record(const struct ctx *c, struct ks_store *store,
 	ks_record_release(&rec);
 }
 
-/* Remove a directory tree (making read-only directories writable first). */
-static int rm_rf(const char *path)
-{
-	struct stat st;
-	struct dirent *ent;
-	DIR *dir;
-	int ret = 0;
-
-	if (lstat(path, &st) != 0)
-		return errno == ENOENT ? 0 : -1;
-	if (!S_ISDIR(st.st_mode))
-		return unlink(path);
-	chmod(path, 0700);
-	dir = opendir(path);
-	if (!dir)
-		return -1;
-	while ((ent = readdir(dir))) {
-		char sub[SUITE_PATH_MAX];
-
-		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
-			continue;
-		if (join(sub, sizeof(sub), path, ent->d_name) || rm_rf(sub))
-			ret = -1;
-	}
-	closedir(dir);
-	return rmdir(path) == 0 ? ret : -1;
-}
-
-/* The number of entries in a directory, -1 if it cannot be read. */
-static int count_entries(const char *path)
-{
-	struct dirent *ent;
-	DIR *dir = opendir(path);
-	int n = 0;
-
-	if (!dir)
-		return -1;
-	while ((ent = readdir(dir)))
-		if (strcmp(ent->d_name, ".") && strcmp(ent->d_name, ".."))
-			n++;
-	closedir(dir);
-	return n;
-}
-
 /* Check that nothing under path is readable or writable by others. */
 static void check_private(const struct ctx *c, const char *path)
 {
@@ -167,7 +114,7 @@ static void check_private(const struct ctx *c, const char *path)
 	if (!dir)
 		return;
 	while ((ent = readdir(dir))) {
-		char sub[SUITE_PATH_MAX];
+		char sub[TEST_PATH_MAX];
 
 		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
 			continue;
@@ -303,7 +250,7 @@ static void test_open_creates(struct ctx *c)
 
 static void test_default_path(struct ctx *c)
 {
-	char cwd[SUITE_PATH_MAX];
+	char cwd[TEST_PATH_MAX];
 	struct ks_store *store = NULL;
 	struct stat st;
 	int rc;
@@ -697,38 +644,6 @@ static void test_check(struct ctx *c)
 	ks_close(store);
 }
 
-static int write_file(const char *path, const unsigned char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	int ok;
-
-	if (fd < 0)
-		return -1;
-	ok = write(fd, data, len) == (ssize_t)len;
-	return close(fd) == 0 && ok ? 0 : -1;
-}
-
-/* The whole file in a malloc()ed buffer, NULL if it cannot be read. */
-static unsigned char *read_file(const char *path, size_t *len)
-{
-	unsigned char *buf = NULL;
-	struct stat st;
-	int fd = open(path, O_RDONLY);
-	ssize_t n = -1;
-
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) == 0 && (buf = malloc((size_t)st.st_size + 1)))
-		n = read(fd, buf, (size_t)st.st_size + 1);
-	close(fd);
-	if (n != (ssize_t)st.st_size) {
-		free(buf);
-		return NULL;
-	}
-	*len = (size_t)n;
-	return buf;
-}
-
 /* Opening the file at c->path fails with KS_ECORRUPT and changes nothing. */
 static void check_open_corrupt(const struct ctx *c, const char *what)
 {
@@ -834,7 +749,7 @@ static void test_missing_dir(struct ctx *c)
 {
 	struct ks_store *store = JUNK_STORE;
 	struct ks_err err = {""};
-	char missing[SUITE_PATH_MAX], path[SUITE_PATH_MAX];
+	char missing[TEST_PATH_MAX], path[TEST_PATH_MAX];
 	struct stat st;
 	int rc;
 
@@ -860,7 +775,7 @@ static void test_read_only(struct ctx *c)
 {
 	struct ks_store *store;
 	struct ks_err err = {""};
-	char ro[SUITE_PATH_MAX], path[SUITE_PATH_MAX];
+	char ro[TEST_PATH_MAX], path[TEST_PATH_MAX];
 	int rc, entries;
 
 	if (geteuid() == 0) {

@@ -18,15 +18,15 @@
 
 #include "keystore.h"
 #include "test.h"
+#include "test_fs.h"
 
-#define PATH_SIZE 1024
 #define KIB ((size_t)1024)
 
 struct ctx {
 	const struct ks_backend *be;
-	char dir[PATH_SIZE];
-	char path[PATH_SIZE];
-	char lock[PATH_SIZE];
+	char dir[TEST_PATH_MAX];
+	char path[TEST_PATH_MAX];
+	char lock[TEST_PATH_MAX];
 };
 
 /* max_readers 0 and map_size 0 keep the defaults of KS_OPTIONS_INIT. */
@@ -142,91 +142,11 @@ static void check_ok(struct ks_store *store, const char *when)
 	      err.text);
 }
 
-static int join(char *out, size_t size, const char *a, const char *b)
-{
-	int n = snprintf(out, size, "%s/%s", a, b);
-
-	return n < 0 || (size_t)n >= size ? -1 : 0;
-}
-
-static int rm_rf(const char *path)
-{
-	struct dirent *ent;
-	struct stat st;
-	DIR *dir;
-	int ret = 0;
-
-	if (lstat(path, &st) != 0)
-		return errno == ENOENT ? 0 : -1;
-	if (!S_ISDIR(st.st_mode))
-		return unlink(path);
-	chmod(path, 0700);
-	dir = opendir(path);
-	if (!dir)
-		return -1;
-	while ((ent = readdir(dir))) {
-		char sub[PATH_SIZE];
-
-		if (!strcmp(ent->d_name, ".") || !strcmp(ent->d_name, ".."))
-			continue;
-		if (join(sub, sizeof(sub), path, ent->d_name) || rm_rf(sub))
-			ret = -1;
-	}
-	closedir(dir);
-	return rmdir(path) == 0 ? ret : -1;
-}
-
-static int count_entries(const char *path)
-{
-	struct dirent *ent;
-	DIR *dir = opendir(path);
-	int n = 0;
-
-	if (!dir)
-		return -1;
-	while ((ent = readdir(dir)))
-		if (strcmp(ent->d_name, ".") && strcmp(ent->d_name, ".."))
-			n++;
-	closedir(dir);
-	return n;
-}
-
 static int exists(const char *path)
 {
 	struct stat st;
 
 	return lstat(path, &st) == 0;
-}
-
-static int write_file(const char *path, const unsigned char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	int ok;
-
-	if (fd < 0)
-		return -1;
-	ok = write(fd, data, len) == (ssize_t)len;
-	return close(fd) == 0 && ok ? 0 : -1;
-}
-
-static unsigned char *read_file(const char *path, size_t *len)
-{
-	unsigned char *buf = NULL;
-	struct stat st;
-	int fd = open(path, O_RDONLY);
-	ssize_t n = -1;
-
-	if (fd < 0)
-		return NULL;
-	if (fstat(fd, &st) == 0 && (buf = malloc((size_t)st.st_size + 1)))
-		n = read(fd, buf, (size_t)st.st_size + 1);
-	close(fd);
-	if (n != (ssize_t)st.st_size) {
-		free(buf);
-		return NULL;
-	}
-	*len = (size_t)n;
-	return buf;
 }
 
 /* Run fn in a child process and return its exit status (-1: it died). */
@@ -443,7 +363,7 @@ static void test_open_twice(struct ctx *c)
 {
 	static struct opener op[OPENERS];
 	pthread_t tid[OPENERS];
-	char dot[PATH_SIZE], other[PATH_SIZE];
+	char dot[TEST_PATH_MAX], other[TEST_PATH_MAX];
 	struct ks_store *a = open_store(c, 0), *b = open_store(c, 0), *d;
 	uint64_t v;
 	int i, started = 0;

@@ -20,6 +20,7 @@
 #include "service.h"
 #include "signer.h"
 #include "test.h"
+#include "test_fs.h"
 
 static _Atomic int64_t fake_now;
 
@@ -73,12 +74,9 @@ static int fixture_start(struct fixture *f, int64_t token_ttl, int64_t key_ttl)
 
 static void fixture_close(struct fixture *f)
 {
-	char cmd[128];
-
 	jwks_service_free(f->svc);
 	ks_close(f->store);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
-	if (system(cmd) != 0)
+	if (rm_rf(f->dir))
 		fprintf(stderr, "could not remove %s\n", f->dir);
 }
 
