@@ -187,14 +187,12 @@ def raw_exchange(port, request_bytes, timeout=5.0):
             chunks.append(chunk)
 
 
-def parse_raw_response(data):
-    """(status, [(name, value)], body bytes) of one raw HTTP/1.x response."""
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError(f"no end of headers in {data[:300]!r}")
+def parse_head(head):
+    """(status, reason, [(name, value)]) of a raw response head (the bytes
+    before the blank line); raises ValueError on a malformed one."""
     lines = head.decode("latin-1").split("\r\n")
-    status_parts = lines[0].split(" ", 2)
-    if len(status_parts) < 2 or not status_parts[0].startswith("HTTP/1."):
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise ValueError(f"bad status line {lines[0]!r}")
     headers = []
     for line in lines[1:]:
@@ -202,7 +200,16 @@ def parse_raw_response(data):
         if not colon:
             raise ValueError(f"bad header line {line!r}")
         headers.append((name.strip(), value.strip()))
-    return int(status_parts[1]), headers, body
+    return int(parts[1]), (parts[2] if len(parts) > 2 else ""), headers
+
+
+def parse_raw_response(data):
+    """(status, [(name, value)], body bytes) of one raw HTTP response."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError(f"no end of headers in {data[:300]!r}")
+    status, _, headers = parse_head(head)
+    return status, headers, body
 
 
 def header_of(headers, name):

@@ -18,7 +18,7 @@ import unittest
 
 from harness import (
     AUTH_PATH, JWKS_PATH, LOOPBACK, JwksdTestCase, Response,
-    SharedServerTestCase, http_request, jwks_kids, split_jwt,
+    SharedServerTestCase, http_request, jwks_kids, parse_head, split_jwt,
 )
 
 # Unique bytes put into requests; an answer containing them echoes the request.
@@ -71,18 +71,7 @@ def _parse_one(buf, head_only=False):
     head, sep, rest = buf.partition(b"\r\n\r\n")
     if not sep:
         return None
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"bad status line {lines[0]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise ValueError(f"bad header line {line!r}")
-        headers.append((name.strip(), value.strip()))
-    status = int(parts[1])
-    reason = parts[2] if len(parts) > 2 else ""
+    status, reason, headers = parse_head(head)
     length = None
     for name, value in headers:
         if name.lower() == "content-length":
