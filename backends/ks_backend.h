@@ -28,6 +28,14 @@ struct ks_store {
 	const struct ks_backend *be;
 };
 
+/*
+ * The base every backend's write transaction embeds as its first member;
+ * store is the store ks_write() was called on.
+ */
+struct ks_txn {
+	struct ks_store *store;
+};
+
 struct ks_backend {
 	/* The name users pass to --backend. Mandatory. */
 	const char *name;
@@ -78,6 +86,39 @@ struct ks_backend {
 
 	/* Optional (NULL: ks_check() returns KS_EUNSUPPORTED). */
 	int (*check)(struct ks_store *store, struct ks_err *err);
+
+	/*
+	 * Mandatory. See ks_life_list() (txn NULL) and ks_txn_life_list()
+	 * (txn the transaction ks_write() handed to its callback).
+	 */
+	int (*life_list)(struct ks_store *store, struct ks_txn *txn,
+			 ks_life_fn fn, void *arg, struct ks_err *err);
+
+	/*
+	 * Mandatory. See ks_write(): begin a write transaction that excludes
+	 * every other writer (of any process), call fn with a struct whose
+	 * first member is a struct ks_txn, commit when fn returns 0, roll
+	 * back otherwise. The ks_txn_* slots below are only ever called with
+	 * that txn, from inside fn.
+	 */
+	int (*write)(struct ks_store *store, ks_txn_fn fn, void *arg,
+		     struct ks_err *err);
+
+	/* Mandatory. See the ks_txn_* functions of keystore.h. */
+	int (*txn_next_kid)(struct ks_txn *txn, int64_t *out,
+			    struct ks_err *err);
+	int (*txn_put)(struct ks_txn *txn, const unsigned char *blob,
+		       size_t blob_len, int64_t exp, int64_t *kid_out,
+		       struct ks_err *err);
+	int (*txn_update)(struct ks_txn *txn, const struct ks_record *rec,
+			  struct ks_err *err);
+	int (*txn_delete)(struct ks_txn *txn, int64_t kid,
+			  struct ks_err *err);
+	int (*txn_list)(struct ks_txn *txn, int64_t exp_after,
+			int64_t exp_until, ks_list_fn fn, void *arg,
+			struct ks_err *err);
+	int (*txn_life_put)(struct ks_txn *txn, const struct ks_life *life,
+			    struct ks_err *err);
 };
 
 extern const struct ks_backend ks_backend_sqlite;

@@ -38,6 +38,14 @@ static void ks_backend_validate(const struct ks_backend *be)
 	KS__REQUIRE(import);
 	KS__REQUIRE(get);
 	KS__REQUIRE(list);
+	KS__REQUIRE(life_list);
+	KS__REQUIRE(write);
+	KS__REQUIRE(txn_next_kid);
+	KS__REQUIRE(txn_put);
+	KS__REQUIRE(txn_update);
+	KS__REQUIRE(txn_delete);
+	KS__REQUIRE(txn_list);
+	KS__REQUIRE(txn_life_put);
 #undef KS__REQUIRE
 }
 
@@ -199,4 +207,105 @@ int ks_check(struct ks_store *store, struct ks_err *err)
 				  "ks_check: backend '%s' has no check",
 				  store->be->name);
 	return store->be->check(store, err);
+}
+
+int ks_life_list(struct ks_store *store, ks_life_fn fn, void *arg,
+		 struct ks_err *err)
+{
+	if (!store || !fn)
+		return ks_err_set(err, KS_EINVAL, "ks_life_list: %s is NULL",
+				  store ? "callback" : "store");
+	return store->be->life_list(store, NULL, fn, arg, err);
+}
+
+int ks_write(struct ks_store *store, ks_txn_fn fn, void *arg,
+	     struct ks_err *err)
+{
+	if (!store || !fn)
+		return ks_err_set(err, KS_EINVAL, "ks_write: %s is NULL",
+				  store ? "callback" : "store");
+	return store->be->write(store, fn, arg, err);
+}
+
+int ks_txn_next_kid(struct ks_txn *txn, int64_t *out, struct ks_err *err)
+{
+	if (!txn || !out)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_next_kid: %s is NULL",
+				  txn ? "out" : "txn");
+	return txn->store->be->txn_next_kid(txn, out, err);
+}
+
+int ks_txn_put(struct ks_txn *txn, const unsigned char *blob, size_t blob_len,
+	       int64_t exp, int64_t *kid_out, struct ks_err *err)
+{
+	if (!txn)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_put: txn is NULL");
+	if (!blob || !blob_len)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_put: blob is empty");
+	return txn->store->be->txn_put(txn, blob, blob_len, exp, kid_out, err);
+}
+
+int ks_txn_update(struct ks_txn *txn, const struct ks_record *rec,
+		  struct ks_err *err)
+{
+	if (!txn || !rec)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_update: %s is NULL",
+				  txn ? "record" : "txn");
+	if (!rec->blob || !rec->blob_len)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_update: blob is empty");
+	if (rec->kid < 1)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_txn_update: kid %lld not found",
+				  (long long)rec->kid);
+	return txn->store->be->txn_update(txn, rec, err);
+}
+
+int ks_txn_delete(struct ks_txn *txn, int64_t kid, struct ks_err *err)
+{
+	if (!txn)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_delete: txn is NULL");
+	if (kid < 1)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_txn_delete: kid %lld not found",
+				  (long long)kid);
+	return txn->store->be->txn_delete(txn, kid, err);
+}
+
+int ks_txn_list(struct ks_txn *txn, int64_t exp_after, int64_t exp_until,
+		ks_list_fn fn, void *arg, struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_list: %s is NULL",
+				  txn ? "callback" : "txn");
+	if (exp_after > exp_until)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_list: exp_after %lld > exp_until "
+				  "%lld",
+				  (long long)exp_after, (long long)exp_until);
+	return txn->store->be->txn_list(txn, exp_after, exp_until, fn, arg,
+					err);
+}
+
+int ks_txn_life_list(struct ks_txn *txn, ks_life_fn fn, void *arg,
+		     struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_life_list: %s is NULL",
+				  txn ? "callback" : "txn");
+	return txn->store->be->life_list(txn->store, txn, fn, arg, err);
+}
+
+int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
+		    struct ks_err *err)
+{
+	if (!txn || !life)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_life_put: %s is NULL",
+				  txn ? "entry" : "txn");
+	if (life->kid < 1)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_txn_life_put: kid %lld not found",
+				  (long long)life->kid);
+	return txn->store->be->txn_life_put(txn, life, err);
 }

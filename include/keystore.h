@@ -165,10 +165,113 @@ int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err);
 int ks_check(struct ks_store *store, struct ks_err *err);
 
 /*
+ * Lifecycle metadata of one key, kept by the store beside its record (in a
+ * table or database of its own, never in the record itself). Times are
+ * seconds since the Unix epoch; the store gives them no meaning.
+ *
+ * created: when the key was made.
+ * activate_at: when it may start signing.
+ * retire_at: when it stops signing (it stays published until its exp).
+ * revoked_at: when it was revoked, or KS_NEVER.
+ *
+ * A record without lifecycle metadata (written by another tool, or before
+ * this existed) has none: ks_life_list() does not report it.
+ */
+#define KS_NEVER INT64_MAX
+
+struct ks_life {
+	int64_t kid;
+	int64_t created;
+	int64_t activate_at;
+	int64_t retire_at;
+	int64_t revoked_at;
+};
+
+/*
+ * Called once per lifecycle entry, in increasing kid order. life is
+ * borrowed for the call. Return 0 to go on, other values to stop.
+ */
+typedef int (*ks_life_fn)(const struct ks_life *life, void *arg);
+
+/*
+ * Call fn for every lifecycle entry. A caller that reads both records and
+ * lifecycle entries lists the records first: an entry is written in the
+ * same transaction as its record, so every record seen then has its entry
+ * visible to the later call.
+ *
+ * Returns 0, fn's non-zero value, KS_EIO.
+ */
+int ks_life_list(struct ks_store *store, ks_life_fn fn, void *arg,
+		 struct ks_err *err);
+
+/*
+ * Write transactions. ks_write() runs fn inside one write transaction of
+ * the store: at most one runs at a time across every process that has the
+ * store open, and fn sees the store as it is at that moment (a decision
+ * taken inside fn cannot race with another process). When fn returns 0
+ * everything it did through txn is committed durably, at once; when it
+ * returns anything else nothing is, and ks_write() returns that value.
+ *
+ * Inside fn use only the ks_txn_* functions on txn, never the ks_*
+ * functions on the store (that would deadlock), and keep it short: other
+ * writers wait for it. txn is valid only during the call.
+ *
+ * Returns 0, fn's value, KS_EBUSY (the write lock was held past the busy
+ * timeout), KS_ENOSPC, KS_EACCES, KS_EIO.
+ */
+struct ks_txn;
+typedef int (*ks_txn_fn)(struct ks_txn *txn, void *arg, struct ks_err *err);
+int ks_write(struct ks_store *store, ks_txn_fn fn, void *arg,
+	     struct ks_err *err);
+
+/*
+ * The kid ks_txn_put() will assign next in this transaction, so that a blob
+ * can be bound to its row (sealed with its kid) before it is written.
+ */
+int ks_txn_next_kid(struct ks_txn *txn, int64_t *out, struct ks_err *err);
+
+/*
+ * Add a new record as ks_put() does; its kid is the one ks_txn_next_kid()
+ * gave. *kid_out (may be NULL) receives it.
+ */
+int ks_txn_put(struct ks_txn *txn, const unsigned char *blob, size_t blob_len,
+	       int64_t exp, int64_t *kid_out, struct ks_err *err);
+
+/*
+ * Replace the blob and the expiry of the record rec->kid.
+ * Returns 0, KS_ENOTFOUND, KS_EINVAL (an empty blob), or a store error.
+ */
+int ks_txn_update(struct ks_txn *txn, const struct ks_record *rec,
+		  struct ks_err *err);
+
+/*
+ * Remove the record kid and its lifecycle entry. The kid is never assigned
+ * again. Returns 0, KS_ENOTFOUND, or a store error.
+ */
+int ks_txn_delete(struct ks_txn *txn, int64_t kid, struct ks_err *err);
+
+/*
+ * ks_list() and ks_life_list() inside the transaction: they see what it
+ * wrote so far. The callback must not call other ks_txn_* functions.
+ */
+int ks_txn_list(struct ks_txn *txn, int64_t exp_after, int64_t exp_until,
+		ks_list_fn fn, void *arg, struct ks_err *err);
+int ks_txn_life_list(struct ks_txn *txn, ks_life_fn fn, void *arg,
+		     struct ks_err *err);
+
+/*
+ * Write the lifecycle entry of life->kid, replacing any it had. The record
+ * must exist. Returns 0, KS_ENOTFOUND, KS_EINVAL, or a store error.
+ */
+int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
+		    struct ks_err *err);
+
+/*
  * Copy every record of src into dst (any two backends), keeping each kid,
  * blob and expiry, so that tokens signed before a switch of backend still
- * verify. Without merge, dst must be empty. With merge, a kid already in
- * dst with the same blob and expiry is skipped, and one with other content
+ * verify, and the lifecycle entries of the records copied. Without merge,
+ * dst must be empty. With merge, a kid already in dst with the same blob
+ * and expiry is skipped, and one with other content
  * stops the copy before anything is written. Nothing in dst is ever
  * replaced or removed. *copied_out (may be NULL) receives the number of
  * records written.
