@@ -112,8 +112,7 @@ struct ks_backend {
 		       struct ks_err *err);
 	int (*txn_update)(struct ks_txn *txn, const struct ks_record *rec,
 			  struct ks_err *err);
-	int (*txn_delete)(struct ks_txn *txn, int64_t kid,
-			  struct ks_err *err);
+	int (*txn_delete)(struct ks_txn *txn, int64_t kid, struct ks_err *err);
 	int (*txn_list)(struct ks_txn *txn, int64_t exp_after,
 			int64_t exp_until, ks_list_fn fn, void *arg,
 			struct ks_err *err);

@@ -1,6 +1,6 @@
 /*
- * ks_copy(): moves every record between two stores, of any backends,
- * through the public dispatchers only.
+ * ks_copy(): moves every record and its lifecycle entry between two stores,
+ * of any backends, through the public dispatchers only.
  */
 #define _DEFAULT_SOURCE
 
@@ -9,9 +9,15 @@
 
 #include "keystore.h"
 
+/*
+ * The records of src in kid order and, once they are read, life[i]: the
+ * lifecycle entry of rec[i] (kid 0 when it has none). next is where the
+ * walk of the entries, in kid order too, has got to in rec.
+ */
 struct ks_copy_set {
 	struct ks_record *rec;
-	size_t n, cap;
+	struct ks_life *life;
+	size_t n, cap, next;
 };
 
 static int ks_copy_collect(const struct ks_record *rec, void *arg)
@@ -41,6 +47,18 @@ static int ks_copy_collect(const struct ks_record *rec, void *arg)
 	return 0;
 }
 
+/* Keep the entries of the records collected; others came later. */
+static int ks_copy_collect_life(const struct ks_life *life, void *arg)
+{
+	struct ks_copy_set *set = arg;
+
+	while (set->next < set->n && set->rec[set->next].kid < life->kid)
+		set->next++;
+	if (set->next < set->n && set->rec[set->next].kid == life->kid)
+		set->life[set->next] = *life;
+	return 0;
+}
+
 static void ks_copy_set_release(struct ks_copy_set *set)
 {
 	size_t i;
@@ -48,6 +66,25 @@ static void ks_copy_set_release(struct ks_copy_set *set)
 	for (i = 0; i < set->n; i++)
 		ks_record_release(&set->rec[i]);
 	free(set->rec);
+	free(set->life);
+}
+
+struct ks_copy_lives {
+	const struct ks_copy_set *set;
+	const unsigned char *skip;
+};
+
+/* Write the entries of the records copied (not of those skipped). */
+static int ks_copy_put_lives(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	const struct ks_copy_lives *l = arg;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; !rc && i < l->set->n; i++)
+		if (!l->skip[i] && l->set->life[i].kid)
+			rc = ks_txn_life_put(txn, &l->set->life[i], err);
+	return rc;
 }
 
 /* Whether dst already holds rec: 1 identical, 0 absent, KS_EEXISTS. */
@@ -82,9 +119,9 @@ static int ks_copy_nonempty(const struct ks_record *rec, void *arg)
 int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 	    size_t *copied_out, struct ks_err *err)
 {
-	struct ks_copy_set set = {NULL, 0, 0};
+	struct ks_copy_set set = {NULL, NULL, 0, 0, 0};
 	unsigned char *skip = NULL;
-	size_t i, copied = 0;
+	size_t i, copied = 0, n_life = 0;
 	int rc;
 
 	if (!dst || !src || dst == src)
@@ -99,8 +136,12 @@ int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 		return rc;
 	rc = ks_list(src, INT64_MIN, INT64_MAX, ks_copy_collect, &set, err);
 	skip = calloc(set.n ? set.n : 1, 1);
-	if (!rc && !skip)
+	set.life = calloc(set.n ? set.n : 1, sizeof(*set.life));
+	if (!rc && (!skip || !set.life))
 		rc = KS_ENOMEM;
+	/* Records first: every record listed has its entry visible now. */
+	if (!rc)
+		rc = ks_life_list(src, ks_copy_collect_life, &set, err);
 	/* Every conflict is found before anything is written. */
 	for (i = 0; !rc && merge && i < set.n; i++) {
 		rc = ks_copy_present(dst, &set.rec[i], err);
@@ -115,6 +156,13 @@ int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 		rc = ks_import(dst, &set.rec[i], err);
 		if (!rc)
 			copied++;
+		if (!rc && set.life[i].kid)
+			n_life++;
+	}
+	if (!rc && n_life) {
+		struct ks_copy_lives lives = {&set, skip};
+
+		rc = ks_write(dst, ks_copy_put_lives, &lives, err);
 	}
 	if (copied_out)
 		*copied_out = copied;

@@ -2,7 +2,11 @@
  * The LMDB key store: one data file and its "-lock" file (MDB_NOSUBDIR).
  * Named database "keys" maps the kid (8 bytes, big-endian, so that cursor
  * order is kid order) to the expiry (8 bytes, big-endian) followed by the
- * blob; "meta" holds "next_kid", the next kid put() assigns.
+ * blob; "meta" holds "next_kid", the next kid put() assigns. "life" maps
+ * the kid (as in "keys") to its lifecycle entry: created, activate_at,
+ * retire_at and revoked_at, 8 bytes each, big-endian two's complement.
+ * A store made before "life" existed gets it on its first writable open; a
+ * read-only one without it has no lifecycle entries.
  */
 #define _DEFAULT_SOURCE
 
@@ -18,7 +22,8 @@
 
 #include "ks_backend.h"
 
-#define KS_LMDB_MAXDBS 2
+#define KS_LMDB_MAXDBS 3
+#define KS_LMDB_LIFE_SIZE 32
 #define KS_LMDB_LOCK_SUFFIX "-lock"
 
 static char ks_lmdb_key_next_kid[] = "next_kid";
@@ -41,7 +46,8 @@ struct ks_lmdb_env {
 	pid_t pid;
 	unsigned refs;
 	MDB_env *env;
-	MDB_dbi keys, meta;
+	MDB_dbi keys, meta, life;
+	int has_life;
 	pthread_rwlock_t map_lock;
 };
 
@@ -51,9 +57,16 @@ static struct ks_lmdb_env *ks_lmdb_envs;
 struct ks_lmdb_store {
 	struct ks_store base;
 	MDB_env *env;
-	MDB_dbi keys, meta;
+	MDB_dbi keys, meta, life;
+	int has_life;
 	struct ks_lmdb_env *shared;
 	char *path;
+};
+
+/* The transaction ks_lmdb_write() hands to its callback. */
+struct ks_lmdb_txn {
+	struct ks_txn base;
+	MDB_txn *txn;
 };
 
 static struct ks_lmdb_store *ks_lmdb_downcast(struct ks_store *store)
@@ -62,6 +75,12 @@ static struct ks_lmdb_store *ks_lmdb_downcast(struct ks_store *store)
 		KS_BUG("store of backend '%s' passed to the lmdb backend",
 		       store->be && store->be->name ? store->be->name : "?");
 	return (struct ks_lmdb_store *)store;
+}
+
+static struct ks_lmdb_txn *ks_lmdb_txn_downcast(struct ks_txn *txn)
+{
+	ks_lmdb_downcast(txn->store);
+	return (struct ks_lmdb_txn *)txn;
 }
 
 static int ks_lmdb_code(int rc)
@@ -287,21 +306,20 @@ static int ks_lmdb_next_kid(struct ks_lmdb_store *s, MDB_txn *txn,
 }
 
 /*
- * Insert one record in one write transaction and keep next_kid above every
- * kid. kid 0 means "assign the next kid" (put); else the kid is given
- * (import). The blob is written straight into the reserved value.
+ * Insert one record in the write transaction txn and keep next_kid above
+ * every kid. kid 0 means "assign the next kid" (put); else the kid is given
+ * (import). The blob is written straight into the reserved value. *kid_out
+ * receives the kid.
  */
-static int ks_lmdb_write(struct ks_lmdb_store *s, int64_t kid,
-			 const unsigned char *blob, size_t blob_len,
-			 int64_t exp, int64_t *kid_out, const char *func,
-			 struct ks_err *err)
+static int ks_lmdb_insert(struct ks_lmdb_store *s, MDB_txn *txn, int64_t kid,
+			  const unsigned char *blob, size_t blob_len,
+			  int64_t exp, int64_t *kid_out, const char *func,
+			  struct ks_err *err)
 {
 	unsigned char kbuf[8], nbuf[8];
 	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, NULL};
 	MDB_val nkey = {sizeof(ks_lmdb_key_next_kid) - 1, ks_lmdb_key_next_kid};
 	MDB_val nval = {sizeof(nbuf), nbuf};
-	const char *call = "mdb_put";
-	MDB_txn *txn;
 	uint64_t next;
 	int rc, ret, given = kid > 0;
 
@@ -309,33 +327,25 @@ static int ks_lmdb_write(struct ks_lmdb_store *s, int64_t kid,
 		return ks_err_set(err, KS_EINVAL,
 				  "%s: a blob of %zu bytes is too large", func,
 				  blob_len);
-	ret = ks_lmdb_begin(s, 0, &txn, func, err);
-	if (ret)
-		return ret;
 	ret = ks_lmdb_next_kid(s, txn, &next, func, err);
 	if (!ret && !given && next > INT64_MAX)
 		ret = ks_err_set(err, KS_ENOSPC, "%s: no kid left in '%s'",
 				 func, s->path);
 	if (ret)
-		goto out;
+		return ret;
 	if (!given)
 		kid = (int64_t)next;
 	ks_lmdb_put64(kbuf, (uint64_t)kid);
 	val.mv_size = blob_len + 8;
 	rc = mdb_put(txn, s->keys, &key, &val, MDB_NOOVERWRITE | MDB_RESERVE);
-	if (rc == MDB_KEYEXIST) {
-		if (given)
-			ret = ks_err_set(err, KS_EEXISTS,
-					 "%s: kid %lld in '%s' already exists",
-					 func, (long long)kid, s->path);
-		else
-			ret = ks_err_set(err, KS_ECORRUPT,
-					 "%s: 'next_kid' %llu in '%s' is "
-					 "taken",
-					 func, (unsigned long long)next,
-					 s->path);
-		goto out;
-	}
+	if (rc == MDB_KEYEXIST && given)
+		return ks_err_set(err, KS_EEXISTS,
+				  "%s: kid %lld in '%s' already exists", func,
+				  (long long)kid, s->path);
+	if (rc == MDB_KEYEXIST)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: 'next_kid' %llu in '%s' is taken", func,
+				  (unsigned long long)next, s->path);
 	if (!rc) {
 		ks_lmdb_put64(val.mv_data, (uint64_t)exp);
 		memcpy((unsigned char *)val.mv_data + 8, blob, blob_len);
@@ -344,24 +354,65 @@ static int ks_lmdb_write(struct ks_lmdb_store *s, int64_t kid,
 			rc = mdb_put(txn, s->meta, &nkey, &nval, 0);
 		}
 	}
-	if (!rc) {
-		call = "mdb_txn_commit";
-		rc = mdb_txn_commit(txn);
-		txn = NULL;
-	}
 	if (rc)
-		ret = ks_lmdb_error(s, rc, func, call, err);
-	else if (kid_out)
-		*kid_out = kid;
-out:
-	ks_lmdb_end(s, txn);
+		return ks_lmdb_error(s, rc, func, "mdb_put", err);
+	*kid_out = kid;
+	return 0;
+}
+
+/*
+ * Run fn in one write transaction, holding map_lock as ks_lmdb_begin()
+ * does: commit when it returns 0, abort otherwise. LMDB lets one writer of
+ * any process in at a time.
+ */
+static int ks_lmdb_run(struct ks_lmdb_store *s, ks_txn_fn fn, void *arg,
+		       const char *func, struct ks_err *err)
+{
+	struct ks_lmdb_txn t = {{&s->base}, NULL};
+	int rc, ret;
+
+	ret = ks_lmdb_begin(s, 0, &t.txn, func, err);
+	if (ret)
+		return ret;
+	ret = fn(&t.base, arg, err);
+	if (!ret) {
+		rc = mdb_txn_commit(t.txn);
+		t.txn = NULL;
+		if (rc)
+			ret = ks_lmdb_error(s, rc, func, "mdb_txn_commit", err);
+	}
+	ks_lmdb_end(s, t.txn);
 	return ret;
 }
 
 /*
+ * A record for put() and import() to insert in a transaction of its own;
+ * kid 0 asks for the next kid, and receives the kid inserted.
+ */
+struct ks_lmdb_one {
+	int64_t kid;
+	const unsigned char *blob;
+	size_t blob_len;
+	int64_t exp;
+	const char *func;
+};
+
+static int ks_lmdb_insert_one(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	struct ks_lmdb_one *one = arg;
+
+	return ks_lmdb_insert(ks_lmdb_downcast(txn->store), t->txn, one->kid,
+			      one->blob, one->blob_len, one->exp, &one->kid,
+			      one->func, err);
+}
+
+/*
  * Open the DBIs once for the environment. Opening an existing store only
- * reads; the databases are created in a write transaction when missing.
- * Called before the environment is shared.
+ * reads; the databases are created in a write transaction when missing
+ * ("life" alone when the store predates it; a read-only store without it
+ * goes on without lifecycle entries). Called before the environment is
+ * shared.
  */
 static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 {
@@ -370,7 +421,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	MDB_dbi main_dbi;
 	MDB_stat st;
 	MDB_txn *txn;
-	int rc, ret;
+	int rc, ret, life_rc = MDB_NOTFOUND;
 
 	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_open", err);
 	if (ret)
@@ -378,6 +429,11 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	rc = mdb_dbi_open(txn, "keys", 0, &s->keys);
 	if (!rc)
 		rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
+	if (!rc) {
+		life_rc = mdb_dbi_open(txn, "life", 0, &s->life);
+		if (life_rc != MDB_NOTFOUND)
+			rc = life_rc;
+	}
 	if (!rc) {
 		call = "mdb_txn_commit";
 		rc = mdb_txn_commit(txn);
@@ -398,10 +454,14 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	if (rc && rc != MDB_NOTFOUND)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
 	ks_lmdb_end(s, txn);
-	if (rc != MDB_NOTFOUND || ret)
+	if (ret || (!rc && !life_rc)) {
+		s->has_life = !ret;
 		return ret;
+	}
 
 	mdb_env_get_flags(s->env, &env_flags);
+	if (!rc && (env_flags & MDB_RDONLY))
+		return 0;
 	if (env_flags & MDB_RDONLY)
 		return ks_err_set(err, KS_EACCES,
 				  "ks_lmdb_open: mdb_dbi_open '%s' failed: the "
@@ -410,9 +470,12 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	ret = ks_lmdb_begin(s, 0, &txn, "ks_lmdb_open", err);
 	if (ret)
 		return ret;
+	call = "mdb_dbi_open";
 	rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys);
 	if (!rc)
 		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+	if (!rc)
+		rc = mdb_dbi_open(txn, "life", MDB_CREATE, &s->life);
 	if (!rc) {
 		call = "mdb_txn_commit";
 		rc = mdb_txn_commit(txn);
@@ -420,6 +483,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	}
 	if (rc)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
+	s->has_life = !ret;
 	ks_lmdb_end(s, txn);
 	return ret;
 }
@@ -545,6 +609,8 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 		e->env = s->env;
 		e->keys = s->keys;
 		e->meta = s->meta;
+		e->life = s->life;
+		e->has_life = s->has_life;
 		e->next = ks_lmdb_envs;
 		ks_lmdb_envs = e;
 	}
@@ -568,6 +634,8 @@ static void ks_lmdb_env_find(struct ks_lmdb_store *s)
 			s->env = e->env;
 			s->keys = e->keys;
 			s->meta = e->meta;
+			s->life = e->life;
+			s->has_life = e->has_life;
 			return;
 		}
 	}
@@ -627,16 +695,23 @@ static int ks_lmdb_put(struct ks_store *store, const unsigned char *blob,
 		       size_t blob_len, int64_t exp, int64_t *kid_out,
 		       struct ks_err *err)
 {
-	return ks_lmdb_write(ks_lmdb_downcast(store), 0, blob, blob_len, exp,
-			     kid_out, "ks_lmdb_put", err);
+	struct ks_lmdb_one one = {0, blob, blob_len, exp, "ks_lmdb_put"};
+	int ret = ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_insert_one, &one,
+			      "ks_lmdb_put", err);
+
+	if (!ret && kid_out)
+		*kid_out = one.kid;
+	return ret;
 }
 
 static int ks_lmdb_import(struct ks_store *store, const struct ks_record *rec,
 			  struct ks_err *err)
 {
-	return ks_lmdb_write(ks_lmdb_downcast(store), rec->kid, rec->blob,
-			     rec->blob_len, rec->exp, NULL, "ks_lmdb_import",
-			     err);
+	struct ks_lmdb_one one = {rec->kid, rec->blob, rec->blob_len, rec->exp,
+				  "ks_lmdb_import"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_insert_one, &one,
+			   "ks_lmdb_import", err);
 }
 
 static int ks_lmdb_get(struct ks_store *store, int64_t kid,
@@ -679,29 +754,25 @@ static int ks_lmdb_get(struct ks_store *store, int64_t kid,
 }
 
 /*
- * The callback sees each record in place, inside the read transaction: no
- * copy, valid only during the call, as keystore.h allows.
+ * Call fn for the records of txn in (exp_after, exp_until], in kid order.
+ * The callback sees each record in place, inside the transaction: no copy,
+ * valid only during the call, as keystore.h allows.
  */
-static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
-			int64_t exp_until, ks_list_fn fn, void *arg,
-			struct ks_err *err)
+static int ks_lmdb_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			int64_t exp_after, int64_t exp_until, ks_list_fn fn,
+			void *arg, const char *func, struct ks_err *err)
 {
-	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
 	MDB_cursor *cur = NULL;
 	MDB_val key, val;
-	MDB_txn *txn;
-	int rc, ret;
+	int rc, ret = 0;
 
-	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_list", err);
-	if (ret)
-		return ret;
 	rc = mdb_cursor_open(txn, s->keys, &cur);
 	if (!rc)
 		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
 	while (!rc) {
 		struct ks_record rec;
 
-		ret = ks_lmdb_decode(s, &key, &val, &rec, "ks_lmdb_list", err);
+		ret = ks_lmdb_decode(s, &key, &val, &rec, func, err);
 		if (!ret && rec.exp > exp_after && rec.exp <= exp_until)
 			ret = fn(&rec, arg);
 		if (ret)
@@ -709,12 +780,252 @@ static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
 		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
 	}
 	if (!ret && rc != MDB_NOTFOUND)
-		ret = ks_lmdb_error(s, rc, "ks_lmdb_list", "mdb_cursor_get",
-				    err);
+		ret = ks_lmdb_error(s, rc, func, "mdb_cursor_get", err);
 	if (cur)
 		mdb_cursor_close(cur);
+	return ret;
+}
+
+static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
+			int64_t exp_until, ks_list_fn fn, void *arg,
+			struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	MDB_txn *txn;
+	int ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_list", err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_walk(s, txn, exp_after, exp_until, fn, arg,
+			   "ks_lmdb_list", err);
 	ks_lmdb_end(s, txn);
 	return ret;
+}
+
+/* Decode the lifecycle entry in key and val into *life. */
+static int ks_lmdb_life_decode(const struct ks_lmdb_store *s,
+			       const MDB_val *key, const MDB_val *val,
+			       struct ks_life *life, const char *func,
+			       struct ks_err *err)
+{
+	const unsigned char *p = val->mv_data;
+
+	if (key->mv_size != 8)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: a key in 'life' of '%s' has %zu bytes, "
+				  "want 8",
+				  func, s->path, key->mv_size);
+	life->kid = ks_lmdb_int64(ks_lmdb_get64(key->mv_data));
+	if (life->kid < 1 || val->mv_size != KS_LMDB_LIFE_SIZE)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: the lifecycle entry of kid %lld in '%s' "
+				  "has %zu bytes, want %d",
+				  func, (long long)life->kid, s->path,
+				  val->mv_size, KS_LMDB_LIFE_SIZE);
+	life->created = ks_lmdb_int64(ks_lmdb_get64(p));
+	life->activate_at = ks_lmdb_int64(ks_lmdb_get64(p + 8));
+	life->retire_at = ks_lmdb_int64(ks_lmdb_get64(p + 16));
+	life->revoked_at = ks_lmdb_int64(ks_lmdb_get64(p + 24));
+	return 0;
+}
+
+/*
+ * Call fn for every lifecycle entry of txn, in kid order. A read-only store
+ * made before "life" existed has none.
+ */
+static int ks_lmdb_life_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			     ks_life_fn fn, void *arg, const char *func,
+			     struct ks_err *err)
+{
+	MDB_cursor *cur = NULL;
+	MDB_val key, val;
+	int rc, ret = 0;
+
+	if (!s->has_life)
+		return 0;
+	rc = mdb_cursor_open(txn, s->life, &cur);
+	if (!rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+	while (!rc) {
+		struct ks_life life;
+
+		ret = ks_lmdb_life_decode(s, &key, &val, &life, func, err);
+		if (!ret)
+			ret = fn(&life, arg);
+		if (ret)
+			break;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (!ret && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, func, "mdb_cursor_get", err);
+	if (cur)
+		mdb_cursor_close(cur);
+	return ret;
+}
+
+static int ks_lmdb_life_list(struct ks_store *store, struct ks_txn *txn,
+			     ks_life_fn fn, void *arg, struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	MDB_txn *rtxn;
+	int ret;
+
+	if (txn)
+		return ks_lmdb_life_walk(s, ks_lmdb_txn_downcast(txn)->txn, fn,
+					 arg, "ks_lmdb_txn_life_list", err);
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &rtxn, "ks_lmdb_life_list", err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_life_walk(s, rtxn, fn, arg, "ks_lmdb_life_list", err);
+	ks_lmdb_end(s, rtxn);
+	return ret;
+}
+
+static int ks_lmdb_write(struct ks_store *store, ks_txn_fn fn, void *arg,
+			 struct ks_err *err)
+{
+	return ks_lmdb_run(ks_lmdb_downcast(store), fn, arg, "ks_lmdb_write",
+			   err);
+}
+
+static int ks_lmdb_txn_next_kid(struct ks_txn *txn, int64_t *out,
+				struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	uint64_t next;
+	int ret;
+
+	ret = ks_lmdb_next_kid(s, t->txn, &next, "ks_lmdb_txn_next_kid", err);
+	if (!ret && next > INT64_MAX)
+		ret = ks_err_set(err, KS_ENOSPC,
+				 "ks_lmdb_txn_next_kid: no kid left in '%s'",
+				 s->path);
+	*out = ret ? 0 : (int64_t)next;
+	return ret;
+}
+
+static int ks_lmdb_txn_put(struct ks_txn *txn, const unsigned char *blob,
+			   size_t blob_len, int64_t exp, int64_t *kid_out,
+			   struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	int64_t kid = 0;
+	int ret;
+
+	ret = ks_lmdb_insert(ks_lmdb_downcast(txn->store), t->txn, 0, blob,
+			     blob_len, exp, &kid, "ks_lmdb_txn_put", err);
+	if (kid_out)
+		*kid_out = kid;
+	return ret;
+}
+
+/* Whether the record kid exists in txn: 0, KS_ENOTFOUND or an error. */
+static int ks_lmdb_txn_has(struct ks_lmdb_store *s, MDB_txn *txn, MDB_val *key,
+			   int64_t kid, const char *func, struct ks_err *err)
+{
+	MDB_val val;
+	int rc = mdb_get(txn, s->keys, key, &val);
+
+	if (rc == MDB_NOTFOUND)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "%s: kid %lld not found in '%s'", func,
+				  (long long)kid, s->path);
+	return rc ? ks_lmdb_error(s, rc, func, "mdb_get", err) : 0;
+}
+/* Replace the expiry and blob of an existing record. */
+static int ks_lmdb_txn_update(struct ks_txn *txn, const struct ks_record *rec,
+			      struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, NULL};
+	int rc, ret;
+
+	if (rec->blob_len > SIZE_MAX - 8)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_lmdb_txn_update: a blob of %zu bytes is "
+				  "too large",
+				  rec->blob_len);
+	ks_lmdb_put64(kbuf, (uint64_t)rec->kid);
+	ret = ks_lmdb_txn_has(s, t->txn, &key, rec->kid, "ks_lmdb_txn_update",
+			      err);
+	if (ret)
+		return ret;
+	val.mv_size = rec->blob_len + 8;
+	rc = mdb_put(t->txn, s->keys, &key, &val, MDB_RESERVE);
+	if (rc)
+		return ks_lmdb_error(s, rc, "ks_lmdb_txn_update", "mdb_put",
+				     err);
+	ks_lmdb_put64(val.mv_data, (uint64_t)rec->exp);
+	memcpy((unsigned char *)val.mv_data + 8, rec->blob, rec->blob_len);
+	return 0;
+}
+
+/* Remove a record and its lifecycle entry; next_kid stays as it is. */
+static int ks_lmdb_txn_delete(struct ks_txn *txn, int64_t kid,
+			      struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf};
+	int rc;
+
+	ks_lmdb_put64(kbuf, (uint64_t)kid);
+	rc = mdb_del(t->txn, s->keys, &key, NULL);
+	if (rc == MDB_NOTFOUND)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_lmdb_txn_delete: kid %lld not found in "
+				  "'%s'",
+				  (long long)kid, s->path);
+	if (!rc && s->has_life) {
+		rc = mdb_del(t->txn, s->life, &key, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_txn_delete", "mdb_del", err)
+		  : 0;
+}
+
+static int ks_lmdb_txn_list(struct ks_txn *txn, int64_t exp_after,
+			    int64_t exp_until, ks_list_fn fn, void *arg,
+			    struct ks_err *err)
+{
+	return ks_lmdb_walk(ks_lmdb_downcast(txn->store),
+			    ks_lmdb_txn_downcast(txn)->txn, exp_after,
+			    exp_until, fn, arg, "ks_lmdb_txn_list", err);
+}
+
+/* Write (or replace) the lifecycle entry of an existing record. */
+static int ks_lmdb_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
+				struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	unsigned char kbuf[8], vbuf[KS_LMDB_LIFE_SIZE];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {sizeof(vbuf), vbuf};
+	int rc, ret;
+
+	if (!s->has_life)
+		return ks_err_set(err, KS_EACCES,
+				  "ks_lmdb_txn_life_put: '%s' has no database "
+				  "'life' and is read-only",
+				  s->path);
+	ks_lmdb_put64(kbuf, (uint64_t)life->kid);
+	ret = ks_lmdb_txn_has(s, t->txn, &key, life->kid,
+			      "ks_lmdb_txn_life_put", err);
+	if (ret)
+		return ret;
+	ks_lmdb_put64(vbuf, (uint64_t)life->created);
+	ks_lmdb_put64(vbuf + 8, (uint64_t)life->activate_at);
+	ks_lmdb_put64(vbuf + 16, (uint64_t)life->retire_at);
+	ks_lmdb_put64(vbuf + 24, (uint64_t)life->revoked_at);
+	rc = mdb_put(t->txn, s->life, &key, &val, 0);
+	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_txn_life_put", "mdb_put", err)
+		  : 0;
 }
 
 /* The id of the last committed transaction, of any process. */
@@ -735,7 +1046,35 @@ static int ks_lmdb_version(struct ks_store *store, uint64_t *out,
 	return 0;
 }
 
-/* Walk every record and the kid counter, checking the layout. */
+struct ks_lmdb_orphan {
+	struct ks_lmdb_store *s;
+	MDB_txn *txn;
+	struct ks_err *err;
+};
+
+/* A lifecycle entry must belong to a record. */
+static int ks_lmdb_check_life(const struct ks_life *life, void *arg)
+{
+	struct ks_lmdb_orphan *o = arg;
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf};
+	int ret;
+
+	ks_lmdb_put64(kbuf, (uint64_t)life->kid);
+	ret = ks_lmdb_txn_has(o->s, o->txn, &key, life->kid, "ks_lmdb_check",
+			      o->err);
+	if (ret == KS_ENOTFOUND)
+		ret = ks_err_set(o->err, KS_ECORRUPT,
+				 "ks_lmdb_check: kid %lld in '%s' has a "
+				 "lifecycle entry and no record",
+				 (long long)life->kid, o->s->path);
+	return ret;
+}
+
+/*
+ * Walk every record, the kid counter and the lifecycle entries, checking
+ * the layout.
+ */
 static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 {
 	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
@@ -773,6 +1112,12 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 				    err);
 	if (cur)
 		mdb_cursor_close(cur);
+	if (!ret) {
+		struct ks_lmdb_orphan o = {s, txn, err};
+
+		ret = ks_lmdb_life_walk(s, txn, ks_lmdb_check_life, &o,
+					"ks_lmdb_check", err);
+	}
 	ks_lmdb_end(s, txn);
 	return ret;
 }
@@ -788,4 +1133,12 @@ const struct ks_backend ks_backend_lmdb = {
 	.list = ks_lmdb_list,
 	.version = ks_lmdb_version,
 	.check = ks_lmdb_check,
+	.life_list = ks_lmdb_life_list,
+	.write = ks_lmdb_write,
+	.txn_next_kid = ks_lmdb_txn_next_kid,
+	.txn_put = ks_lmdb_txn_put,
+	.txn_update = ks_lmdb_txn_update,
+	.txn_delete = ks_lmdb_txn_delete,
+	.txn_list = ks_lmdb_txn_list,
+	.txn_life_put = ks_lmdb_txn_life_put,
 };

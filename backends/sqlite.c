@@ -34,6 +34,34 @@ static const char ks_sqlite_sql_list[] =
 	"SELECT kid, key, exp FROM keys "
 	"WHERE exp > ? AND exp <= ? ORDER BY kid";
 static const char ks_sqlite_sql_data_version[] = "PRAGMA data_version";
+/* Lifecycle entries live in a table of their own; revoked_at NULL: never. */
+static const char ks_sqlite_sql_life_schema[] =
+	"CREATE TABLE IF NOT EXISTS key_lifecycle("
+	"kid INTEGER PRIMARY KEY, "
+	"created INTEGER NOT NULL, "
+	"activate_at INTEGER NOT NULL, "
+	"retire_at INTEGER NOT NULL, "
+	"revoked_at INTEGER)";
+static const char ks_sqlite_sql_has_life[] =
+	"SELECT count(*) FROM sqlite_master "
+	"WHERE type = 'table' AND name = 'key_lifecycle'";
+static const char ks_sqlite_sql_life_list[] =
+	"SELECT kid, created, activate_at, retire_at, revoked_at "
+	"FROM key_lifecycle ORDER BY kid";
+static const char ks_sqlite_sql_life_put[] =
+	"INSERT OR REPLACE INTO key_lifecycle "
+	"(kid, created, activate_at, retire_at, revoked_at) "
+	"VALUES (?, ?, ?, ?, ?)";
+static const char ks_sqlite_sql_life_delete[] =
+	"DELETE FROM key_lifecycle WHERE kid = ?";
+/* What AUTOINCREMENT assigns next: above the largest kid ever used. */
+static const char ks_sqlite_sql_next_kid[] =
+	"SELECT max(coalesce((SELECT seq FROM sqlite_sequence "
+	"WHERE name = 'keys'), 0), coalesce((SELECT max(kid) FROM keys), 0)) "
+	"+ 1";
+static const char ks_sqlite_sql_update[] =
+	"UPDATE keys SET key = ?, exp = ? WHERE kid = ?";
+static const char ks_sqlite_sql_delete[] = "DELETE FROM keys WHERE kid = ?";
 
 struct ks_sqlite_store {
 	struct ks_store base;
@@ -44,6 +72,12 @@ struct ks_sqlite_store {
 	sqlite3_stmt *get;
 	sqlite3_stmt *list;
 	sqlite3_stmt *data_version;
+	sqlite3_stmt *life_list;
+	sqlite3_stmt *life_put;
+	sqlite3_stmt *life_delete;
+	sqlite3_stmt *next_kid;
+	sqlite3_stmt *update;
+	sqlite3_stmt *del;
 	/* What ks_sqlite_version() saw last, and the counter it hands out. */
 	sqlite3_int64 seen_data_version;
 	sqlite3_int64 seen_changes;
@@ -256,6 +290,10 @@ static int ks_sqlite_schema(struct ks_sqlite_store *s, struct ks_err *err)
 	if (!ret)
 		ret = ks_sqlite_check_columns(s, NULL, err);
 	if (!ret)
+		ret = ks_sqlite_exec(s, ks_sqlite_sql_life_schema,
+				     "CREATE TABLE key_lifecycle", NULL, 0,
+				     err);
+	if (!ret)
 		ret = ks_sqlite_exec(s, "COMMIT", "COMMIT", NULL, 0, err);
 	if (ret)
 		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
@@ -297,6 +335,12 @@ static void ks_sqlite_free(struct ks_sqlite_store *s)
 	sqlite3_finalize(s->get);
 	sqlite3_finalize(s->list);
 	sqlite3_finalize(s->data_version);
+	sqlite3_finalize(s->life_list);
+	sqlite3_finalize(s->life_put);
+	sqlite3_finalize(s->life_delete);
+	sqlite3_finalize(s->next_kid);
+	sqlite3_finalize(s->update);
+	sqlite3_finalize(s->del);
 	sqlite3_close_v2(s->db);
 	if (s->lock_ready)
 		pthread_mutex_destroy(&s->lock);
@@ -322,7 +366,7 @@ static char *ks_sqlite_open_name(const char *path)
 static int ks_sqlite_setup(struct ks_sqlite_store *s,
 			   const struct ks_options *opts, struct ks_err *err)
 {
-	char mode[16];
+	char mode[16], has_life[8];
 	char *name;
 	int rc, ret, found = 0;
 
@@ -370,7 +414,11 @@ static int ks_sqlite_setup(struct ks_sqlite_store *s,
 			s->path, mode);
 	ret = ks_sqlite_exec(s, "PRAGMA synchronous=FULL",
 			     "PRAGMA synchronous=FULL", NULL, 0, err);
-	if (!ret && !found)
+	/* An existing store gets the tables added since it was made. */
+	if (!ret && found)
+		ret = ks_sqlite_exec(s, ks_sqlite_sql_has_life, "sqlite_master",
+				     has_life, sizeof(has_life), err);
+	if (!ret && (!found || strcmp(has_life, "1") != 0))
 		ret = ks_sqlite_schema(s, err);
 	if (!ret)
 		ret = ks_sqlite_prepare(s, ks_sqlite_sql_put, &s->put, err);
@@ -384,6 +432,23 @@ static int ks_sqlite_setup(struct ks_sqlite_store *s,
 	if (!ret)
 		ret = ks_sqlite_prepare(s, ks_sqlite_sql_data_version,
 					&s->data_version, err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_life_list,
+					&s->life_list, err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_life_put, &s->life_put,
+					err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_life_delete,
+					&s->life_delete, err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_next_kid, &s->next_kid,
+					err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_update, &s->update,
+					err);
+	if (!ret)
+		ret = ks_sqlite_prepare(s, ks_sqlite_sql_delete, &s->del, err);
 	if (!ret)
 		ret = ks_sqlite_data_version(s, &s->seen_data_version,
 					     "ks_sqlite_open", err);
@@ -463,20 +528,33 @@ static int ks_sqlite_insert(struct ks_sqlite_store *s, sqlite3_stmt *stmt,
 	return ret;
 }
 
+/* Insert a new key; called with the lock held. */
+static int ks_sqlite_put_locked(struct ks_sqlite_store *s,
+				const unsigned char *blob, size_t blob_len,
+				int64_t exp, int64_t *kid_out, const char *func,
+				struct ks_err *err)
+{
+	int rc, ret;
+
+	rc = sqlite3_bind_blob64(s->put, 1, blob, blob_len, SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->put, 2, exp);
+	ret = ks_sqlite_insert(s, s->put, rc, 0, func, err);
+	if (!ret && kid_out)
+		*kid_out = sqlite3_last_insert_rowid(s->db);
+	return ret;
+}
+
 static int ks_sqlite_put(struct ks_store *store, const unsigned char *blob,
 			 size_t blob_len, int64_t exp, int64_t *kid_out,
 			 struct ks_err *err)
 {
 	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
-	int rc, ret;
+	int ret;
 
 	pthread_mutex_lock(&s->lock);
-	rc = sqlite3_bind_blob64(s->put, 1, blob, blob_len, SQLITE_STATIC);
-	if (rc == SQLITE_OK)
-		rc = sqlite3_bind_int64(s->put, 2, exp);
-	ret = ks_sqlite_insert(s, s->put, rc, 0, "ks_sqlite_put", err);
-	if (!ret && kid_out)
-		*kid_out = sqlite3_last_insert_rowid(s->db);
+	ret = ks_sqlite_put_locked(s, blob, blob_len, exp, kid_out,
+				   "ks_sqlite_put", err);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }
@@ -565,15 +643,13 @@ static int ks_sqlite_get(struct ks_store *store, int64_t kid,
  * many keys the store has. The contract forbids a callback to call back
  * into the store.
  */
-static int ks_sqlite_list(struct ks_store *store, int64_t exp_after,
-			  int64_t exp_until, ks_list_fn fn, void *arg,
-			  struct ks_err *err)
+static int ks_sqlite_list_locked(struct ks_sqlite_store *s, int64_t exp_after,
+				 int64_t exp_until, ks_list_fn fn, void *arg,
+				 struct ks_err *err)
 {
-	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
 	struct ks_record rec;
 	int rc, ret = 0;
 
-	pthread_mutex_lock(&s->lock);
 	rc = sqlite3_bind_int64(s->list, 1, exp_after);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_int64(s->list, 2, exp_until);
@@ -608,6 +684,18 @@ static int ks_sqlite_list(struct ks_store *store, int64_t exp_after,
 		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_list",
 				      "sqlite3_step", s->path);
 	sqlite3_reset(s->list);
+	return ret;
+}
+
+static int ks_sqlite_list(struct ks_store *store, int64_t exp_after,
+			  int64_t exp_until, ks_list_fn fn, void *arg,
+			  struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_sqlite_list_locked(s, exp_after, exp_until, fn, arg, err);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }
@@ -663,6 +751,228 @@ static int ks_sqlite_check(struct ks_store *store, struct ks_err *err)
 	return ret;
 }
 
+/* A write transaction: BEGIN IMMEDIATE on the store's connection. */
+struct ks_sqlite_txn {
+	struct ks_txn base;
+	struct ks_sqlite_store *s;
+};
+
+static struct ks_sqlite_store *ks_sqlite_txn_store(struct ks_txn *txn)
+{
+	return ((struct ks_sqlite_txn *)txn)->s;
+}
+
+/* Step a statement that returns no row, then reset it and its bindings. */
+static int ks_sqlite_step_done(struct ks_sqlite_store *s, sqlite3_stmt *stmt,
+			       int rc, const char *func, struct ks_err *err)
+{
+	int ret = 0;
+
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(stmt);
+	if (rc != SQLITE_DONE)
+		ret = ks_sqlite_error(err, s->db, rc, func, "sqlite3_step",
+				      s->path);
+	sqlite3_reset(stmt);
+	sqlite3_clear_bindings(stmt);
+	return ret;
+}
+
+static int ks_sqlite_life_list(struct ks_store *store, struct ks_txn *txn,
+			       ks_life_fn fn, void *arg, struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
+	struct ks_life life;
+	int rc, ret = 0;
+
+	if (!txn)
+		pthread_mutex_lock(&s->lock);
+	for (;;) {
+		rc = sqlite3_step(s->life_list);
+		if (rc != SQLITE_ROW)
+			break;
+		life.kid = sqlite3_column_int64(s->life_list, 0);
+		life.created = sqlite3_column_int64(s->life_list, 1);
+		life.activate_at = sqlite3_column_int64(s->life_list, 2);
+		life.retire_at = sqlite3_column_int64(s->life_list, 3);
+		life.revoked_at =
+			sqlite3_column_type(s->life_list, 4) == SQLITE_NULL
+				? KS_NEVER
+				: sqlite3_column_int64(s->life_list, 4);
+		ret = fn(&life, arg);
+		if (ret)
+			break;
+	}
+	if (!ret && rc != SQLITE_DONE)
+		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_life_list",
+				      "sqlite3_step", s->path);
+	sqlite3_reset(s->life_list);
+	if (!txn)
+		pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+static int ks_sqlite_write(struct ks_store *store, ks_txn_fn fn, void *arg,
+			   struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
+	struct ks_sqlite_txn txn = {{store}, s};
+	int rc, ret;
+
+	pthread_mutex_lock(&s->lock);
+	rc = sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_write",
+				      "BEGIN IMMEDIATE", s->path);
+		pthread_mutex_unlock(&s->lock);
+		return ret;
+	}
+	ret = fn(&txn.base, arg, err);
+	if (!ret) {
+		rc = sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL);
+		if (rc != SQLITE_OK)
+			ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_write",
+					      "COMMIT", s->path);
+	}
+	/* After a failed COMMIT too: nothing of fn's may stay. */
+	if (ret && sqlite3_get_autocommit(s->db) == 0)
+		sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+static int ks_sqlite_txn_next_kid(struct ks_txn *txn, int64_t *out,
+				  struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_txn_store(txn);
+	int rc = sqlite3_step(s->next_kid), ret = 0;
+
+	*out = 0;
+	if (rc == SQLITE_ROW)
+		*out = sqlite3_column_int64(s->next_kid, 0);
+	else
+		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_txn_next_kid",
+				      "sqlite3_step", s->path);
+	sqlite3_reset(s->next_kid);
+	if (!ret && *out < 1)
+		ret = ks_err_set(err, KS_ENOSPC,
+				 "ks_sqlite_txn_next_kid: no kid left in '%s'",
+				 s->path);
+	return ret;
+}
+
+static int ks_sqlite_txn_put(struct ks_txn *txn, const unsigned char *blob,
+			     size_t blob_len, int64_t exp, int64_t *kid_out,
+			     struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_txn_store(txn);
+	int64_t want, kid = 0;
+	int ret;
+
+	ret = ks_sqlite_txn_next_kid(txn, &want, err);
+	if (!ret)
+		ret = ks_sqlite_put_locked(s, blob, blob_len, exp, &kid,
+					   "ks_sqlite_txn_put", err);
+	/* A blob may be bound to the kid it was promised: never another. */
+	if (!ret && kid != want)
+		ret = ks_err_set(err, KS_ECORRUPT,
+				 "ks_sqlite_txn_put: '%s' assigned kid %lld, "
+				 "not the next kid %lld",
+				 s->path, (long long)kid, (long long)want);
+	if (!ret && kid_out)
+		*kid_out = kid;
+	return ret;
+}
+
+static int ks_sqlite_txn_update(struct ks_txn *txn, const struct ks_record *rec,
+				struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_txn_store(txn);
+	int rc, ret;
+
+	rc = sqlite3_bind_blob64(s->update, 1, rec->blob, rec->blob_len,
+				 SQLITE_STATIC);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->update, 2, rec->exp);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->update, 3, rec->kid);
+	ret = ks_sqlite_step_done(s, s->update, rc, "ks_sqlite_txn_update",
+				  err);
+	if (!ret && sqlite3_changes64(s->db) != 1)
+		ret = ks_err_set(err, KS_ENOTFOUND,
+				 "ks_sqlite_txn_update: kid %lld not found in "
+				 "'%s'",
+				 (long long)rec->kid, s->path);
+	return ret;
+}
+
+static int ks_sqlite_txn_delete(struct ks_txn *txn, int64_t kid,
+				struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_txn_store(txn);
+	int ret;
+
+	ret = ks_sqlite_step_done(s, s->del, sqlite3_bind_int64(s->del, 1, kid),
+				  "ks_sqlite_txn_delete", err);
+	if (!ret && sqlite3_changes64(s->db) != 1)
+		return ks_err_set(err, KS_ENOTFOUND,
+				  "ks_sqlite_txn_delete: kid %lld not found in "
+				  "'%s'",
+				  (long long)kid, s->path);
+	if (!ret)
+		ret = ks_sqlite_step_done(
+			s, s->life_delete,
+			sqlite3_bind_int64(s->life_delete, 1, kid),
+			"ks_sqlite_txn_delete", err);
+	return ret;
+}
+
+static int ks_sqlite_txn_list(struct ks_txn *txn, int64_t exp_after,
+			      int64_t exp_until, ks_list_fn fn, void *arg,
+			      struct ks_err *err)
+{
+	return ks_sqlite_list_locked(ks_sqlite_txn_store(txn), exp_after,
+				     exp_until, fn, arg, err);
+}
+
+static int ks_sqlite_txn_life_put(struct ks_txn *txn,
+				  const struct ks_life *life,
+				  struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_txn_store(txn);
+	int rc, ret = 0;
+
+	/* The entry belongs to a record: refuse one for a missing kid. */
+	rc = sqlite3_bind_int64(s->get, 1, life->kid);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_step(s->get);
+	if (rc == SQLITE_DONE)
+		ret = ks_err_set(err, KS_ENOTFOUND,
+				 "ks_sqlite_txn_life_put: kid %lld not found "
+				 "in '%s'",
+				 (long long)life->kid, s->path);
+	else if (rc != SQLITE_ROW)
+		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_txn_life_put",
+				      "sqlite3_step", s->path);
+	sqlite3_reset(s->get);
+	if (ret)
+		return ret;
+	rc = sqlite3_bind_int64(s->life_put, 1, life->kid);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->life_put, 2, life->created);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->life_put, 3, life->activate_at);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_bind_int64(s->life_put, 4, life->retire_at);
+	if (rc == SQLITE_OK)
+		rc = life->revoked_at == KS_NEVER
+			     ? sqlite3_bind_null(s->life_put, 5)
+			     : sqlite3_bind_int64(s->life_put, 5,
+						  life->revoked_at);
+	return ks_sqlite_step_done(s, s->life_put, rc, "ks_sqlite_txn_life_put",
+				   err);
+}
+
 const struct ks_backend ks_backend_sqlite = {
 	.name = "sqlite",
 	.default_path = "totally_not_my_privateKeys.db",
@@ -674,4 +984,12 @@ const struct ks_backend ks_backend_sqlite = {
 	.list = ks_sqlite_list,
 	.version = ks_sqlite_version,
 	.check = ks_sqlite_check,
+	.life_list = ks_sqlite_life_list,
+	.write = ks_sqlite_write,
+	.txn_next_kid = ks_sqlite_txn_next_kid,
+	.txn_put = ks_sqlite_txn_put,
+	.txn_update = ks_sqlite_txn_update,
+	.txn_delete = ks_sqlite_txn_delete,
+	.txn_list = ks_sqlite_txn_list,
+	.txn_life_put = ks_sqlite_txn_life_put,
 };

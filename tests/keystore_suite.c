@@ -393,6 +393,31 @@ static void put_numbered(const struct ctx *c, struct ks_store *store,
 	}
 }
 
+/* Check what a walk of (after, until] collected: exactly want[0..n_want). */
+static void check_collected(const struct ctx *c, const char *how, int rc,
+			    const struct ks_err *err, const struct collect *col,
+			    int64_t after, int64_t until, const int64_t *want,
+			    int n_want)
+{
+	int i;
+
+	CHECK(rc == 0, "[%s] %s (%lld, %lld] returned %s: %s", c->name, how,
+	      (long long)after, (long long)until, ks_err_name(rc), err->text);
+	CHECK_EQ_INT(col->n, n_want, "[%s] %s (%lld, %lld]: record count",
+		     c->name, how, (long long)after, (long long)until);
+	for (i = 0; i < col->n && i < n_want; i++)
+		CHECK_EQ_INT(col->kid[i], want[i],
+			     "[%s] %s (%lld, %lld]: record %d", c->name, how,
+			     (long long)after, (long long)until, i);
+	for (i = 0; i < col->n && i < 64; i++)
+		CHECK(col->exp[i] > after && col->exp[i] <= until,
+		      "[%s] %s (%lld, %lld]: kid %lld has exp %lld", c->name,
+		      how, (long long)after, (long long)until,
+		      (long long)col->kid[i], (long long)col->exp[i]);
+	CHECK(col->blobs_ok, "[%s] %s (%lld, %lld]: a blob differs", c->name,
+	      how, (long long)after, (long long)until);
+}
+
 static void check_list(const struct ctx *c, struct ks_store *store,
 		       int64_t after, int64_t until, const int64_t *want,
 		       int n_want)
@@ -400,23 +425,8 @@ static void check_list(const struct ctx *c, struct ks_store *store,
 	struct collect col = {c, {0}, {0}, 0, -1, 0, 1};
 	struct ks_err err = {""};
 	int rc = ks_list(store, after, until, collect_fn, &col, &err);
-	int i;
 
-	CHECK(rc == 0, "[%s] list (%lld, %lld] returned %s: %s", c->name,
-	      (long long)after, (long long)until, ks_err_name(rc), err.text);
-	CHECK_EQ_INT(col.n, n_want, "[%s] list (%lld, %lld]: record count",
-		     c->name, (long long)after, (long long)until);
-	for (i = 0; i < col.n && i < n_want; i++)
-		CHECK_EQ_INT(col.kid[i], want[i],
-			     "[%s] list (%lld, %lld]: record %d", c->name,
-			     (long long)after, (long long)until, i);
-	for (i = 0; i < col.n && i < 64; i++)
-		CHECK(col.exp[i] > after && col.exp[i] <= until,
-		      "[%s] list (%lld, %lld]: kid %lld has exp %lld", c->name,
-		      (long long)after, (long long)until, (long long)col.kid[i],
-		      (long long)col.exp[i]);
-	CHECK(col.blobs_ok, "[%s] list (%lld, %lld]: a blob differs", c->name,
-	      (long long)after, (long long)until);
+	check_collected(c, "list", rc, &err, &col, after, until, want, n_want);
 }
 
 static void test_list_filter(struct ctx *c)
