@@ -817,7 +817,12 @@ static int ks_lmdb_life_decode(const struct ks_lmdb_store *s,
 				  "want 8",
 				  func, s->path, key->mv_size);
 	life->kid = ks_lmdb_int64(ks_lmdb_get64(key->mv_data));
-	if (life->kid < 1 || val->mv_size != KS_LMDB_LIFE_SIZE)
+	if (life->kid < 1)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: kid %lld in 'life' of '%s' is not "
+				  "positive",
+				  func, (long long)life->kid, s->path);
+	if (val->mv_size != KS_LMDB_LIFE_SIZE)
 		return ks_err_set(err, KS_ECORRUPT,
 				  "%s: the lifecycle entry of kid %lld in '%s' "
 				  "has %zu bytes, want %d",

@@ -82,6 +82,43 @@ void ks_record_release(struct ks_record *rec)
 	memset(rec, 0, sizeof(*rec));
 }
 
+int ks_record_set_add(const struct ks_record *rec, void *arg)
+{
+	struct ks_record_set *set = arg;
+	struct ks_record *r;
+
+	if (set->n == set->cap) {
+		size_t cap = set->cap ? set->cap * 2 : 16;
+
+		r = realloc(set->rec, cap * sizeof(*r));
+		if (!r)
+			return KS_ENOMEM;
+		set->rec = r;
+		set->cap = cap;
+	}
+	r = &set->rec[set->n];
+	r->blob = malloc(rec->blob_len ? rec->blob_len : 1);
+	if (!r->blob)
+		return KS_ENOMEM;
+	if (rec->blob_len)
+		memcpy(r->blob, rec->blob, rec->blob_len);
+	r->blob_len = rec->blob_len;
+	r->kid = rec->kid;
+	r->exp = rec->exp;
+	set->n++;
+	return 0;
+}
+
+void ks_record_set_release(struct ks_record_set *set)
+{
+	size_t i;
+
+	for (i = 0; i < set->n; i++)
+		ks_record_release(&set->rec[i]);
+	free(set->rec);
+	memset(set, 0, sizeof(*set));
+}
+
 int ks_open(struct ks_store **out, const struct ks_backend *be,
 	    const struct ks_options *opts, struct ks_err *err)
 {

@@ -267,6 +267,20 @@ int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 		    struct ks_err *err);
 
 /*
+ * A growable array of record copies, for callers that must look at records
+ * after a listing ends (ks_list() hands them out borrowed).
+ * ks_record_set_add() is a ks_list_fn: pass the set as arg. Release with
+ * ks_record_set_release(), which wipes every blob. Start from {0}.
+ */
+struct ks_record_set {
+	struct ks_record *rec;
+	size_t n, cap;
+};
+
+int ks_record_set_add(const struct ks_record *rec, void *arg);
+void ks_record_set_release(struct ks_record_set *set);
+
+/*
  * Copy every record of src into dst (any two backends), keeping each kid,
  * blob and expiry, so that tokens signed before a switch of backend still
  * verify, and the lifecycle entries of the records copied. Without merge,

@@ -10,8 +10,12 @@
  * parsed only when a token signed with one is asked for.
  *
  * A background thread watches the store's change counter (every poll_ms),
- * rebuilds the snapshot when the key set changed, and adds a new key when no
- * unexpired key has enough life left to sign a full-length token.
+ * rebuilds the snapshot when the key set changed, and rotates keys on the
+ * schedule of include/lifecycle.h: a successor is published well before it
+ * signs, and a retired key stays published until its tokens expired.
+ *
+ * With a kek, keys the service makes are stored sealed to their kid, and
+ * sealed keys are opened with it; see include/keyadmin.h.
  *
  * The service is a library: any program that runs CivetWeb can register the
  * routes on its own context with jwks_http_register(); server/main.c is one
@@ -33,6 +37,7 @@
 
 struct jwks_service;
 struct mg_context;
+struct kek;
 
 /* A clock: seconds since the Unix epoch. Injectable for tests. */
 typedef int64_t (*jwks_clock_fn)(void *arg);
@@ -42,8 +47,13 @@ typedef void (*jwks_log_fn)(void *arg, const char *line);
 
 /*
  * token_ttl: lifetime of an issued token, seconds (> 0). A token's exp is
- *       also never later than its signing key's expiry.
- * key_ttl: lifetime of a generated key, seconds (> 0).
+ *       also never later than its signing key's expiry (less the margin).
+ * key_ttl: how long a generated key is published in all, seconds; it must
+ *       leave time to sign (see lc_policy_check()).
+ * jwks_max_age: the longest Cache-Control max-age of the JWKS, seconds.
+ * margin: safety margin for caches and clocks, seconds.
+ * rotation_lead: how much earlier than needed a successor is made.
+ * kek: the key-encryption key (borrowed), or NULL to store keys as PEM.
  * alg: the JWS algorithm of generated keys ("RS256").
  * poll_ms: how often the store's change counter is checked.
  * ready_timeout_ms: how long a request waits for the first keys.
@@ -53,6 +63,10 @@ typedef void (*jwks_log_fn)(void *arg, const char *line);
 struct jwks_service_options {
 	int64_t token_ttl;
 	int64_t key_ttl;
+	int64_t jwks_max_age;
+	int64_t margin;
+	int64_t rotation_lead;
+	const struct kek *kek;
 	const char *alg;
 	unsigned poll_ms;
 	unsigned ready_timeout_ms;
@@ -62,11 +76,13 @@ struct jwks_service_options {
 	void *log_arg;
 };
 
-#define JWKS_SERVICE_OPTIONS_INIT                                         \
-	{                                                                 \
-		.token_ttl = 3600, .key_ttl = 86400, .alg = "RS256",      \
-		.poll_ms = 250, .ready_timeout_ms = 10000, .clock = NULL, \
-		.clock_arg = NULL, .log = NULL, .log_arg = NULL,          \
+#define JWKS_SERVICE_OPTIONS_INIT                                          \
+	{                                                                  \
+		.token_ttl = 3600, .key_ttl = 86400, .jwks_max_age = 300,  \
+		.margin = 300, .rotation_lead = 60, .kek = NULL,           \
+		.alg = "RS256", .poll_ms = 250, .ready_timeout_ms = 10000, \
+		.clock = NULL, .clock_arg = NULL, .log = NULL,             \
+		.log_arg = NULL,                                           \
 	}
 
 /*
@@ -75,8 +91,9 @@ struct jwks_service_options {
  * nothing and starts no thread. *out is the caller's, freed with
  * jwks_service_free().
  *
- * Returns 0, KS_EINVAL (bad options), KS_EIO/KS_EBUSY (store read failed).
- * A key row that cannot be parsed is skipped with a log line.
+ * Returns 0, KS_EINVAL (bad options; err says which), KS_EIO/KS_EBUSY
+ * (store read failed). A key row that cannot be parsed (or opened with the
+ * kek) is skipped with a log line.
  */
 int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 		     const struct jwks_service_options *opts,
@@ -85,8 +102,10 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 /*
  * Make sure the store has what the service needs, publish the first
  * snapshot and start the background thread. On an empty store it generates
- * one unexpired and one expired key (concurrently); when no unexpired key is
- * left it adds one. Existing keys are never changed or removed.
+ * one key that signs at once and one expired key (concurrently); when no
+ * published key can sign it adds one that signs at once. Existing keys are
+ * never removed; the only change made to one is the extension of a key
+ * whose successor comes late (see lc_plan_at()).
  * *key_count_out (may be NULL) receives the number of keys in the store.
  *
  * Returns 0, or the store's error (KS_EACCES, KS_ENOSPC, KS_EBUSY, KS_EIO)
@@ -101,9 +120,9 @@ void jwks_service_free(struct jwks_service *svc);
 /*
  * Issue a signed JWT (compact serialization) into out, capacity cap
  * (JWKS_TOKEN_MAX suffices), NUL-terminated; *len_out is its length.
- * expired = 0: signed with the unexpired key that expires last, exp =
- * min(now + token_ttl, key expiry). expired = 1: signed with the most
- * recently expired key, exp in the past.
+ * expired = 0: signed with the key lc_choose_signer() picks, exp =
+ * min(now + token_ttl, lc_token_cap()). expired = 1: signed with the most
+ * recently expired key that is not revoked, exp in the past.
  *
  * Returns 0, KS_ENOKEY (no unexpired key: the store could not be written),
  * KS_ENOTFOUND (expired asked for and the store has no expired key),
@@ -115,14 +134,34 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 		       size_t cap, size_t *len_out, struct ks_err *err);
 
 /*
- * The published key set. fn is called once with the serialized JWKS body
- * ({"keys":[...]}) and its strong ETag (with quotes), both borrowed for the
- * duration of the call. Returns fn's value, or KS_ENOKEY if the first
- * snapshot was not ready in time.
+ * The published key set, as served: the serialized body ({"keys":[...]}),
+ * its strong ETag (with quotes; it changes exactly when the body does),
+ * when the body last changed (seconds since the epoch), and how long a
+ * cache may keep it: never past the next scheduled change of the set, nor
+ * past jwks_max_age.
  */
-typedef int (*jwks_body_fn)(const char *body, size_t body_len, const char *etag,
-			    void *arg);
-int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg);
+struct jwks_doc {
+	const char *body;
+	size_t body_len;
+	const char *etag;
+	int64_t last_modified;
+	int64_t max_age;
+};
+
+/*
+ * fn is called once with the current document, borrowed for the duration
+ * of the call. Returns fn's value, or KS_ENOKEY if the first snapshot was
+ * not ready in time.
+ */
+typedef int (*jwks_doc_fn)(const struct jwks_doc *doc, void *arg);
+int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
+
+/*
+ * Publish a snapshot of the keys the store holds now, without generating
+ * any and without a background thread: for a program that only reads the
+ * key set (`jwksd keys export-public`). Returns 0 or the store's errors.
+ */
+int jwks_service_publish(struct jwks_service *svc, struct ks_err *err);
 
 /*
  * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json) on a

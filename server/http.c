@@ -261,22 +261,36 @@ static int http_auth(struct mg_connection *conn, void *cbdata)
 }
 
 /* Whether an If-None-Match header names etag (weak comparison, or *). */
-static int http_etag_matches(const struct mg_connection *conn, const char *etag)
+static int http_etag_matches(const char *inm, const char *etag)
 {
-	const char *inm = mg_get_header(conn, "If-None-Match");
-
-	return inm && (strstr(inm, etag) || !strcmp(inm, "*"));
+	return strstr(inm, etag) || !strcmp(inm, "*");
 }
 
-static int http_jwks_write(const char *body, size_t body_len, const char *etag,
-			   void *arg)
+/*
+ * The JWKS with its validators. Without If-None-Match, If-Modified-Since
+ * is compared exactly with Last-Modified, as nginx does by default: a
+ * client sends back what it was given.
+ */
+static int http_jwks_write(const struct jwks_doc *doc, void *arg)
 {
 	struct mg_connection *conn = arg;
-	const char *extra[] = {"ETag", etag, NULL};
+	const char *inm = mg_get_header(conn, "If-None-Match");
+	const char *ims = mg_get_header(conn, "If-Modified-Since");
+	char cache[48], modified[40];
+	const char *extra[] = {"ETag", doc->etag, "Last-Modified", modified,
+			       NULL};
+	time_t t = (time_t)doc->last_modified;
+	struct tm tm;
 
-	if (http_etag_matches(conn, etag))
-		return http_send(conn, 304, "no-cache", extra, NULL, 0);
-	return http_send(conn, 200, "no-cache", extra, body, body_len);
+	if (!gmtime_r(&t, &tm) || !strftime(modified, sizeof(modified),
+					    "%a, %d %b %Y %H:%M:%S GMT", &tm))
+		extra[2] = NULL;
+	snprintf(cache, sizeof(cache), "public, max-age=%lld",
+		 (long long)doc->max_age);
+	if (inm ? http_etag_matches(inm, doc->etag)
+		: ims && extra[2] && !strcmp(ims, modified))
+		return http_send(conn, 304, cache, extra, NULL, 0);
+	return http_send(conn, 200, cache, extra, doc->body, doc->body_len);
 }
 
 /* GET or HEAD /.well-known/jwks.json: the published key set. */

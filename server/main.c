@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
+#include "keys_cmd.h"
 #include "keystore.h"
 #include "service.h"
 
@@ -25,14 +27,15 @@
 #define JWKSD_VERSION "unknown"
 #endif
 
-#define MAIN_MAX_TTL (10LL * 366 * 24 * 3600)
-
 struct main_config {
 	const char *listen;
 	const char *db;
 	const char *backend;
+	const char *kek_file;
 	long long token_ttl;
 	long long key_ttl;
+	long long jwks_max_age;
+	long long margin;
 	long long threads;
 	long long lmdb_map_size;
 	long long max_body;
@@ -98,46 +101,6 @@ main_bad_usage(const char *fmt, ...)
 	return 2;
 }
 
-/* A decimal integer in [min, max] and nothing else. */
-static int main_parse_int(const char *s, long long min, long long max,
-			  long long *out)
-{
-	char *end;
-	long long v;
-
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || end == s || *end || v < min || v > max)
-		return -1;
-	*out = v;
-	return 0;
-}
-
-/* A byte count with an optional K, M or G suffix, in [min, max]. */
-static int main_parse_size(const char *s, long long min, long long max,
-			   long long *out)
-{
-	char *end;
-	long long v, unit = 1;
-
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || end == s || v < 0)
-		return -1;
-	if (*end == 'K' || *end == 'k')
-		unit = 1LL << 10;
-	else if (*end == 'M' || *end == 'm')
-		unit = 1LL << 20;
-	else if (*end == 'G' || *end == 'g')
-		unit = 1LL << 30;
-	if (unit > 1)
-		end++;
-	if (*end || v > max / unit || v * unit < min)
-		return -1;
-	*out = v * unit;
-	return 0;
-}
-
 /* ADDR:PORT with a non-empty address (or [v6]) and a port 0..65535. */
 static int main_valid_listen(const char *s)
 {
@@ -145,7 +108,7 @@ static int main_valid_listen(const char *s)
 	long long port;
 
 	return colon && colon != s && s[strlen(s) - 1] != ':' &&
-	       main_parse_int(colon + 1, 0, 65535, &port) == 0;
+	       cli_parse_int(colon + 1, 0, 65535, &port) == 0;
 }
 
 static int main_parse_args(int argc, char **argv, struct main_config *cfg)
@@ -156,6 +119,9 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"backend", required_argument, NULL, 'b'},
 		{"token-ttl", required_argument, NULL, 't'},
 		{"key-ttl", required_argument, NULL, 'k'},
+		{"jwks-max-age", required_argument, NULL, 'A'},
+		{"margin", required_argument, NULL, 'M'},
+		{"kek-file", required_argument, NULL, 'K'},
 		{"threads", required_argument, NULL, 'n'},
 		{"lmdb-map-size", required_argument, NULL, 'm'},
 		{"max-body", required_argument, NULL, 'B'},
@@ -185,37 +151,54 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 			cfg->backend = optarg;
 			break;
 		case 't':
-			if (main_parse_int(optarg, 1, MAIN_MAX_TTL,
-					   &cfg->token_ttl))
+			if (cli_parse_int(optarg, 1, CLI_MAX_TTL,
+					  &cfg->token_ttl))
 				return main_bad_usage(
 					"invalid --token-ttl '%s'", optarg);
 			break;
 		case 'k':
-			if (main_parse_int(optarg, 1, MAIN_MAX_TTL,
-					   &cfg->key_ttl))
+			if (cli_parse_int(optarg, 1, CLI_MAX_TTL,
+					  &cfg->key_ttl))
 				return main_bad_usage("invalid --key-ttl '%s'",
 						      optarg);
 			break;
+		case 'A':
+			if (cli_parse_duration(optarg, 0, CLI_MAX_TTL,
+					       &cfg->jwks_max_age))
+				return main_bad_usage(
+					"invalid --jwks-max-age '%s'", optarg);
+			break;
+		case 'M':
+			if (cli_parse_duration(optarg, 0, CLI_MAX_TTL,
+					       &cfg->margin))
+				return main_bad_usage("invalid --margin '%s'",
+						      optarg);
+			break;
+		case 'K':
+			if (!*optarg)
+				return main_bad_usage("empty --kek-file");
+			cfg->kek_file = optarg;
+			break;
 		case 'n':
-			if (main_parse_int(optarg, 1, 1024, &cfg->threads))
+			if (cli_parse_int(optarg, 1, 1024, &cfg->threads))
 				return main_bad_usage("invalid --threads '%s'",
 						      optarg);
 			break;
 		case 'm':
-			if (main_parse_size(optarg, 1LL << 16, 1LL << 40,
-					    &cfg->lmdb_map_size))
+			if (cli_parse_size(optarg, 1LL << 16, 1LL << 40,
+					   &cfg->lmdb_map_size))
 				return main_bad_usage(
 					"invalid --lmdb-map-size '%s'", optarg);
 			break;
 		case 'B':
-			if (main_parse_size(optarg, 0, 1LL << 30,
-					    &cfg->max_body))
+			if (cli_parse_size(optarg, 0, 1LL << 30,
+					   &cfg->max_body))
 				return main_bad_usage("invalid --max-body '%s'",
 						      optarg);
 			break;
 		case 'T':
-			if (main_parse_int(optarg, 100, 600000,
-					   &cfg->request_timeout_ms))
+			if (cli_parse_int(optarg, 100, 600000,
+					  &cfg->request_timeout_ms))
 				return main_bad_usage(
 					"invalid --request-timeout '%s'",
 					optarg);
@@ -468,41 +451,6 @@ static void main_stop_http(struct mg_context *ctx, const char *listen)
 	}
 }
 
-/* The backend called name (NULL: the default), or exit status 2. */
-static const struct ks_backend *main_find_backend(const char *name)
-{
-	const struct ks_backend *be = ks_backend_find(name);
-	size_t i;
-
-	if (!be) {
-		fprintf(stderr,
-			"jwksd: unknown backend '%s'; valid backends:", name);
-		for (i = 0; ks_backends[i]; i++)
-			fprintf(stderr, " %s", ks_backend_name(ks_backends[i]));
-		fputc('\n', stderr);
-	}
-	return be;
-}
-
-/* Open a store, or say which file and why not. Returns 0 or 1. */
-static int main_open_store(struct ks_store **out, const struct ks_backend *be,
-			   const char *path, const struct main_config *cfg)
-{
-	struct ks_options kopts = KS_OPTIONS_INIT;
-	struct ks_err e = {{0}};
-
-	kopts.path = path ? path : ks_backend_default_path(be);
-	kopts.max_readers = (unsigned)cfg->threads + 8;
-	if (cfg->lmdb_map_size)
-		kopts.lmdb_map_size = (size_t)cfg->lmdb_map_size;
-	if (ks_open(out, be, &kopts, &e)) {
-		fprintf(stderr, "jwksd: cannot open %s store '%s': %s\n",
-			ks_backend_name(be), kopts.path, e.text);
-		return 1;
-	}
-	return 0;
-}
-
 /* NAME:PATH, split at the first colon. */
 static int main_parse_store_spec(char *spec, const struct ks_backend **be,
 				 const char **path)
@@ -513,7 +461,7 @@ static int main_parse_store_spec(char *spec, const struct ks_backend **be,
 		return main_bad_usage("invalid store '%s': want NAME:PATH",
 				      spec);
 	*colon = '\0';
-	*be = main_find_backend(spec);
+	*be = cli_find_backend(spec);
 	*path = colon + 1;
 	return *be ? 0 : 2;
 }
@@ -548,8 +496,8 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		else if (opt == 'M')
 			merge = 1;
 		else if (opt == 'm' &&
-			 main_parse_size(optarg, 1LL << 16, 1LL << 40,
-					 &c.lmdb_map_size))
+			 cli_parse_size(optarg, 1LL << 16, 1LL << 40,
+					&c.lmdb_map_size))
 			rc = main_bad_usage("invalid --lmdb-map-size '%s'",
 					    optarg);
 		else if (opt == ':' || opt == '?')
@@ -561,9 +509,10 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 	if (!from_be || !to_be || optind < argc)
 		return main_bad_usage("copy needs --from NAME:PATH and "
 				      "--to NAME:PATH");
-	if (main_open_store(&from, from_be, from_path, &c))
+	if (cli_open_store(&from, from_be, from_path, c.threads,
+			   c.lmdb_map_size))
 		return 1;
-	if (main_open_store(&to, to_be, to_path, &c)) {
+	if (cli_open_store(&to, to_be, to_path, c.threads, c.lmdb_map_size)) {
 		ks_close(from);
 		return 1;
 	}
@@ -592,6 +541,8 @@ int main(int argc, char **argv)
 		.listen = "127.0.0.1:8080",
 		.token_ttl = 3600,
 		.key_ttl = 86400,
+		.jwks_max_age = 300,
+		.margin = 300,
 		.threads = 64,
 		.max_body = 64 * 1024,
 		.request_timeout_ms = 2000,
@@ -600,6 +551,7 @@ int main(int argc, char **argv)
 	const struct ks_backend *be;
 	struct jwks_service *svc = NULL;
 	struct ks_store *store = NULL;
+	struct kek *kek = NULL;
 	struct mg_context *ctx = NULL;
 	struct ks_err e = {{0}};
 	const char *path;
@@ -610,10 +562,12 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && !strcmp(argv[1], "copy"))
 		return main_copy(argc - 1, argv + 1, &cfg);
+	if (argc > 1 && !strcmp(argv[1], "keys"))
+		return keys_cmd_main(argc - 1, argv + 1);
 	rc = main_parse_args(argc, argv, &cfg);
 	if (rc)
 		return rc;
-	be = main_find_backend(cfg.backend);
+	be = cli_find_backend(cfg.backend);
 	if (!be)
 		return 2;
 
@@ -625,10 +579,16 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	path = cfg.db ? cfg.db : ks_backend_default_path(be);
-	if (main_open_store(&store, be, path, &cfg))
+	if (cli_load_kek(cfg.kek_file, &kek))
 		return 1;
+	if (cli_open_store(&store, be, path, cfg.threads, cfg.lmdb_map_size) ||
+	    cli_check_store(store, path, kek, 1, 1))
+		goto out;
 	sopts.token_ttl = cfg.token_ttl;
 	sopts.key_ttl = cfg.key_ttl;
+	sopts.jwks_max_age = cfg.jwks_max_age;
+	sopts.margin = cfg.margin;
+	sopts.kek = kek;
 	rc = jwks_service_new(&svc, store, &sopts, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot load keys from '%s': %s (%s)\n",
@@ -664,6 +624,7 @@ out:
 		main_stop_http(ctx, cfg.listen);
 	jwks_service_free(svc);
 	ks_close(store);
+	kek_free(kek);
 	if (library)
 		mg_exit_library();
 	return status;

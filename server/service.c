@@ -13,6 +13,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "keyadmin.h"
+#include "lifecycle.h"
 #include "service.h"
 #include "signer.h"
 
@@ -24,6 +26,8 @@ struct svc_key {
 	int64_t kid;
 	int64_t exp;
 	uint64_t seen_gen; /* the store listing that last contained it */
+	int has_life;
+	struct ks_life life;
 	struct signer_key *key;
 	char *header_b64; /* b64url of the JWS header, ready to sign */
 	size_t header_len;
@@ -33,8 +37,11 @@ struct svc_key {
 /* What requests read. Immutable once published. */
 struct svc_snapshot {
 	atomic_uint refs;
-	int64_t valid_until; /* the earliest expiry among published keys */
+	int64_t valid_until; /* when the signer or the published set changes */
+	int64_t next_change; /* when the published set changes */
+	int64_t last_modified;
 	const struct svc_key *signing;
+	int64_t sign_cap; /* the latest exp of a token signing may make */
 	char *body;
 	size_t body_len;
 	char etag[24];
@@ -43,16 +50,20 @@ struct svc_snapshot {
 struct jwks_service {
 	struct ks_store *store;
 	struct jwks_service_options opts;
+	struct lc_policy policy;
 
 	/* snap_lock guards cur, expired and ready; held only for a swap. */
 	pthread_mutex_t snap_lock;
 	pthread_cond_t ready_cond;
 	struct svc_snapshot *cur;
 	const struct svc_key *expired; /* cached for ?expired=true, or NULL */
+	int64_t expired_exp;
 
 	/* work_lock guards keys, gen, version and every store access. */
 	pthread_mutex_t work_lock;
 	struct svc_key *keys;
+	int64_t *bad; /* kids of records that do not load, sorted */
+	size_t n_bad, cap_bad;
 	uint64_t gen;
 	uint64_t version;
 	int have_version;
@@ -144,20 +155,62 @@ static struct svc_key *svc_find_key(const struct jwks_service *svc, int64_t kid)
 	return NULL;
 }
 
+static int svc_is_bad(int64_t kid, void *arg)
+{
+	const struct jwks_service *svc = arg;
+	size_t lo = 0, hi = svc->n_bad;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (svc->bad[mid] == kid)
+			return 1;
+		if (svc->bad[mid] < kid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return 0;
+}
+
+/* Remember a record that does not load, so it is tried (and logged) once. */
+static void svc_mark_bad(struct jwks_service *svc, int64_t kid)
+{
+	size_t i;
+
+	if (svc->n_bad == svc->cap_bad) {
+		size_t cap = svc->cap_bad ? svc->cap_bad * 2 : 8;
+		int64_t *v = realloc(svc->bad, cap * sizeof(*v));
+
+		if (!v)
+			return;
+		svc->bad = v;
+		svc->cap_bad = cap;
+	}
+	for (i = svc->n_bad; i > 0 && svc->bad[i - 1] > kid; i--)
+		svc->bad[i] = svc->bad[i - 1];
+	svc->bad[i] = kid;
+	svc->n_bad++;
+}
+
 /* Add a loaded record to the key list (work_lock held). */
 static int svc_adopt_record(struct jwks_service *svc,
 			    const struct ks_record *rec, struct svc_key **out)
 {
 	struct signer_key *key;
 	struct svc_key *k;
-	struct ks_err e;
+	struct ks_err e = {{0}};
 	int rc;
 
 	*out = NULL;
-	rc = signer_load(&key, rec->blob, rec->blob_len, &e);
+	if (svc_is_bad(rec->kid, svc))
+		return KS_ECORRUPT;
+	rc = ka_load_key(rec, svc->opts.kek, &key, &e);
 	if (rc) {
 		svc_log(svc, "key %" PRId64 " skipped: %s (%s)", rec->kid,
 			ks_strerror(rc), e.text);
+		if (rc != KS_ENOMEM)
+			svc_mark_bad(svc, rec->kid);
 		return rc;
 	}
 	rc = svc_key_new(&k, rec->kid, rec->exp, key);
@@ -274,41 +327,111 @@ static uint64_t svc_fnv1a(const char *p, size_t n)
 	return h;
 }
 
+/* The policy's view of a key. */
+static struct lc_key svc_lc_key(const struct svc_key *k)
+{
+	struct lc_key v = {k->kid, k->exp, k->has_life, 1, k->life};
+
+	return v;
+}
+
 /*
- * Build a snapshot of the keys the last store listing saw that are
- * unexpired at now, and publish it (work_lock held).
+ * The keys the last store listing saw, as the policy sees them, with the
+ * entries they came from (work_lock held). *n_out receives the count; the
+ * caller frees both arrays. Returns 0 or KS_ENOMEM.
+ */
+static int svc_view(const struct jwks_service *svc, struct lc_key **out,
+		    struct svc_key ***from, size_t *n_out)
+{
+	struct svc_key *k;
+	size_t n = 0;
+
+	for (k = svc->keys; k; k = k->next)
+		n++;
+	*out = calloc(n ? n : 1, sizeof(**out));
+	*from = calloc(n ? n : 1, sizeof(**from));
+	if (!*out || !*from) {
+		free(*out);
+		free(*from);
+		return KS_ENOMEM;
+	}
+	n = 0;
+	for (k = svc->keys; k; k = k->next) {
+		if (k->seen_gen != svc->gen)
+			continue;
+		(*out)[n] = svc_lc_key(k);
+		(*from)[n++] = k;
+	}
+	*n_out = n;
+	return 0;
+}
+
+static void svc_earliest(int64_t *t, int64_t cand, int64_t now)
+{
+	if (cand > now && cand < *t)
+		*t = cand;
+}
+
+/*
+ * Build a snapshot of the keys the last store listing saw, as published
+ * at now, and publish it (work_lock held).
  */
 static int svc_rebuild(struct jwks_service *svc, int64_t now)
 {
 	struct svc_snapshot *s = NULL, *old;
-	struct svc_key **pub = NULL, *k;
+	struct svc_key **from = NULL;
+	struct lc_key *view = NULL;
+	const struct lc_key *signer;
+	struct lc_plan plan;
 	json_t *root = NULL, *arr = NULL;
 	size_t n = 0, i;
 	int rc = KS_ENOMEM;
 
-	for (k = svc->keys; k; k = k->next)
-		n++;
-	pub = calloc(n ? n : 1, sizeof(*pub));
 	s = calloc(1, sizeof(*s));
 	root = json_object();
 	arr = json_array();
-	if (!pub || !s || !root || !arr || json_object_set(root, "keys", arr))
+	if (!s || !root || !arr || json_object_set(root, "keys", arr) ||
+	    svc_view(svc, &view, &from, &n))
 		goto out;
-	n = 0;
-	for (k = svc->keys; k; k = k->next)
-		if (k->seen_gen == svc->gen && k->exp > now)
-			pub[n++] = k;
-	qsort(pub, n, sizeof(*pub), svc_cmp_kid);
 
+	/* Sorted by kid: the body is the same for the same set. */
 	s->valid_until = INT64_MAX;
+	s->next_change = INT64_MAX;
 	for (i = 0; i < n; i++) {
-		if (json_array_append_new(arr, svc_jwk(pub[i])))
-			goto out;
-		if (pub[i]->exp < s->valid_until)
-			s->valid_until = pub[i]->exp;
-		if (!s->signing || pub[i]->exp >= s->signing->exp)
-			s->signing = pub[i];
+		const struct lc_key *v = &view[i];
+
+		svc_earliest(&s->valid_until, lc_activate_at(v), now);
+		svc_earliest(&s->valid_until, lc_retire_at(v), now);
+		svc_earliest(&s->valid_until, lc_token_cap(v, &svc->policy),
+			     now);
+		if (!lc_published(v, now))
+			continue;
+		svc_earliest(&s->valid_until, v->exp, now);
+		svc_earliest(&s->next_change, v->exp, now);
 	}
+	qsort(from, n, sizeof(*from), svc_cmp_kid);
+	for (i = 0; i < n; i++) {
+		struct lc_key v = svc_lc_key(from[i]);
+
+		if (lc_published(&v, now) &&
+		    json_array_append_new(arr, svc_jwk(from[i])))
+			goto out;
+	}
+	/* The view is in list order, from[] now in kid order: refill. */
+	for (i = 0; i < n; i++)
+		view[i] = svc_lc_key(from[i]);
+	signer = lc_choose_signer(view, n, now, &svc->policy);
+	s->signing = signer ? from[signer - view] : NULL;
+	s->sign_cap = signer ? lc_token_cap(signer, &svc->policy) : 0;
+	lc_plan_at(view, n, now, &svc->policy, 0, &plan);
+	/*
+	 * The set also changes when the next key is made. While that is
+	 * overdue (a store that fails), caches must not keep the set.
+	 */
+	svc_earliest(&s->next_change, plan.due, now);
+	if (plan.action != LC_NOTHING || plan.due <= now)
+		s->next_change = now;
+
 	s->body = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	if (!s->body)
 		goto out;
@@ -319,6 +442,8 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 
 	pthread_mutex_lock(&svc->snap_lock);
 	old = svc->cur;
+	s->last_modified =
+		old && !strcmp(old->etag, s->etag) ? old->last_modified : now;
 	svc->cur = s;
 	svc->expired = NULL;
 	pthread_cond_broadcast(&svc->ready_cond);
@@ -332,7 +457,8 @@ out:
 	if (s)
 		free(s->body);
 	free(s);
-	free(pub);
+	free(view);
+	free(from);
 	json_decref(arr);
 	json_decref(root);
 	return rc;
@@ -343,6 +469,11 @@ struct svc_load_ctx {
 	uint64_t gen;
 };
 
+/*
+ * Requests read only a key's kid, parsed key and header, which never
+ * change; exp and the lifecycle entry change under work_lock and are read
+ * under it (a snapshot copies what requests need).
+ */
 static int svc_load_one(const struct ks_record *rec, void *arg)
 {
 	struct svc_load_ctx *ctx = arg;
@@ -350,8 +481,21 @@ static int svc_load_one(const struct ks_record *rec, void *arg)
 
 	if (!k && svc_adopt_record(ctx->svc, rec, &k) == KS_ENOMEM)
 		return KS_ENOMEM;
-	if (k)
+	if (k) {
 		k->seen_gen = ctx->gen;
+		k->exp = rec->exp;
+	}
+	return 0;
+}
+
+static int svc_load_life(const struct ks_life *life, void *arg)
+{
+	struct svc_key *k = svc_find_key(arg, life->kid);
+
+	if (k) {
+		k->has_life = 1;
+		k->life = *life;
+	}
 	return 0;
 }
 
@@ -368,6 +512,9 @@ static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 
 	have_version = ks_version(svc->store, &version, NULL) == 0;
 	rc = ks_list(svc->store, now, INT64_MAX, svc_load_one, &ctx, err);
+	/* After the records: see ks_life_list(). */
+	if (!rc)
+		rc = ks_life_list(svc->store, svc_load_life, svc, err);
 	if (rc)
 		return rc;
 	svc->gen = ctx.gen;
@@ -381,19 +528,27 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 		     struct ks_err *err)
 {
 	struct jwks_service *svc;
+	char why[256];
 	int rc;
 
 	if (!out)
 		return KS_EINVAL;
 	*out = NULL;
-	if (!store || !opts || opts->token_ttl <= 0 || opts->key_ttl <= 0 ||
-	    !opts->alg || !signer_alg_supported(opts->alg) || !opts->poll_ms)
+	if (!store || !opts || !opts->alg || !signer_alg_supported(opts->alg) ||
+	    !opts->poll_ms)
 		return ks_err_set(err, KS_EINVAL, "invalid service options");
 	svc = calloc(1, sizeof(*svc));
 	if (!svc)
 		return KS_ENOMEM;
 	svc->store = store;
 	svc->opts = *opts;
+	svc->policy = (struct lc_policy){opts->key_ttl, opts->token_ttl,
+					 opts->jwks_max_age, opts->margin,
+					 opts->rotation_lead};
+	if (lc_policy_check(&svc->policy, why, sizeof(why))) {
+		free(svc);
+		return ks_err_set(err, KS_EINVAL, "%s", why);
+	}
 	pthread_mutex_init(&svc->snap_lock, NULL);
 	pthread_cond_init(&svc->ready_cond, NULL);
 	pthread_mutex_init(&svc->work_lock, NULL);
@@ -424,55 +579,48 @@ static void *svc_keygen_thread(void *arg)
 	return NULL;
 }
 
-/* Save a generated key (ownership taken) under exp (work_lock held). */
-static int svc_store_key(struct jwks_service *svc, struct signer_key *key,
-			 int64_t exp, struct ks_err *err)
+/* The rotation plan at now for the keys loaded (work_lock held). */
+static int svc_plan(const struct jwks_service *svc, int64_t now,
+		    struct lc_plan *plan)
 {
-	unsigned char *blob = NULL;
-	struct svc_key *k;
-	size_t len = 0;
-	int64_t kid;
-	int rc;
+	struct svc_key **from = NULL;
+	struct lc_key *view = NULL;
+	size_t n = 0;
 
-	rc = signer_save(key, &blob, &len, err);
-	if (!rc)
-		rc = ks_put(svc->store, blob, len, exp, &kid, err);
-	signer_blob_free(blob, len);
-	if (rc) {
-		signer_key_free(key);
-		return rc;
-	}
-	rc = svc_key_new(&k, kid, exp, key);
-	if (rc)
-		return rc;
-	k->seen_gen = svc->gen;
-	k->next = svc->keys;
-	svc->keys = k;
+	if (svc_view(svc, &view, &from, &n))
+		return KS_ENOMEM;
+	lc_plan_at(view, n, now, &svc->policy, 0, plan);
+	free(view);
+	free(from);
 	return 0;
 }
 
-/* The unexpired key that expires last, in the published set (work_lock). */
-static const struct svc_key *svc_best_key(const struct jwks_service *svc,
-					  int64_t now)
+/*
+ * Carry out the plan with key (borrowed), then reload (work_lock held).
+ * KS_EEXISTS: another process did it first; the reload shows its key.
+ */
+static int svc_rotate(struct jwks_service *svc, const struct signer_key *key,
+		      int64_t now, struct ks_err *err)
 {
-	const struct svc_key *k, *best = NULL;
+	struct lc_plan plan;
+	int64_t kid = 0;
+	int rc;
 
-	for (k = svc->keys; k; k = k->next)
-		if (k->seen_gen == svc->gen && k->exp > now &&
-		    (!best || k->exp > best->exp))
-			best = k;
-	return best;
-}
-
-/* A new key is due when no key could sign a token of full lifetime. */
-static int svc_needs_key(const struct jwks_service *svc, int64_t now)
-{
-	const struct svc_key *best = svc_best_key(svc, now);
-	int64_t margin = svc->opts.token_ttl;
-
-	if (margin > svc->opts.key_ttl / 2)
-		margin = svc->opts.key_ttl / 2;
-	return !best || best->exp - now <= margin;
+	rc = ka_rotate(svc->store, svc->opts.kek, &svc->policy, key, now, 0,
+		       svc_is_bad, svc, &plan, &kid, err);
+	if (!rc && plan.action == LC_BOOTSTRAP && svc->cur)
+		svc_log(svc,
+			"key %" PRId64 " signs at once: no published key "
+			"could sign",
+			kid);
+	if (!rc && plan.extend_kid > 0)
+		svc_log(svc,
+			"key %" PRId64 " made late: key %" PRId64 " signs "
+			"until %" PRId64 " instead",
+			kid, plan.extend_kid, plan.extend_retire_at);
+	if (!rc || rc == KS_EEXISTS)
+		rc = svc_reload(svc, now, err);
+	return rc;
 }
 
 static int svc_count_one(const struct ks_record *rec, void *arg)
@@ -484,6 +632,18 @@ static int svc_count_one(const struct ks_record *rec, void *arg)
 
 static void *svc_thread_main(void *arg);
 
+/* An empty store gets an expired key too, for ?expired=true. */
+static int svc_add_expired(struct jwks_service *svc,
+			   const struct signer_key *key, int64_t now,
+			   struct ks_err *err)
+{
+	int64_t exp = now - 3600;
+	struct ks_life life = {0, now, exp, exp, KS_NEVER};
+
+	return ka_add_key(svc->store, svc->opts.kek, key, exp, &life, NULL,
+			  err);
+}
+
 int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 		       struct ks_err *err)
 {
@@ -492,6 +652,8 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	pthread_t tid[2];
 	int started[2] = {0, 0};
 	size_t count = 0, want, i;
+	int need_signer, need_expired;
+	struct lc_plan plan;
 	int64_t now;
 	int rc;
 
@@ -499,10 +661,13 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	now = svc_now(svc);
 	rc = ks_list(svc->store, INT64_MIN, INT64_MAX, svc_count_one, &count,
 		     err);
+	if (!rc)
+		rc = svc_plan(svc, now, &plan);
 	if (rc)
 		goto out;
-	/* An empty store gets an expired key too, for ?expired=true. */
-	want = (svc_best_key(svc, now) ? 0 : 1) + (count == 0 ? 1 : 0);
+	need_signer = plan.action == LC_BOOTSTRAP;
+	need_expired = count == 0;
+	want = (size_t)(need_signer + need_expired);
 	for (i = 0; i < want; i++)
 		started[i] = !pthread_create(&tid[i], NULL, svc_keygen_thread,
 					     &gen[i]);
@@ -519,14 +684,16 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 			goto out;
 		}
 	}
-	/* The unexpired key first, so that it gets the lower kid. */
-	for (i = 0; i < want; i++) {
-		int64_t exp = (i == 0 && !svc_best_key(svc, now))
-				      ? now + svc->opts.key_ttl
-				      : now - 3600;
-
-		rc = svc_store_key(svc, gen[i].key, exp, err);
-		gen[i].key = NULL;
+	/* The signing key first, so that it gets the lower kid. */
+	if (need_signer) {
+		rc = svc_rotate(svc, gen[0].key, now, err);
+		if (!rc)
+			count++;
+		else if (rc != KS_EEXISTS)
+			goto out;
+	}
+	if (need_expired) {
+		rc = svc_add_expired(svc, gen[want - 1].key, now, err);
 		if (rc)
 			goto out;
 		count++;
@@ -550,6 +717,20 @@ out:
 	return rc;
 }
 
+int jwks_service_publish(struct jwks_service *svc, struct ks_err *err)
+{
+	int64_t now;
+	int rc;
+
+	pthread_mutex_lock(&svc->work_lock);
+	now = svc_now(svc);
+	rc = svc_reload(svc, now, err);
+	if (!rc && !svc->cur)
+		rc = svc_rebuild(svc, now);
+	pthread_mutex_unlock(&svc->work_lock);
+	return rc;
+}
+
 /*
  * Log a background failure, once per kind of failure and minute: a store
  * that stays broken must not fill the log four times a second.
@@ -569,9 +750,10 @@ static void svc_tick(struct jwks_service *svc)
 {
 	struct signer_key *key = NULL;
 	struct ks_err e = {{0}};
+	struct lc_plan plan = {.action = LC_NOTHING};
 	uint64_t version;
 	int64_t now;
-	int rc, need;
+	int rc;
 
 	pthread_mutex_lock(&svc->work_lock);
 	now = svc_now(svc);
@@ -586,21 +768,20 @@ static void svc_tick(struct jwks_service *svc)
 	} else if (svc->cur && now >= svc->cur->valid_until) {
 		svc_rebuild(svc, now);
 	}
-	need = svc_needs_key(svc, now) && now >= svc->next_keygen_try;
+	if (now >= svc->next_keygen_try)
+		svc_plan(svc, now, &plan);
 	pthread_mutex_unlock(&svc->work_lock);
-	if (!need)
+	if (plan.action == LC_NOTHING)
 		return;
 
 	/* Generate outside the lock: it takes a good fraction of a second. */
 	rc = signer_generate(&key, svc->opts.alg, &e);
 	pthread_mutex_lock(&svc->work_lock);
 	now = svc_now(svc);
-	if (!rc && svc_needs_key(svc, now)) {
-		rc = svc_store_key(svc, key, now + svc->opts.key_ttl, &e);
-		key = NULL;
-		if (!rc)
-			rc = svc_rebuild(svc, now);
-	}
+	if (!rc)
+		rc = svc_rotate(svc, key, now, &e);
+	if (rc == KS_EEXISTS)
+		rc = 0;
 	if (rc) {
 		svc->next_keygen_try = now + 5;
 		svc_fault(svc, now, "adding a new key", rc, &e);
@@ -650,6 +831,7 @@ void jwks_service_free(struct jwks_service *svc)
 		next = k->next;
 		svc_key_free(k);
 	}
+	free(svc->bad);
 	pthread_mutex_destroy(&svc->snap_lock);
 	pthread_cond_destroy(&svc->ready_cond);
 	pthread_mutex_destroy(&svc->work_lock);
@@ -688,6 +870,23 @@ struct svc_expired_set {
 	size_t n, cap;
 };
 
+/* A revoked key never signs again, ?expired=true included. */
+static int svc_drop_revoked(const struct ks_life *life, void *arg)
+{
+	struct svc_expired_set *set = arg;
+	size_t i;
+
+	if (life->revoked_at == KS_NEVER)
+		return 0;
+	for (i = 0; i < set->n; i++) {
+		if (set->v[i].kid == life->kid) {
+			set->v[i] = set->v[--set->n];
+			break;
+		}
+	}
+	return 0;
+}
+
 static int svc_collect_expired(const struct ks_record *rec, void *arg)
 {
 	struct svc_expired_set *set = arg;
@@ -724,7 +923,8 @@ static int svc_cmp_expired(const void *a, const void *b)
  * parsed) one at a time, newest expiry first, skipping undecodable ones.
  */
 static int svc_expired_key(struct jwks_service *svc, int64_t now,
-			   const struct svc_key **out, struct ks_err *err)
+			   const struct svc_key **out, int64_t *exp_out,
+			   struct ks_err *err)
 {
 	struct svc_expired_set set = {NULL, 0, 0};
 	struct svc_key *k = NULL;
@@ -733,6 +933,7 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 
 	pthread_mutex_lock(&svc->snap_lock);
 	*out = svc->expired;
+	*exp_out = svc->expired_exp;
 	pthread_mutex_unlock(&svc->snap_lock);
 	if (*out)
 		return 0;
@@ -740,14 +941,18 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 	pthread_mutex_lock(&svc->work_lock);
 	rc = ks_list(svc->store, INT64_MIN, now, svc_collect_expired, &set,
 		     err);
+	if (!rc)
+		rc = ks_life_list(svc->store, svc_drop_revoked, &set, err);
 	if (!rc && set.n)
 		qsort(set.v, set.n, sizeof(*set.v), svc_cmp_expired);
 	for (i = 0; !rc && !k && i < set.n; i++) {
 		struct ks_record rec = {0};
 
 		k = svc_find_key(svc, set.v[i].kid);
-		if (k)
+		if (k) {
+			*exp_out = set.v[i].exp;
 			break;
+		}
 		rc = ks_get(svc->store, set.v[i].kid, &rec, err);
 		if (rc == KS_ENOTFOUND) {
 			rc = 0;
@@ -755,6 +960,8 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 		}
 		if (!rc && svc_adopt_record(svc, &rec, &k) == KS_ENOMEM)
 			rc = KS_ENOMEM;
+		if (k)
+			*exp_out = rec.exp;
 		ks_record_release(&rec);
 	}
 	if (!rc && !k)
@@ -763,6 +970,7 @@ static int svc_expired_key(struct jwks_service *svc, int64_t now,
 	if (!rc) {
 		pthread_mutex_lock(&svc->snap_lock);
 		svc->expired = k;
+		svc->expired_exp = *exp_out;
 		pthread_mutex_unlock(&svc->snap_lock);
 		*out = k;
 	}
@@ -805,7 +1013,7 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 {
 	struct svc_snapshot *s = NULL;
 	const struct svc_key *k;
-	int64_t now, iat, exp;
+	int64_t now, iat, exp, key_exp;
 	int rc;
 
 	if (!svc || !out || !len_out)
@@ -813,10 +1021,10 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 	*len_out = 0;
 	now = svc_now(svc);
 	if (expired) {
-		rc = svc_expired_key(svc, now, &k, err);
+		rc = svc_expired_key(svc, now, &k, &key_exp, err);
 		if (rc)
 			return rc;
-		exp = k->exp < now ? k->exp : now - 1;
+		exp = key_exp < now ? key_exp : now - 1;
 		/* A store may hold any exp: never overflow going back. */
 		iat = exp >= INT64_MIN + svc->opts.token_ttl
 			      ? exp - svc->opts.token_ttl
@@ -831,8 +1039,8 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 		k = s->signing;
 		iat = now;
 		exp = now + svc->opts.token_ttl;
-		if (exp > k->exp)
-			exp = k->exp;
+		if (exp > s->sign_cap)
+			exp = s->sign_cap;
 	}
 	rc = svc_sign_token(k, iat, exp, out, cap, len_out);
 	if (rc)
@@ -842,17 +1050,27 @@ int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 	return rc;
 }
 
-int jwks_service_jwks(struct jwks_service *svc, jwks_body_fn fn, void *arg)
+int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg)
 {
 	struct svc_snapshot *s;
+	struct jwks_doc doc;
+	int64_t now;
 	int rc;
 
 	if (!svc || !fn)
 		return KS_EINVAL;
-	s = svc_acquire_fresh(svc, svc_now(svc));
+	now = svc_now(svc);
+	s = svc_acquire_fresh(svc, now);
 	if (!s)
 		return KS_ENOKEY;
-	rc = fn(s->body, s->body_len, s->etag, arg);
+	doc.body = s->body;
+	doc.body_len = s->body_len;
+	doc.etag = s->etag;
+	doc.last_modified = s->last_modified;
+	doc.max_age = s->next_change > now ? s->next_change - now : 0;
+	if (doc.max_age > svc->opts.jwks_max_age)
+		doc.max_age = svc->opts.jwks_max_age;
+	rc = fn(&doc, arg);
 	svc_snapshot_release(s);
 	return rc;
 }

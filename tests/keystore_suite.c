@@ -26,6 +26,8 @@ static unsigned char blob_x[] = "x";
 static unsigned char blob_imported[] = "imported";
 static unsigned char blob_other[] = "other";
 static unsigned char blob_imp[] = "imp";
+static unsigned char blob_k1[] = "k1";
+static unsigned char blob_k3[] = "k3";
 
 struct ctx {
 	const struct ks_backend *be;
@@ -962,6 +964,698 @@ static void test_threads(struct ctx *c)
 	ks_close(store);
 }
 
+/*
+ * Write transactions and lifecycle entries. A transaction callback gets the
+ * struct of its test, whose first member is the ctx, and records failures
+ * with CHECK() as the rest of the suite does.
+ */
+#define LIVES_MAX 16
+
+struct lives {
+	struct ks_life e[LIVES_MAX];
+	int n;
+};
+
+static int lives_fn(const struct ks_life *life, void *arg)
+{
+	struct lives *l = arg;
+
+	if (l->n < LIVES_MAX)
+		l->e[l->n] = *life;
+	l->n++;
+	return 0;
+}
+
+static int same_life(const struct ks_life *a, const struct ks_life *b)
+{
+	return a->kid == b->kid && a->created == b->created &&
+	       a->activate_at == b->activate_at &&
+	       a->retire_at == b->retire_at && a->revoked_at == b->revoked_at;
+}
+
+/* Check what a walk of lifecycle entries found: exactly want[0..n). */
+static void check_lives(const struct ctx *c, const char *what, int rc,
+			const struct ks_err *err, const struct lives *got,
+			const struct ks_life *want, int n)
+{
+	int i;
+
+	CHECK(rc == 0, "[%s] %s: life list returned %s: %s", c->name, what,
+	      ks_err_name(rc), err->text);
+	CHECK_EQ_INT(got->n, n, "[%s] %s: lifecycle entry count", c->name,
+		     what);
+	for (i = 0; i < got->n && i < n && i < LIVES_MAX; i++)
+		CHECK(same_life(&got->e[i], &want[i]),
+		      "[%s] %s: entry %d is {%lld, %lld, %lld, %lld, %lld}, "
+		      "want kid %lld",
+		      c->name, what, i, (long long)got->e[i].kid,
+		      (long long)got->e[i].created,
+		      (long long)got->e[i].activate_at,
+		      (long long)got->e[i].retire_at,
+		      (long long)got->e[i].revoked_at, (long long)want[i].kid);
+}
+
+static void check_life(const struct ctx *c, struct ks_store *store,
+		       const char *what, const struct ks_life *want, int n)
+{
+	struct lives got;
+	struct ks_err err = {""};
+	int rc;
+
+	memset(&got, 0, sizeof(got));
+	rc = ks_life_list(store, lives_fn, &got, &err);
+	check_lives(c, what, rc, &err, &got, want, n);
+}
+
+/* Run fn in a write transaction that must commit. */
+static int write_ok(const struct ctx *c, struct ks_store *store, ks_txn_fn fn,
+		    void *arg, const char *what)
+{
+	struct ks_err err = {""};
+	int rc = ks_write(store, fn, arg, &err);
+
+	CHECK(rc == 0, "[%s] %s: ks_write returned %d (%s): %s", c->name, what,
+	      rc, ks_err_name(rc), err.text);
+	return rc;
+}
+
+/*
+ * One operation in a transaction of its own; the callbacks return the
+ * operation's result, which ks_write() hands back.
+ */
+struct one {
+	struct ks_record rec;
+	struct ks_life life;
+	int64_t kid;
+};
+
+static int one_update_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	return ks_txn_update(txn, &((struct one *)arg)->rec, err);
+}
+
+static int one_delete_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	return ks_txn_delete(txn, ((struct one *)arg)->kid, err);
+}
+
+static int one_life_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	return ks_txn_life_put(txn, &((struct one *)arg)->life, err);
+}
+
+static int update(struct ks_store *store, int64_t kid, const char *blob,
+		  int64_t exp, struct ks_err *err)
+{
+	unsigned char buf[64];
+	struct one o;
+
+	memset(&o, 0, sizeof(o));
+	o.rec.blob_len = strlen(blob);
+	if (o.rec.blob_len > sizeof(buf))
+		return KS_EINVAL;
+	memcpy(buf, blob, o.rec.blob_len);
+	o.rec.kid = kid;
+	o.rec.blob = buf;
+	o.rec.exp = exp;
+	return ks_write(store, one_update_fn, &o, err);
+}
+
+static int delete_kid(struct ks_store *store, int64_t kid, struct ks_err *err)
+{
+	struct one o;
+
+	memset(&o, 0, sizeof(o));
+	o.kid = kid;
+	return ks_write(store, one_delete_fn, &o, err);
+}
+
+static int life_put(struct ks_store *store, const struct ks_life *life,
+		    struct ks_err *err)
+{
+	struct one o;
+
+	memset(&o, 0, sizeof(o));
+	o.life = *life;
+	return ks_write(store, one_life_fn, &o, err);
+}
+
+static void life_put_ok(const struct ctx *c, struct ks_store *store,
+			const struct ks_life *life)
+{
+	struct ks_err err = {""};
+	int rc = life_put(store, life, &err);
+
+	CHECK(rc == 0, "[%s] life put of kid %lld returned %s: %s", c->name,
+	      (long long)life->kid, ks_err_name(rc), err.text);
+}
+
+struct txn_put {
+	const struct ctx *c;
+	int64_t next, kid, next_after;
+	int empty_rc;
+};
+
+static int txn_put_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	struct txn_put *t = arg;
+	int rc = ks_txn_next_kid(txn, &t->next, err);
+
+	if (!rc)
+		rc = ks_txn_put(txn, blob_x, 1, 42, &t->kid, err);
+	if (!rc)
+		rc = ks_txn_next_kid(txn, &t->next_after, err);
+	t->empty_rc = ks_txn_put(txn, blob_x, 0, 1, NULL, NULL);
+	return rc;
+}
+
+static void test_txn_put(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct txn_put t = {c, 0, 0, 0, 0};
+	int64_t first, kid;
+
+	if (!store)
+		return;
+	CHECK_EQ_INT(ks_write(NULL, txn_put_fn, &t, NULL), KS_EINVAL,
+		     "[%s] ks_write without store", c->name);
+	CHECK_EQ_INT(ks_write(store, NULL, &t, NULL), KS_EINVAL,
+		     "[%s] ks_write without callback", c->name);
+	CHECK_EQ_INT(ks_life_list(store, NULL, NULL, NULL), KS_EINVAL,
+		     "[%s] ks_life_list without callback", c->name);
+	first = put_str(c, store, "one", 1);
+	if (write_ok(c, store, txn_put_fn, &t, "next_kid then put") == 0) {
+		CHECK(t.next > first, "[%s] next_kid %lld after kid %lld",
+		      c->name, (long long)t.next, (long long)first);
+		CHECK_EQ_INT(t.kid, t.next,
+			     "[%s] ks_txn_put did not assign the kid "
+			     "ks_txn_next_kid gave",
+			     c->name);
+		CHECK(t.next_after > t.kid,
+		      "[%s] next_kid %lld after putting kid %lld", c->name,
+		      (long long)t.next_after, (long long)t.kid);
+		CHECK_EQ_INT(t.empty_rc, KS_EINVAL,
+			     "[%s] ks_txn_put of an empty blob", c->name);
+	}
+	check_record(c, store, t.kid, "x", 1, 42);
+	kid = put_str(c, store, "after", 2);
+	CHECK(kid > t.kid, "[%s] put after a transaction got kid %lld", c->name,
+	      (long long)kid);
+	check_record(c, store, first, "one", 3, 1);
+	ks_close(store);
+}
+
+static void test_txn_update(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20};
+	static const struct ks_life life = {1, 5, 6, 7, KS_NEVER};
+	unsigned char big[4096];
+	struct ks_store *store = open_store(c);
+	struct ks_err err = {""};
+	struct ks_record rec;
+	struct one o;
+	size_t i;
+	int rc;
+
+	if (!store)
+		return;
+	put_numbered(c, store, exps, 2);
+	life_put_ok(c, store, &life);
+	rc = update(store, 1, "replaced", 99, &err);
+	CHECK(rc == 0, "[%s] update of kid 1 returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	check_record(c, store, 1, "replaced", 8, 99);
+	check_record(c, store, 2, "k2", 2, 20);
+	check_life(c, store, "after an update", &life, 1);
+
+	for (i = 0; i < sizeof(big); i++)
+		big[i] = (unsigned char)(i * 5 + 1);
+	memset(&o, 0, sizeof(o));
+	o.rec.kid = 1;
+	o.rec.blob = big;
+	o.rec.blob_len = sizeof(big);
+	o.rec.exp = INT64_MIN + 1;
+	CHECK_EQ_INT(write_ok(c, store, one_update_fn, &o, "update to 4 KiB"),
+		     0, "[%s] update to a larger blob", c->name);
+	check_record(c, store, 1, big, sizeof(big), INT64_MIN + 1);
+	rc = update(store, 1, "s", -7, NULL);
+	CHECK_EQ_INT(rc, 0, "[%s] update to a smaller blob", c->name);
+	check_record(c, store, 1, "s", 1, -7);
+
+	rc = update(store, 77, "nope", 1, &err);
+	CHECK_EQ_INT(rc, KS_ENOTFOUND, "[%s] update of a missing kid: %s",
+		     c->name, err.text);
+	rc = ks_get(store, 77, &rec, NULL);
+	CHECK_EQ_INT(rc, KS_ENOTFOUND, "[%s] a failed update made kid 77",
+		     c->name);
+	ks_record_release(&rec);
+	CHECK_EQ_INT(update(store, 0, "nope", 1, NULL), KS_ENOTFOUND,
+		     "[%s] update of kid 0", c->name);
+	CHECK_EQ_INT(update(store, 2, "", 1, NULL), KS_EINVAL,
+		     "[%s] update to an empty blob", c->name);
+	check_record(c, store, 2, "k2", 2, 20);
+	CHECK_EQ_INT(put_str(c, store, "k3", 30), 3, "[%s] put after updates",
+		     c->name);
+	ks_close(store);
+}
+
+static void test_txn_delete(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20, 30};
+	static const int64_t one_two[] = {1, 2};
+	static const struct ks_life lives[] = {{2, 1, 2, 3, KS_NEVER},
+					       {3, 4, 5, 6, 7}};
+	struct ks_store *store = open_store(c);
+	struct txn_put t = {c, 0, 0, 0, 0};
+	struct ks_err err = {""};
+	struct ks_record rec;
+	int64_t kid, again;
+	int rc;
+
+	if (!store)
+		return;
+	put_numbered(c, store, exps, 3);
+	life_put_ok(c, store, &lives[0]);
+	life_put_ok(c, store, &lives[1]);
+	rc = delete_kid(store, 3, &err);
+	CHECK(rc == 0, "[%s] delete of kid 3 returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	rc = ks_get(store, 3, &rec, NULL);
+	CHECK_EQ_INT(rc, KS_ENOTFOUND, "[%s] get of a deleted kid", c->name);
+	ks_record_release(&rec);
+	check_list(c, store, INT64_MIN, INT64_MAX, one_two, 2);
+	check_life(c, store, "after deleting kid 3", lives, 1);
+
+	CHECK_EQ_INT(delete_kid(store, 3, NULL), KS_ENOTFOUND,
+		     "[%s] second delete of kid 3", c->name);
+	CHECK_EQ_INT(delete_kid(store, 99, NULL), KS_ENOTFOUND,
+		     "[%s] delete of kid 99", c->name);
+	CHECK_EQ_INT(delete_kid(store, 0, NULL), KS_ENOTFOUND,
+		     "[%s] delete of kid 0", c->name);
+
+	/* The largest kid was deleted: it is never handed out again. */
+	kid = put_str(c, store, "k4", 40);
+	CHECK(kid > 3, "[%s] put after deleting kid 3 got kid %lld", c->name,
+	      (long long)kid);
+	if (write_ok(c, store, txn_put_fn, &t, "put after a delete") == 0)
+		CHECK(t.kid > kid, "[%s] transaction put got kid %lld", c->name,
+		      (long long)t.kid);
+	CHECK_EQ_INT(delete_kid(store, t.kid, NULL), 0,
+		     "[%s] delete of the last kid", c->name);
+	ks_close(store);
+
+	store = open_store(c);
+	if (!store)
+		return;
+	again = put_str(c, store, "reopened", 1);
+	CHECK(again > t.kid, "[%s] put after delete and reopen got kid %lld",
+	      c->name, (long long)again);
+	check_life(c, store, "after a reopen", lives, 1);
+	CHECK_EQ_INT(delete_kid(store, 2, NULL), 0, "[%s] delete of kid 2",
+		     c->name);
+	check_life(c, store, "after deleting kid 2", lives, 0);
+	check_record(c, store, 1, "k1", 2, 10);
+	ks_close(store);
+}
+
+static void test_life(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20, 30, 40};
+	static const struct ks_life want[] = {
+		{1, -5, -1, INT64_MIN, KS_NEVER},
+		{2, 0, INT64_MIN + 1, -1700000000, 123},
+		{3, 1700000000, 1700000100, 1800000000, KS_NEVER},
+	};
+	static const struct ks_life upsert[] = {
+		{1, -5, -1, INT64_MIN, KS_NEVER},
+		{2, 5, 6, 7, 8},
+		{3, 1700000000, 1700000100, 1800000000, KS_NEVER},
+	};
+	struct ks_store *store = open_store(c);
+	struct ks_life missing = {99, 1, 2, 3, 4};
+	struct ks_err err = {""};
+	int rc;
+
+	if (!store)
+		return;
+	check_life(c, store, "an empty store", want, 0);
+	put_numbered(c, store, exps, 4);
+	check_life(c, store, "records without entries", want, 0);
+	/* Written out of order; listed in kid order. Kid 4 has none. */
+	life_put_ok(c, store, &want[2]);
+	life_put_ok(c, store, &want[0]);
+	life_put_ok(c, store, &want[1]);
+	check_life(c, store, "three entries", want, 3);
+	life_put_ok(c, store, &upsert[1]);
+	check_life(c, store, "a replaced entry", upsert, 3);
+
+	rc = life_put(store, &missing, &err);
+	CHECK_EQ_INT(rc, KS_ENOTFOUND, "[%s] life put of a missing kid: %s",
+		     c->name, err.text);
+	missing.kid = 0;
+	CHECK_EQ_INT(life_put(store, &missing, NULL), KS_ENOTFOUND,
+		     "[%s] life put of kid 0", c->name);
+	check_life(c, store, "after failed life puts", upsert, 3);
+	ks_close(store);
+
+	store = open_store(c);
+	if (!store)
+		return;
+	check_life(c, store, "after a reopen", upsert, 3);
+	ks_close(store);
+}
+
+/*
+ * A transaction that puts a record, updates kid 1, deletes kid 2, gives
+ * kid 3 an entry and changes kid 1's, then returns ret.
+ */
+struct script {
+	const struct ctx *c;
+	int ret;
+	int64_t kid;
+};
+
+static const struct ks_life script_l1 = {1, 10, 11, 12, 13};
+static const struct ks_life script_l2 = {2, 20, 21, 22, KS_NEVER};
+static const struct ks_life script_l1b = {1, -10, -11, -12, -13};
+static const struct ks_life script_l3 = {3, 30, 31, 32, 33};
+
+static int script_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	static const struct ks_record changed = {1, blob_other, 5, 111};
+	struct script *s = arg;
+	const char *step = "put";
+	int rc;
+
+	rc = ks_txn_put(txn, blob_x, 1, 50, &s->kid, err);
+	if (!rc) {
+		step = "update";
+		rc = ks_txn_update(txn, &changed, err);
+	}
+	if (!rc) {
+		step = "delete";
+		rc = ks_txn_delete(txn, 2, err);
+	}
+	if (!rc) {
+		step = "life put (new)";
+		rc = ks_txn_life_put(txn, &script_l3, err);
+	}
+	if (!rc) {
+		step = "life put (replace)";
+		rc = ks_txn_life_put(txn, &script_l1b, err);
+	}
+	CHECK(rc == 0, "[%s] transaction %s returned %s: %s", s->c->name, step,
+	      ks_err_name(rc), err ? err->text : "");
+	return rc ? rc : s->ret;
+}
+
+static void test_txn_rollback(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20, 30};
+	static const int64_t all[] = {1, 2, 3};
+	static const int rets[] = {77, -1000, KS_ENOTFOUND};
+	const struct ks_life before[] = {script_l1, script_l2};
+	const struct ks_life after[] = {script_l1b, script_l3};
+	struct ks_store *store = open_store(c);
+	struct script s = {c, 0, 0};
+	struct ks_err err = {""};
+	struct ks_record rec;
+	size_t i;
+	int rc;
+
+	if (!store)
+		return;
+	put_numbered(c, store, exps, 3);
+	life_put_ok(c, store, &script_l1);
+	life_put_ok(c, store, &script_l2);
+	for (i = 0; i < sizeof(rets) / sizeof(rets[0]); i++) {
+		s.ret = rets[i];
+		s.kid = 0;
+		rc = ks_write(store, script_fn, &s, &err);
+		CHECK_EQ_INT(rc, rets[i],
+			     "[%s] ks_write did not return the callback's "
+			     "value",
+			     c->name);
+		check_list(c, store, INT64_MIN, INT64_MAX, all, 3);
+		check_record(c, store, 1, "k1", 2, 10);
+		check_record(c, store, 2, "k2", 2, 20);
+		rc = ks_get(store, s.kid, &rec, NULL);
+		CHECK_EQ_INT(rc, KS_ENOTFOUND,
+			     "[%s] a rolled back put left kid %lld", c->name,
+			     (long long)s.kid);
+		ks_record_release(&rec);
+		check_life(c, store, "after a rollback", before, 2);
+	}
+
+	/* The same transaction, returning 0, commits all of it. */
+	s.ret = 0;
+	if (write_ok(c, store, script_fn, &s, "the script") == 0) {
+		int n = 0;
+
+		CHECK(s.kid > 3, "[%s] the committed put got kid %lld", c->name,
+		      (long long)s.kid);
+		check_record(c, store, 1, "other", 5, 111);
+		check_record(c, store, 3, "k3", 2, 30);
+		check_record(c, store, s.kid, "x", 1, 50);
+		rc = ks_get(store, 2, &rec, NULL);
+		CHECK_EQ_INT(rc, KS_ENOTFOUND,
+			     "[%s] the committed delete left kid 2", c->name);
+		ks_record_release(&rec);
+		CHECK_EQ_INT(ks_list(store, INT64_MIN, INT64_MAX, count_fn, &n,
+				     NULL),
+			     0, "[%s] list after the commit", c->name);
+		CHECK_EQ_INT(n, 3, "[%s] records after the commit", c->name);
+		check_life(c, store, "after the commit", after, 2);
+	}
+	ks_close(store);
+}
+
+/* The transaction's own writes, seen from inside it. */
+struct own {
+	const struct ctx *c;
+	int64_t kid;
+};
+
+static int own_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	static const struct ks_record k3 = {3, blob_k3, 2, 5};
+	static const struct ks_life l1 = {1, 1, 1, 1, 1};
+	struct own *o = arg;
+	struct collect col = {o->c, {0}, {0}, 0, -1, 0, 1};
+	struct ks_life l4 = {0, 4, 4, 4, KS_NEVER};
+	struct lives lv;
+	char blob[32];
+	int64_t want[3];
+	int rc;
+
+	rc = ks_txn_delete(txn, 2, err);
+	if (!rc)
+		rc = ks_txn_next_kid(txn, &o->kid, err);
+	if (rc)
+		return rc;
+	snprintf(blob, sizeof(blob), "k%lld", (long long)o->kid);
+	rc = ks_txn_put(txn, (const unsigned char *)blob, strlen(blob), 40,
+			NULL, err);
+	if (!rc)
+		rc = ks_txn_update(txn, &k3, err);
+	l4.kid = o->kid;
+	if (!rc)
+		rc = ks_txn_life_put(txn, &l4, err);
+	if (rc)
+		return rc;
+
+	want[0] = 1;
+	want[1] = 3;
+	want[2] = o->kid;
+	rc = ks_txn_list(txn, INT64_MIN, INT64_MAX, collect_fn, &col, err);
+	check_collected(o->c, "txn list", rc, err, &col, INT64_MIN, INT64_MAX,
+			want, 3);
+	memset(&col, 0, sizeof(col));
+	col.stop_at = -1;
+	col.blobs_ok = 1;
+	rc = ks_txn_list(txn, 0, 10, collect_fn, &col, err);
+	check_collected(o->c, "txn list", rc, err, &col, 0, 10, want, 2);
+	memset(&col, 0, sizeof(col));
+	col.stop_at = 1;
+	col.stop_value = 9;
+	CHECK_EQ_INT(
+		ks_txn_list(txn, INT64_MIN, INT64_MAX, collect_fn, &col, err),
+		9, "[%s] txn list did not return the callback's 9", o->c->name);
+
+	memset(&lv, 0, sizeof(lv));
+	rc = ks_txn_life_list(txn, lives_fn, &lv, err);
+	{
+		const struct ks_life wl[] = {l1, l4};
+
+		check_lives(o->c, "txn life list", rc, err, &lv, wl, 2);
+	}
+	return 0;
+}
+
+static void test_txn_list(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20, 30};
+	static const struct ks_life l1 = {1, 1, 1, 1, 1};
+	struct ks_store *store = open_store(c);
+	struct own o = {c, 0};
+	struct ks_err err = {""};
+	int64_t want[3] = {1, 3, 0};
+
+	if (!store)
+		return;
+	put_numbered(c, store, exps, 3);
+	life_put_ok(c, store, &l1);
+	if (write_ok(c, store, own_fn, &o, "own writes") == 0) {
+		struct collect col = {c, {0}, {0}, 0, -1, 0, 1};
+		int rc = ks_list(store, INT64_MIN, INT64_MAX, collect_fn, &col,
+				 &err);
+
+		want[2] = o.kid;
+		check_collected(c, "list after the commit", rc, &err, &col,
+				INT64_MIN, INT64_MAX, want, 3);
+		check_record(c, store, 3, "k3", 2, 5);
+	}
+	ks_close(store);
+}
+
+/* Put a record and its lifecycle entry, bound to the kid it will get. */
+struct put_life {
+	const char *blob;
+	int64_t exp;
+	struct ks_life life;
+};
+
+static int put_life_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	struct put_life *p = arg;
+	int64_t kid = 0;
+	int rc = ks_txn_next_kid(txn, &p->life.kid, err);
+
+	if (!rc)
+		rc = ks_txn_put(txn, (const unsigned char *)p->blob,
+				strlen(p->blob), p->exp, &kid, err);
+	if (!rc && kid != p->life.kid)
+		rc = ks_err_set(err, KS_EIO, "put got kid %lld, not %lld",
+				(long long)kid, (long long)p->life.kid);
+	if (!rc)
+		rc = ks_txn_life_put(txn, &p->life, err);
+	return rc;
+}
+
+static void test_txn_two_stores(struct ctx *c)
+{
+	struct ks_store *a = open_store(c), *b;
+	struct put_life p = {"from a", 7, {0, 100, 200, 300, KS_NEVER}};
+	struct put_life q = {"from b", 8, {0, -1, -2, -3, -4}};
+	int64_t kid_a;
+
+	if (!a)
+		return;
+	b = open_store(c);
+	if (!b) {
+		ks_close(a);
+		return;
+	}
+	if (write_ok(c, a, put_life_fn, &p, "put through a") == 0) {
+		check_record(c, b, p.life.kid, "from a", 6, 7);
+		check_life(c, b, "b after a's commit", &p.life, 1);
+	}
+	kid_a = p.life.kid;
+	if (write_ok(c, b, put_life_fn, &q, "put through b") == 0) {
+		const struct ks_life both[] = {p.life, q.life};
+
+		CHECK(q.life.kid > kid_a, "[%s] b got kid %lld after a's %lld",
+		      c->name, (long long)q.life.kid, (long long)kid_a);
+		check_record(c, a, q.life.kid, "from b", 6, 8);
+		check_life(c, a, "a after b's commit", both, 2);
+	}
+	CHECK_EQ_INT(update(b, kid_a, "changed by b", 9, NULL), 0,
+		     "[%s] update through b", c->name);
+	check_record(c, a, kid_a, "changed by b", 12, 9);
+	CHECK_EQ_INT(delete_kid(a, q.life.kid, NULL), 0,
+		     "[%s] delete through a", c->name);
+	check_life(c, b, "b after a's delete", &p.life, 1);
+	ks_close(b);
+	check_life(c, a, "a after b closed", &p.life, 1);
+	CHECK_EQ_INT(update(a, kid_a, "a alone", 10, NULL), 0,
+		     "[%s] update through a after b closed", c->name);
+	ks_close(a);
+}
+
+/* ks_copy() into a store of every backend copies lifecycle entries. */
+static void test_copy_life(struct ctx *c)
+{
+	static const int64_t exps[] = {10, 20, 30, 40};
+	static const struct ks_life lives[] = {{1, 1, 2, 3, KS_NEVER},
+					       {4, -4, -3, -2, -1}};
+	static const struct ks_life theirs = {1, 9, 9, 9, 9};
+	const struct ks_backend *const *be;
+	struct ks_store *src = open_store(c);
+
+	if (!src)
+		return;
+	put_numbered(c, src, exps, 4);
+	CHECK_EQ_INT(delete_kid(src, 2, NULL), 0, "[%s] delete", c->name);
+	life_put_ok(c, src, &lives[0]);
+	life_put_ok(c, src, &lives[1]);
+
+	for (be = ks_backends; *be; be++) {
+		struct ks_options opts = KS_OPTIONS_INIT;
+		char name[64], path[TEST_PATH_MAX];
+		struct ks_record rec = {1, blob_k1, 2, 10};
+		struct ks_store *dst = NULL;
+		struct ks_err err = {""};
+		size_t copied = 0;
+		int rc, merge;
+
+		for (merge = 0; merge < 2; merge++) {
+			snprintf(name, sizeof(name), "%s-%s",
+				 merge ? "merge" : "copy",
+				 ks_backend_name(*be));
+			if (join(path, sizeof(path), c->dir, name)) {
+				CHECK(0, "[%s] path too long", c->name);
+				continue;
+			}
+			opts.path = path;
+			rc = ks_open(&dst, *be, &opts, &err);
+			CHECK(rc == 0, "[%s] open of %s returned %s: %s",
+			      c->name, name, ks_err_name(rc), err.text);
+			if (rc)
+				continue;
+			/*
+			 * With merge, dst already has kid 1, the same record
+			 * with another entry: the entry is kept.
+			 */
+			if (merge) {
+				CHECK_EQ_INT(ks_import(dst, &rec, NULL), 0,
+					     "[%s] import into %s", c->name,
+					     name);
+				life_put_ok(c, dst, &theirs);
+			}
+			rc = ks_copy(dst, src, merge, &copied, &err);
+			CHECK(rc == 0, "[%s] copy into %s returned %s: %s",
+			      c->name, name, ks_err_name(rc), err.text);
+			CHECK_EQ_INT(copied, merge ? 2 : 3,
+				     "[%s] records copied into %s", c->name,
+				     name);
+			check_record(c, dst, 1, "k1", 2, 10);
+			check_record(c, dst, 3, "k3", 2, 30);
+			check_record(c, dst, 4, "k4", 2, 40);
+			if (merge) {
+				const struct ks_life kept[] = {theirs,
+							       lives[1]};
+
+				check_life(c, dst, name, kept, 2);
+			} else {
+				check_life(c, dst, name, lives, 2);
+			}
+			ks_close(dst);
+		}
+	}
+	check_life(c, src, "the source after copies", lives, 2);
+	ks_close(src);
+}
+
 struct test {
 	const char *name;
 	void (*fn)(struct ctx *c);
@@ -986,6 +1680,14 @@ static const struct test tests[] = {
 	{"a missing directory", test_missing_dir},
 	{"read-only file and directory", test_read_only},
 	{"threads share one store", test_threads},
+	{"transaction: next_kid then put", test_txn_put},
+	{"transaction: update", test_txn_update},
+	{"transaction: delete, kids keep growing", test_txn_delete},
+	{"lifecycle entries", test_life},
+	{"transaction: a non-zero return rolls back", test_txn_rollback},
+	{"transaction: list sees its own writes", test_txn_list},
+	{"transaction: two handles on one store", test_txn_two_stores},
+	{"copy keeps lifecycle entries", test_copy_life},
 };
 
 static void run_backend(const struct ks_backend *be)

@@ -147,10 +147,9 @@ static int issue(struct fixture *f, int expired, char *tok, struct claims *c)
 	return rc;
 }
 
-static int copy_body(const char *body, size_t len, const char *etag, void *arg)
+static int copy_body(const struct jwks_doc *doc, void *arg)
 {
-	(void)etag;
-	snprintf(arg, 4096, "%.*s", (int)len, body);
+	snprintf(arg, 4096, "%.*s", (int)doc->body_len, doc->body);
 	return 0;
 }
 

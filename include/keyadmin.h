@@ -1,0 +1,126 @@
+/*
+ * Key administration: the operations on a store that change its keys as a
+ * whole, each one write transaction of the store (include/keystore.h), so
+ * that it either happens entirely or not at all, and two processes never
+ * both perform it. The server uses them (rotation, encryption of plaintext
+ * rows at start), and so do the `jwksd keys` commands.
+ *
+ * Keys at rest: with a kek (include/kek.h) a private key is stored sealed
+ * to its kid; without one, as the signer's blob (PKCS#1 PEM for RSA).
+ *
+ * Thread safety: as the store's; nothing here keeps state.
+ */
+#ifndef JWKS_KEYADMIN_H
+#define JWKS_KEYADMIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "jwks_error.h"
+#include "kek.h"
+#include "keystore.h"
+#include "lifecycle.h"
+#include "signer.h"
+
+/*
+ * Parse a stored record into a key: opened with kek when the blob is
+ * sealed, parsed as it is otherwise. *out is the caller's.
+ * Returns 0, KS_EACCES (sealed, and kek is NULL or another secret),
+ * KS_EBADSIG (sealed for another kid, or changed), KS_ECORRUPT, or the
+ * signer's errors.
+ */
+int ka_load_key(const struct ks_record *rec, const struct kek *kek,
+		struct signer_key **out, struct ks_err *err);
+
+/* What ka_scan() found: counts of records by how they are stored. */
+struct ka_scan {
+	size_t records;
+	size_t sealed;	 /* sealed blobs */
+	size_t plain;	 /* plaintext blobs */
+	size_t foreign;	 /* sealed under another secret than kek's */
+	size_t unopened; /* sealed under kek's secret, failing to open */
+	int64_t first_foreign_kid;
+};
+
+/*
+ * Count the records by storage, and with kek check every sealed one opens.
+ * Reads only. Returns 0 or the store's errors.
+ */
+int ka_scan(struct ks_store *store, const struct kek *kek, struct ka_scan *out,
+	    struct ks_err *err);
+
+/*
+ * Re-store every record sealed under to, in one transaction: a sealed
+ * record is opened with from (NULL: sealed records are left as they are,
+ * which encrypts a store's plaintext rows), a plaintext one taken as it is.
+ * A record that does not open stops everything before anything is
+ * written. *count_out (may be NULL) receives the number of records
+ * re-stored.
+ * Returns 0, KS_EACCES / KS_EBADSIG (a record that does not open under
+ * from), or the store's errors.
+ */
+int ka_rewrap(struct ks_store *store, const struct kek *from,
+	      const struct kek *to, size_t *count_out, struct ks_err *err);
+
+/*
+ * Store key as a new record, sealed to its kid with kek when kek is not
+ * NULL, with the lifecycle entry life (its kid is filled in): one
+ * transaction. *kid_out (may be NULL) receives the kid.
+ */
+int ka_add_key(struct ks_store *store, const struct kek *kek,
+	       const struct signer_key *key, int64_t exp,
+	       const struct ks_life *life, int64_t *kid_out,
+	       struct ks_err *err);
+
+/* Whether the key kid is known not to load, for ka_rotate(). */
+typedef int (*ka_unusable_fn)(int64_t kid, void *arg);
+
+/*
+ * Carry out the rotation policy at now with key as the new key, in one
+ * transaction that first re-reads the store: when another process already
+ * did what the plan asks, nothing is written and KS_EEXISTS is returned.
+ * force: an operator's rotation (see lc_plan_at()). unusable (may be NULL)
+ * names keys that do not load. *out receives the plan carried out and
+ * out_kid the new key's kid.
+ * Returns 0, KS_EEXISTS (nothing to do: out->pending_kid says which key
+ * is waiting, if one is), or the store's errors.
+ */
+int ka_rotate(struct ks_store *store, const struct kek *kek,
+	      const struct lc_policy *p, const struct signer_key *key,
+	      int64_t now, int force, ka_unusable_fn unusable, void *arg,
+	      struct lc_plan *out, int64_t *kid_out, struct ks_err *err);
+
+/*
+ * Revoke key kid at now: it leaves the published set and never signs
+ * again. Its record stays. Returns 0, KS_ENOTFOUND (no such key),
+ * KS_EEXISTS (revoked already), or the store's errors.
+ */
+int ka_revoke(struct ks_store *store, int64_t kid, int64_t now,
+	      struct ks_err *err);
+
+/*
+ * Remove every record (and its lifecycle entry) whose exp is at or before
+ * before, in one transaction; never a later one. *count_out receives the
+ * number removed.
+ */
+int ka_purge(struct ks_store *store, int64_t before, size_t *count_out,
+	     struct ks_err *err);
+
+/* One key for ka_list_keys(): the record's facts and its policy view. */
+struct ka_key_info {
+	struct lc_key key;
+	int sealed;
+	const char *alg; /* NULL when the blob does not load */
+};
+
+typedef int (*ka_key_fn)(const struct ka_key_info *info, void *arg);
+
+/*
+ * Call fn for every key of the store, in kid order, with its lifecycle
+ * entry and whether it is sealed; each blob is loaded (with kek) to tell
+ * its algorithm and usability. Returns 0, fn's value, or store errors.
+ */
+int ka_list_keys(struct ks_store *store, const struct kek *kek, ka_key_fn fn,
+		 void *arg, struct ks_err *err);
+
+#endif /* JWKS_KEYADMIN_H */
