@@ -45,10 +45,14 @@ struct main_config {
 
 static const char main_usage_text[] =
 	"usage: jwksd [--listen ADDR:PORT] [--db PATH] [--backend NAME]\n"
-	"             [--token-ttl SECONDS] [--key-ttl SECONDS] [--threads N]\n"
-	"             [--lmdb-map-size BYTES] [--max-body BYTES]\n"
-	"             [--request-timeout MS] [--help] [--version]\n"
+	"             [--token-ttl SECONDS] [--key-ttl SECONDS]\n"
+	"             [--jwks-max-age SECONDS] [--margin SECONDS]\n"
+	"             [--kek-file PATH] [--threads N] [--lmdb-map-size BYTES]\n"
+	"             [--max-body BYTES] [--request-timeout MS] [--help]\n"
+	"             [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
+	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
+	"...\n"
 	"\n"
 	"  --listen ADDR:PORT     address to serve on (default "
 	"127.0.0.1:8080)\n"
@@ -56,7 +60,17 @@ static const char main_usage_text[] =
 	"                         the current directory)\n"
 	"  --backend NAME         key store backend (default sqlite)\n"
 	"  --token-ttl SECONDS    lifetime of issued tokens (default 3600)\n"
-	"  --key-ttl SECONDS      lifetime of generated keys (default 86400)\n"
+	"  --key-ttl SECONDS      how long a key is published in all: ahead "
+	"of\n"
+	"                         signing, signing, then until its last token\n"
+	"                         expired (default 86400)\n"
+	"  --jwks-max-age SECONDS longest Cache-Control max-age of the JWKS\n"
+	"                         (default 300)\n"
+	"  --margin SECONDS       safety margin for caches and clocks; a new\n"
+	"                         key is published --jwks-max-age + --margin\n"
+	"                         before it signs (default 300)\n"
+	"  --kek-file PATH        secret that encrypts private keys at rest\n"
+	"                         (mode 0600); or set $NOT_MY_KEY\n"
 	"  --threads N            worker threads (default 64)\n"
 	"  --lmdb-map-size BYTES  LMDB map size, K/M/G suffix allowed\n"
 	"                         (default 64M)\n"
@@ -66,10 +80,12 @@ static const char main_usage_text[] =
 	"and\n"
 	"                         body, and idle time on a kept-alive\n"
 	"                         connection (default 2000)\n"
+	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry from\n"
 	"                         one store to another; the destination must\n"
 	"                         be empty unless --merge is given\n"
+	"  keys                   key administration: jwksd keys --help\n"
 	"\n"
 	"backends:";
 
@@ -151,14 +167,14 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 			cfg->backend = optarg;
 			break;
 		case 't':
-			if (cli_parse_int(optarg, 1, CLI_MAX_TTL,
-					  &cfg->token_ttl))
+			if (cli_parse_duration(optarg, 1, CLI_MAX_TTL,
+					       &cfg->token_ttl))
 				return main_bad_usage(
 					"invalid --token-ttl '%s'", optarg);
 			break;
 		case 'k':
-			if (cli_parse_int(optarg, 1, CLI_MAX_TTL,
-					  &cfg->key_ttl))
+			if (cli_parse_duration(optarg, 1, CLI_MAX_TTL,
+					       &cfg->key_ttl))
 				return main_bad_usage("invalid --key-ttl '%s'",
 						      optarg);
 			break;
