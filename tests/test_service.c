@@ -1,7 +1,10 @@
 /*
  * The service under a controlled clock, on every compiled-in backend: key
- * creation on an empty store, token claims, expiry boundaries, key top-up,
- * the expired-key path (extreme and undecodable rows). Tokens are checked
+ * creation on an empty store, token claims, the expired-key path (extreme
+ * and undecodable rows), rotation across several keys watched by a relying
+ * party that caches the JWKS for its max-age, revocation and operator
+ * rotation, JWKS caching metadata, and keys sealed at rest (migration,
+ * rewrap, a blob moved to another row, a wrong secret). Tokens are checked
  * against the stored key with the signer; PyJWT checks them independently
  * in the integration suites.
  */
@@ -16,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kek.h"
+#include "keyadmin.h"
 #include "keystore.h"
 #include "service.h"
 #include "signer.h"
@@ -42,6 +47,7 @@ struct fixture {
 	char path[96];
 	struct ks_store *store;
 	struct jwks_service *svc;
+	const struct kek *kek;
 };
 
 static int fixture_open(struct fixture *f, const struct ks_backend *be)
@@ -58,18 +64,36 @@ static int fixture_open(struct fixture *f, const struct ks_backend *be)
 	return ks_open(&f->store, be, &opts, NULL);
 }
 
-static int fixture_start(struct fixture *f, int64_t token_ttl, int64_t key_ttl)
+/*
+ * Start the service with the policy p. The background thread is made to
+ * wait an hour between passes: tests move the clock and call
+ * jwks_service_tick() themselves.
+ */
+static int fixture_start_policy(struct fixture *f, const struct lc_policy *p)
 {
 	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
 
-	o.token_ttl = token_ttl;
-	o.key_ttl = key_ttl;
-	o.poll_ms = 20;
+	o.token_ttl = p->token_ttl;
+	o.key_ttl = p->key_ttl;
+	o.jwks_max_age = p->jwks_max_age;
+	o.margin = p->margin;
+	o.rotation_lead = p->lead;
+	o.kek = f->kek;
+	o.poll_ms = 3600 * 1000;
 	o.clock = fake_clock;
 	o.log = quiet_log;
 	if (jwks_service_new(&f->svc, f->store, &o, NULL))
 		return -1;
 	return jwks_service_start(f->svc, NULL, NULL);
+}
+
+static int fixture_start(struct fixture *f, int64_t token_ttl, int64_t key_ttl)
+{
+	struct lc_policy p = LC_POLICY_INIT;
+
+	p.token_ttl = token_ttl;
+	p.key_ttl = key_ttl;
+	return fixture_start_policy(f, &p);
 }
 
 static void fixture_close(struct fixture *f)
@@ -127,7 +151,7 @@ static int verify_with_store(struct fixture *f, const char *tok,
 	    b64url_decode(sig, &n, dot2 + 1, strlen(dot2 + 1)) ||
 	    ks_get(f->store, c.kid, &rec, NULL))
 		return -1;
-	rc = signer_load(&key, rec.blob, rec.blob_len, NULL);
+	rc = ka_load_key(&rec, f->kek, &key, NULL);
 	if (!rc)
 		rc = signer_verify(key, tok, (size_t)(dot2 - tok), sig, n);
 	*key_exp = rec.exp;
@@ -147,20 +171,40 @@ static int issue(struct fixture *f, int expired, char *tok, struct claims *c)
 	return rc;
 }
 
-static int copy_body(const struct jwks_doc *doc, void *arg)
+/* A copy of a served JWKS document. */
+struct doc_copy {
+	char body[8192];
+	char etag[32];
+	int64_t last_modified, max_age;
+};
+
+static int copy_doc(const struct jwks_doc *doc, void *arg)
 {
-	snprintf(arg, 4096, "%.*s", (int)doc->body_len, doc->body);
+	struct doc_copy *c = arg;
+
+	snprintf(c->body, sizeof(c->body), "%.*s", (int)doc->body_len,
+		 doc->body);
+	snprintf(c->etag, sizeof(c->etag), "%s", doc->etag);
+	c->last_modified = doc->last_modified;
+	c->max_age = doc->max_age;
 	return 0;
+}
+
+static int body_has_kid(const char *body, int64_t kid)
+{
+	char needle[40];
+
+	snprintf(needle, sizeof(needle), "\"kid\":\"%" PRId64 "\"", kid);
+	return strstr(body, needle) != NULL;
 }
 
 static int jwks_has_kid(struct fixture *f, int64_t kid)
 {
-	char body[4096], needle[40];
+	struct doc_copy d;
 
-	if (jwks_service_jwks(f->svc, copy_body, body))
+	if (jwks_service_jwks(f->svc, copy_doc, &d))
 		return -1;
-	snprintf(needle, sizeof(needle), "\"kid\":\"%" PRId64 "\"", kid);
-	return strstr(body, needle) != NULL;
+	return body_has_kid(d.body, kid);
 }
 
 static void test_first_start_and_claims(const struct ks_backend *be)
@@ -194,51 +238,211 @@ static void test_first_start_and_claims(const struct ks_backend *be)
 	fixture_close(&f);
 }
 
-/* Wait (really) until cond holds, polling the service, at most 3 s. */
-#define WAIT_FOR(cond)                                                 \
-	do {                                                           \
-		int waited_;                                           \
-		for (waited_ = 0; !(cond) && waited_ < 300; waited_++) \
-			usleep(10000);                                 \
-	} while (0)
+/* The policy the rotation tests run: short, so that keys rotate often. */
+static const struct lc_policy rot_policy = {
+	.key_ttl = 3600,
+	.token_ttl = 300,
+	.jwks_max_age = 60,
+	.margin = 30,
+	.lead = 10,
+};
 
-static void test_expiry_and_top_up(const struct ks_backend *be)
+#define RP_KEYS 32
+
+/*
+ * A relying party that fetches the JWKS only when its cached copy is older
+ * than the max-age it was served with, and must verify every token with
+ * the copy it holds. Over four rotations under an uneven clock it also
+ * checks: every key after the first was published for publish_ahead before
+ * it signed; no token's exp passes its key's exp - margin; a key leaves the
+ * published set only after every token it signed expired.
+ */
+static void test_rotation_relying_party(const struct ks_backend *be)
 {
+	static const int64_t steps[] = {17, 40, 3, 55, 29, 1, 48};
+	int64_t first_published[RP_KEYS] = {0}, first_signed[RP_KEYS] = {0};
+	int64_t last_exp[RP_KEYS] = {0};
+	int64_t t0 = 1800000000, now = t0, fetched = 0, key_exp = 0;
+	int64_t ahead = lc_publish_ahead(&rot_policy);
 	char tok[JWKS_TOKEN_MAX];
+	struct doc_copy cached, fresh;
 	struct fixture f;
-	struct claims first, c;
-	int64_t t0 = 1800000000, key_exp = 0;
+	struct claims c;
+	int64_t kid, max_kid = 0;
+	size_t step, unknown = 0, failures = 0;
 
 	atomic_store(&fake_now, t0);
-	if (fixture_open(&f, be) || fixture_start(&f, 80, 100)) {
+	if (fixture_open(&f, be) || fixture_start_policy(&f, &rot_policy)) {
 		CHECK(0, "[%s] service did not start", ks_backend_name(be));
 		return;
 	}
-	CHECK(issue(&f, 0, tok, &first) == 0, "[%s] token", f.be_name);
+	memset(&cached, 0, sizeof(cached));
+	cached.max_age = -1;
+	for (step = 0; now < t0 + 4 * 3300 && max_kid < RP_KEYS - 1; step++) {
+		now += steps[step % (sizeof(steps) / sizeof(steps[0]))];
+		atomic_store(&fake_now, now);
+		jwks_service_tick(f.svc);
 
-	/*
-	 * 40 s of life left, under min(token ttl, key ttl / 2) = 50: a new
-	 * key is added; until then tokens are capped at the old key's expiry.
-	 */
-	atomic_store(&fake_now, t0 + 60);
-	CHECK(issue(&f, 0, tok, &c) == 0, "[%s] token at t0+60", f.be_name);
-	CHECK(verify_with_store(&f, tok, &key_exp) == 0 && c.exp <= key_exp,
-	      "[%s] token exp %" PRId64 " within its key's %" PRId64, f.be_name,
-	      c.exp, key_exp);
-	WAIT_FOR(issue(&f, 0, tok, &c) == 0 && c.kid != first.kid);
-	CHECK(c.kid > first.kid, "[%s] a new key signs after top-up",
-	      f.be_name);
-	CHECK_EQ_INT(c.exp, t0 + 60 + 80, "[%s] full token lifetime again",
+		if (jwks_service_jwks(f.svc, copy_doc, &fresh)) {
+			failures++;
+			continue;
+		}
+		CHECK(fresh.max_age >= 0 && fresh.max_age <= 60,
+		      "[%s] max-age %" PRId64 " within the cap", f.be_name,
+		      fresh.max_age);
+		for (kid = 1; kid < RP_KEYS; kid++) {
+			if (body_has_kid(fresh.body, kid)) {
+				if (!first_published[kid])
+					first_published[kid] = now;
+				if (kid > max_kid)
+					max_kid = kid;
+			} else if (first_published[kid]) {
+				/* Gone: every token it signed has expired. */
+				CHECK(last_exp[kid] <= now,
+				      "[%s] key %" PRId64 " left at %" PRId64
+				      " before its token expiring %" PRId64,
+				      f.be_name, kid, now - t0,
+				      last_exp[kid] - t0);
+			}
+		}
+		if (now >= fetched + cached.max_age) {
+			cached = fresh;
+			fetched = now;
+		}
+
+		if (issue(&f, 0, tok, &c) || c.kid < 1 || c.kid >= RP_KEYS) {
+			failures++;
+			continue;
+		}
+		if (!body_has_kid(cached.body, c.kid))
+			unknown++;
+		if (!first_signed[c.kid])
+			first_signed[c.kid] = now;
+		if (c.exp > last_exp[c.kid])
+			last_exp[c.kid] = c.exp;
+		CHECK(verify_with_store(&f, tok, &key_exp) == 0 &&
+			      c.exp <= key_exp - rot_policy.margin,
+		      "[%s] token of key %" PRId64 " verifies, exp %" PRId64
+		      " within its key's publication %" PRId64,
+		      f.be_name, c.kid, c.exp, key_exp);
+	}
+	CHECK_EQ_INT(failures, 0, "[%s] every request answered", f.be_name);
+	CHECK_EQ_INT(unknown, 0,
+		     "[%s] the caching relying party knew every kid",
 		     f.be_name);
-	CHECK(jwks_has_kid(&f, first.kid) == 1,
-	      "[%s] old key still published before its expiry", f.be_name);
+	CHECK(max_kid >= 6, "[%s] %" PRId64 " keys made over four rotations",
+	      f.be_name, max_kid);
+	for (kid = 3; kid <= max_kid; kid++) {
+		if (!first_signed[kid])
+			continue;
+		CHECK(first_signed[kid] - first_published[kid] >= ahead,
+		      "[%s] key %" PRId64 " published %" PRId64
+		      " s before it signed, want >= %" PRId64,
+		      f.be_name, kid, first_signed[kid] - first_published[kid],
+		      ahead);
+	}
+	fixture_close(&f);
+}
 
-	/* Past the first key's expiry it leaves the key set at once. */
-	atomic_store(&fake_now, t0 + 100);
-	CHECK(jwks_has_kid(&f, first.kid) == 0,
-	      "[%s] expired key left the JWKS", f.be_name);
-	CHECK(jwks_has_kid(&f, c.kid) == 1, "[%s] new key still published",
+/* Cache metadata: max-age bounded by the next change, ETag, Last-Modified. */
+static void test_jwks_caching(const struct ks_backend *be)
+{
+	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
+	struct doc_copy a, b;
+	struct fixture f;
+
+	atomic_store(&fake_now, t0);
+	if (fixture_open(&f, be) || fixture_start_policy(&f, &rot_policy)) {
+		CHECK(0, "[%s] service did not start", ks_backend_name(be));
+		return;
+	}
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &a) == 0, "[%s] jwks",
 	      f.be_name);
+	CHECK_EQ_INT(a.max_age, 60, "[%s] the cap far from any change",
+		     f.be_name);
+	CHECK_EQ_INT(a.last_modified, t0, "[%s] last modified at start",
+		     f.be_name);
+
+	atomic_store(&fake_now, due - 25);
+	jwks_service_tick(f.svc);
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &b) == 0, "[%s] jwks",
+	      f.be_name);
+	CHECK_EQ_INT(b.max_age, 25,
+		     "[%s] never past the next scheduled change", f.be_name);
+	CHECK(!strcmp(a.etag, b.etag) && b.last_modified == t0,
+	      "[%s] same set: same ETag and Last-Modified", f.be_name);
+
+	atomic_store(&fake_now, due);
+	jwks_service_tick(f.svc);
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &b) == 0, "[%s] jwks",
+	      f.be_name);
+	CHECK(strcmp(a.etag, b.etag) != 0, "[%s] a new key: a new ETag",
+	      f.be_name);
+	CHECK_EQ_INT(b.last_modified, due, "[%s] Last-Modified moves",
+		     f.be_name);
+	CHECK(b.max_age > 0 && b.max_age <= 60, "[%s] max-age %" PRId64,
+	      f.be_name, b.max_age);
+	fixture_close(&f);
+}
+
+/* Revocation and an operator's rotation, as `jwksd keys` does them. */
+static void test_revoke_and_forced_rotation(const struct ks_backend *be)
+{
+	int64_t t0 = 1800000000, kid = 0, revoked;
+	struct signer_key *key = NULL;
+	char tok[JWKS_TOKEN_MAX];
+	struct lc_plan plan;
+	struct fixture f;
+	struct claims c;
+
+	atomic_store(&fake_now, t0);
+	if (fixture_open(&f, be) || fixture_start_policy(&f, &rot_policy) ||
+	    signer_generate(&key, "RS256", NULL)) {
+		CHECK(0, "[%s] setup failed", ks_backend_name(be));
+		return;
+	}
+	CHECK(issue(&f, 0, tok, &c) == 0, "[%s] token", f.be_name);
+	revoked = c.kid;
+
+	/* Forced: published now, signs publish_ahead later. */
+	atomic_store(&fake_now, t0 + 100);
+	CHECK(ka_rotate(f.store, NULL, &rot_policy, key, t0 + 100, 1, NULL,
+			NULL, &plan, &kid, NULL) == 0,
+	      "[%s] forced rotation", f.be_name);
+	CHECK_EQ_INT(plan.activate_at, t0 + 100 + 90, "[%s] activates later",
+		     f.be_name);
+	CHECK(ka_rotate(f.store, NULL, &rot_policy, key, t0 + 101, 1, NULL,
+			NULL, &plan, NULL, NULL) == KS_EEXISTS &&
+		      plan.pending_kid == kid,
+	      "[%s] a second rotation finds the first pending", f.be_name);
+	jwks_service_tick(f.svc);
+	CHECK(jwks_has_kid(&f, kid) == 1, "[%s] new key published at once",
+	      f.be_name);
+	CHECK(issue(&f, 0, tok, &c) == 0 && c.kid == revoked,
+	      "[%s] the old key still signs", f.be_name);
+	atomic_store(&fake_now, t0 + 190);
+	jwks_service_tick(f.svc);
+	CHECK(issue(&f, 0, tok, &c) == 0 && c.kid == kid,
+	      "[%s] the new key signs from its activation", f.be_name);
+	CHECK(jwks_has_kid(&f, revoked) == 1,
+	      "[%s] the retired key stays published", f.be_name);
+
+	/* Revoking the signing key: gone at once, another key signs. */
+	CHECK(ka_revoke(f.store, kid, t0 + 200, NULL) == 0, "[%s] revoke",
+	      f.be_name);
+	CHECK(ka_revoke(f.store, kid, t0 + 200, NULL) == KS_EEXISTS,
+	      "[%s] revoked already", f.be_name);
+	CHECK(ka_revoke(f.store, 999, t0 + 200, NULL) == KS_ENOTFOUND,
+	      "[%s] unknown kid", f.be_name);
+	atomic_store(&fake_now, t0 + 200);
+	jwks_service_tick(f.svc);
+	CHECK(jwks_has_kid(&f, kid) == 0, "[%s] revoked key unpublished",
+	      f.be_name);
+	CHECK(issue(&f, 0, tok, &c) == 0 && c.kid != kid &&
+		      jwks_has_kid(&f, c.kid) == 1,
+	      "[%s] a published key signs instead (%" PRId64 ")", f.be_name,
+	      c.kid);
+	signer_key_free(key);
 	fixture_close(&f);
 }
 
@@ -287,7 +491,9 @@ int main(int argc, char **argv)
 		if (argc > 1 && strcmp(argv[1], ks_backend_name(be)))
 			continue;
 		test_first_start_and_claims(be);
-		test_expiry_and_top_up(be);
+		test_rotation_relying_party(be);
+		test_jwks_caching(be);
+		test_revoke_and_forced_rotation(be);
 		test_expired_key_choice(be);
 	}
 	return TEST_REPORT();
