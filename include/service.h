@@ -114,6 +114,15 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 		       struct ks_err *err);
 
+/*
+ * Do one pass of the background work now, in the calling thread: pick up
+ * changes to the store, rebuild the snapshot at an expiry boundary, and
+ * rotate keys when due. The background thread does the same every
+ * poll_ms; a program that drives its own clock (tests) calls this after
+ * moving it.
+ */
+void jwks_service_tick(struct jwks_service *svc);
+
 /* Stop the background thread and free everything. svc may be NULL. */
 void jwks_service_free(struct jwks_service *svc);
 

@@ -746,7 +746,7 @@ static void svc_fault(struct jwks_service *svc, int64_t now, const char *what,
 }
 
 /* One pass of background work (called without locks). */
-static void svc_tick(struct jwks_service *svc)
+void jwks_service_tick(struct jwks_service *svc)
 {
 	struct signer_key *key = NULL;
 	struct ks_err e = {{0}};
@@ -806,7 +806,7 @@ static void *svc_thread_main(void *arg)
 		if (svc->stopping)
 			break;
 		pthread_mutex_unlock(&svc->stop_lock);
-		svc_tick(svc);
+		jwks_service_tick(svc);
 		pthread_mutex_lock(&svc->stop_lock);
 	}
 	pthread_mutex_unlock(&svc->stop_lock);
