@@ -367,8 +367,8 @@ static void test_jwks_caching(const struct ks_backend *be)
 	jwks_service_tick(f.svc);
 	CHECK(jwks_service_jwks(f.svc, copy_doc, &b) == 0, "[%s] jwks",
 	      f.be_name);
-	CHECK_EQ_INT(b.max_age, 25,
-		     "[%s] never past the next scheduled change", f.be_name);
+	CHECK_EQ_INT(b.max_age, 25, "[%s] never past the next scheduled change",
+		     f.be_name);
 	CHECK(!strcmp(a.etag, b.etag) && b.last_modified == t0,
 	      "[%s] same set: same ETag and Last-Modified", f.be_name);
 
@@ -481,6 +481,118 @@ static void test_expired_key_choice(const struct ks_backend *be)
 	fixture_close(&f);
 }
 
+struct pem_count {
+	size_t pem, sealed;
+};
+
+static int count_pem(const struct ks_record *rec, void *arg)
+{
+	struct pem_count *c = arg;
+	static const char pem[] = "-----BEGIN";
+	size_t i;
+
+	if (kek_is_sealed(rec->blob, rec->blob_len))
+		c->sealed++;
+	for (i = 0; i + sizeof(pem) - 1 <= rec->blob_len; i++) {
+		if (!memcmp(rec->blob + i, pem, sizeof(pem) - 1)) {
+			c->pem++;
+			break;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Keys at rest: a service with a kek stores nothing as PEM; plaintext rows
+ * are sealed by one rewrap; a wrong secret is told apart; a blob moved to
+ * another row does not load; rewrap to a new secret is all or nothing.
+ */
+static void test_sealed_keys(const struct ks_backend *be)
+{
+	static const char s1[] = "first secret, 32 bytes or more..";
+	static const char s2[] = "second secret, also long enough.";
+	struct kek *k1 = NULL, *k2 = NULL;
+	char tok[JWKS_TOKEN_MAX];
+	struct ks_record rec = {0}, moved = {0};
+	struct signer_key *key = NULL;
+	struct pem_count pc = {0, 0};
+	struct ka_scan scan;
+	struct fixture f;
+	struct claims c;
+	int64_t key_exp = 0, t0 = 1800000000;
+	size_t n = 0;
+
+	atomic_store(&fake_now, t0);
+	if (fixture_open(&f, be) ||
+	    kek_from_secret(&k1, s1, sizeof(s1) - 1, NULL) ||
+	    kek_from_secret(&k2, s2, sizeof(s2) - 1, NULL)) {
+		CHECK(0, "[%s] setup failed", ks_backend_name(be));
+		return;
+	}
+	/* A plaintext store first, as the assignment's server leaves it. */
+	CHECK(fixture_start(&f, 300, 86400) == 0, "[%s] start", f.be_name);
+	jwks_service_free(f.svc);
+	f.svc = NULL;
+	CHECK(ks_list(f.store, INT64_MIN, INT64_MAX, count_pem, &pc, NULL) ==
+			      0 &&
+		      pc.pem == 2 && pc.sealed == 0,
+	      "[%s] two PEM rows", f.be_name);
+
+	CHECK(ka_rewrap(f.store, NULL, k1, &n, NULL) == 0 && n == 2,
+	      "[%s] plaintext rows sealed (%zu)", f.be_name, n);
+	memset(&pc, 0, sizeof(pc));
+	ks_list(f.store, INT64_MIN, INT64_MAX, count_pem, &pc, NULL);
+	CHECK(pc.pem == 0 && pc.sealed == 2, "[%s] no PEM left", f.be_name);
+	CHECK(ka_rewrap(f.store, NULL, k1, &n, NULL) == 0 && n == 0,
+	      "[%s] sealing again changes nothing", f.be_name);
+
+	/* The service opens them with the kek, and seals what it adds. */
+	f.kek = k1;
+	CHECK(fixture_start(&f, 300, 86400) == 0, "[%s] start sealed",
+	      f.be_name);
+	CHECK(issue(&f, 0, tok, &c) == 0 &&
+		      verify_with_store(&f, tok, &key_exp) == 0,
+	      "[%s] sealed key signs, token verifies", f.be_name);
+	atomic_store(&fake_now, t0 + 86400 - 1200); /* successor due */
+	jwks_service_tick(f.svc);
+	memset(&pc, 0, sizeof(pc));
+	ks_list(f.store, INT64_MIN, INT64_MAX, count_pem, &pc, NULL);
+	CHECK(pc.pem == 0 && pc.sealed == 3,
+	      "[%s] the rotated key is sealed too (%zu sealed, %zu PEM)",
+	      f.be_name, pc.sealed, pc.pem);
+
+	/* Another secret: every row is foreign, nothing opens. */
+	CHECK(ka_scan(f.store, k2, &scan, NULL) == 0 && scan.foreign == 3,
+	      "[%s] a wrong secret is told apart", f.be_name);
+	CHECK(ks_get(f.store, 1, &rec, NULL) == 0 &&
+		      ka_load_key(&rec, NULL, &key, NULL) == KS_EACCES,
+	      "[%s] no secret: refused", f.be_name);
+
+	/* Kid 1's blob in kid 2's row: bound to kid 1, refused. */
+	moved = rec;
+	moved.kid = 2;
+	CHECK(ka_load_key(&moved, k1, &key, NULL) == KS_EBADSIG,
+	      "[%s] a blob moved to another row does not load", f.be_name);
+	ks_record_release(&rec);
+
+	/* Rewrap: a wrong old secret changes nothing; the right one all. */
+	CHECK(ka_rewrap(f.store, k2, k1, &n, NULL) == KS_EACCES,
+	      "[%s] rewrap from a wrong secret refused", f.be_name);
+	CHECK(ka_scan(f.store, k1, &scan, NULL) == 0 && scan.foreign == 0 &&
+		      scan.sealed == 3,
+	      "[%s] and nothing changed", f.be_name);
+	CHECK(ka_rewrap(f.store, k1, k2, &n, NULL) == 0 && n == 3,
+	      "[%s] rewrap to the new secret", f.be_name);
+	CHECK(ka_scan(f.store, k1, &scan, NULL) == 0 && scan.foreign == 3,
+	      "[%s] the old secret opens nothing", f.be_name);
+	f.kek = k2;
+	CHECK(verify_with_store(&f, tok, &key_exp) == 0,
+	      "[%s] old tokens verify with the rewrapped key", f.be_name);
+	fixture_close(&f);
+	kek_free(k1);
+	kek_free(k2);
+}
+
 int main(int argc, char **argv)
 {
 	size_t i;
@@ -494,6 +606,7 @@ int main(int argc, char **argv)
 		test_rotation_relying_party(be);
 		test_jwks_caching(be);
 		test_revoke_and_forced_rotation(be);
+		test_sealed_keys(be);
 		test_expired_key_choice(be);
 	}
 	return TEST_REPORT();
