@@ -490,8 +490,15 @@ static int svc_load_one(const struct ks_record *rec, void *arg)
 
 static int svc_load_life(const struct ks_life *life, void *arg)
 {
-	struct svc_key *k = svc_find_key(arg, life->kid);
+	struct jwks_service *svc = arg;
+	struct svc_key *k = svc_find_key(svc, life->kid);
 
+	if (k && svc->cur && life->revoked_at != KS_NEVER &&
+	    (!k->has_life || k->life.revoked_at == KS_NEVER))
+		svc_log(svc,
+			"key %" PRId64 " revoked: it leaves the JWKS and "
+			"never signs again",
+			k->kid);
 	if (k) {
 		k->has_life = 1;
 		k->life = *life;
