@@ -1442,7 +1442,7 @@ static int own_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
 	static const struct ks_life l1 = {1, 1, 1, 1, 1};
 	struct own *o = arg;
 	struct collect col = {o->c, {0}, {0}, 0, -1, 0, 1};
-	struct ks_life l4 = {0, 4, 4, 4, KS_NEVER};
+	struct ks_life l4 = {0, 4, 4, 4, KS_NEVER}, wl[2];
 	struct lives lv;
 	char blob[32];
 	int64_t want[3];
@@ -1484,11 +1484,9 @@ static int own_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
 
 	memset(&lv, 0, sizeof(lv));
 	rc = ks_txn_life_list(txn, lives_fn, &lv, err);
-	{
-		const struct ks_life wl[] = {l1, l4};
-
-		check_lives(o->c, "txn life list", rc, err, &lv, wl, 2);
-	}
+	wl[0] = l1;
+	wl[1] = l4;
+	check_lives(o->c, "txn life list", rc, err, &lv, wl, 2);
 	return 0;
 }
 
