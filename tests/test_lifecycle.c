@@ -24,8 +24,8 @@ static const struct lc_policy pol = {
 static struct lc_key managed(int64_t kid, int64_t created, int64_t activate,
 			     int64_t retire, int64_t exp)
 {
-	struct lc_key k = {kid, exp, 1, 1, {kid, created, activate, retire,
-					     KS_NEVER}};
+	struct lc_key k = {
+		kid, exp, 1, 1, {kid, created, activate, retire, KS_NEVER}};
 
 	return k;
 }
@@ -167,7 +167,8 @@ static void test_choose_signer(void)
 	k[1] = managed(2, T0 + 900, T0 + 1200, T0 + 2000, T0 + 2330);
 	s = lc_choose_signer(k, 2, T0 + 1100, &pol);
 	CHECK(s && s->kid == 1, "a retired key before a pending one");
-	CHECK_EQ_INT(lc_token_cap(s, &pol), T0 + 1300, "capped at exp - margin");
+	CHECK_EQ_INT(lc_token_cap(s, &pol), T0 + 1300,
+		     "capped at exp - margin");
 	s = lc_choose_signer(k, 2, T0 + 1300, &pol);
 	CHECK(s && s->kid == 2, "past the retired key's cap: the pending one");
 	CHECK(lc_choose_signer(k, 0, T0, &pol) == NULL, "no key: none");
@@ -254,9 +255,10 @@ static void test_simulation(void)
 	for (i = 0; i < s.n; i++) {
 		const struct lc_key *k = &s.keys[i];
 
-		CHECK(k->kid == 1 || s.first_signed[k->kid] -
-						     s.first_published[k->kid] >=
-					     ahead,
+		CHECK(k->kid == 1 ||
+			      s.first_signed[k->kid] -
+					      s.first_published[k->kid] >=
+				      ahead,
 		      "key %" PRId64 " published %" PRId64
 		      " s before it signed, want >= %" PRId64,
 		      k->kid,
