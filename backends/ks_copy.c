@@ -15,57 +15,27 @@
  * walk of the entries, in kid order too, has got to in rec.
  */
 struct ks_copy_set {
-	struct ks_record *rec;
+	struct ks_record_set recs;
 	struct ks_life *life;
-	size_t n, cap, next;
+	size_t next;
 };
-
-static int ks_copy_collect(const struct ks_record *rec, void *arg)
-{
-	struct ks_copy_set *set = arg;
-	struct ks_record *r;
-
-	if (set->n == set->cap) {
-		size_t cap = set->cap ? set->cap * 2 : 16;
-
-		r = realloc(set->rec, cap * sizeof(*r));
-		if (!r)
-			return KS_ENOMEM;
-		set->rec = r;
-		set->cap = cap;
-	}
-	r = &set->rec[set->n];
-	r->blob = malloc(rec->blob_len ? rec->blob_len : 1);
-	if (!r->blob)
-		return KS_ENOMEM;
-	if (rec->blob_len)
-		memcpy(r->blob, rec->blob, rec->blob_len);
-	r->blob_len = rec->blob_len;
-	r->kid = rec->kid;
-	r->exp = rec->exp;
-	set->n++;
-	return 0;
-}
 
 /* Keep the entries of the records collected; others came later. */
 static int ks_copy_collect_life(const struct ks_life *life, void *arg)
 {
 	struct ks_copy_set *set = arg;
+	const struct ks_record_set *r = &set->recs;
 
-	while (set->next < set->n && set->rec[set->next].kid < life->kid)
+	while (set->next < r->n && r->rec[set->next].kid < life->kid)
 		set->next++;
-	if (set->next < set->n && set->rec[set->next].kid == life->kid)
+	if (set->next < r->n && r->rec[set->next].kid == life->kid)
 		set->life[set->next] = *life;
 	return 0;
 }
 
 static void ks_copy_set_release(struct ks_copy_set *set)
 {
-	size_t i;
-
-	for (i = 0; i < set->n; i++)
-		ks_record_release(&set->rec[i]);
-	free(set->rec);
+	ks_record_set_release(&set->recs);
 	free(set->life);
 }
 
@@ -81,7 +51,7 @@ static int ks_copy_put_lives(struct ks_txn *txn, void *arg, struct ks_err *err)
 	size_t i;
 	int rc = 0;
 
-	for (i = 0; !rc && i < l->set->n; i++)
+	for (i = 0; !rc && i < l->set->recs.n; i++)
 		if (!l->skip[i] && l->set->life[i].kid)
 			rc = ks_txn_life_put(txn, &l->set->life[i], err);
 	return rc;
@@ -119,7 +89,7 @@ static int ks_copy_nonempty(const struct ks_record *rec, void *arg)
 int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 	    size_t *copied_out, struct ks_err *err)
 {
-	struct ks_copy_set set = {NULL, NULL, 0, 0, 0};
+	struct ks_copy_set set = {{NULL, 0, 0}, NULL, 0};
 	unsigned char *skip = NULL;
 	size_t i, copied = 0, n_life = 0;
 	int rc;
@@ -134,26 +104,27 @@ int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 				  "the destination store is not empty");
 	if (rc < 0)
 		return rc;
-	rc = ks_list(src, INT64_MIN, INT64_MAX, ks_copy_collect, &set, err);
-	skip = calloc(set.n ? set.n : 1, 1);
-	set.life = calloc(set.n ? set.n : 1, sizeof(*set.life));
+	rc = ks_list(src, INT64_MIN, INT64_MAX, ks_record_set_add, &set.recs,
+		     err);
+	skip = calloc(set.recs.n ? set.recs.n : 1, 1);
+	set.life = calloc(set.recs.n ? set.recs.n : 1, sizeof(*set.life));
 	if (!rc && (!skip || !set.life))
 		rc = KS_ENOMEM;
 	/* Records first: every record listed has its entry visible now. */
 	if (!rc)
 		rc = ks_life_list(src, ks_copy_collect_life, &set, err);
 	/* Every conflict is found before anything is written. */
-	for (i = 0; !rc && merge && i < set.n; i++) {
-		rc = ks_copy_present(dst, &set.rec[i], err);
+	for (i = 0; !rc && merge && i < set.recs.n; i++) {
+		rc = ks_copy_present(dst, &set.recs.rec[i], err);
 		if (rc == 1) {
 			skip[i] = 1;
 			rc = 0;
 		}
 	}
-	for (i = 0; !rc && i < set.n; i++) {
+	for (i = 0; !rc && i < set.recs.n; i++) {
 		if (skip[i])
 			continue;
-		rc = ks_import(dst, &set.rec[i], err);
+		rc = ks_import(dst, &set.recs.rec[i], err);
 		if (!rc)
 			copied++;
 		if (!rc && set.life[i].kid)
