@@ -43,7 +43,8 @@
  * jwks_max_age: the longest Cache-Control max-age the JWKS announces.
  * margin: safety margin for caches and clocks.
  * lead: how much earlier than strictly needed a successor is made, so that
- *       a slow key generation or a late poll never delays it.
+ *       a slow key generation or a late poll never delays it (at most a
+ *       quarter of the signing period).
  */
 struct lc_policy {
 	int64_t key_ttl;
@@ -127,8 +128,9 @@ enum lc_action {
  * the successor comes late (after an outage) the key it follows is
  * extended (extend_kid > 0) so that it signs, and stays published, until
  * the successor takes over. due is when the next key must be made if
- * nothing else happens (INT64_MAX: not scheduled); the published set
- * changes then. With force (an operator's rotation), a successor is made
+ * nothing else happens (INT64_MAX: not scheduled; with a successor
+ * waiting, no earlier than its activation); the published set changes
+ * then. With force (an operator's rotation), a successor is made
  * now, activating publish_ahead from now, and the current key retires
  * then; pending_kid > 0 instead when a successor is already waiting.
  */

@@ -172,9 +172,12 @@ void lc_plan_at(const struct lc_key *keys, size_t n, int64_t now,
 {
 	const struct lc_key *last = NULL;
 	int64_t ahead = lc_publish_ahead(p), tail = p->token_ttl + p->margin;
-	int64_t activate;
+	int64_t lead = p->lead, activate;
 	size_t i;
 
+	/* A short schedule (test keys) must not look overdue all the time. */
+	if (lead > lc_sign_period(p) / 4)
+		lead = lc_sign_period(p) / 4;
 	*out = (struct lc_plan){.action = LC_NOTHING, .due = INT64_MAX};
 	if (!lc_choose_signer(keys, n, now, p)) {
 		/* Nothing can sign: a key that signs at once. */
@@ -197,13 +200,14 @@ void lc_plan_at(const struct lc_key *keys, size_t n, int64_t now,
 	}
 	if (!last)
 		return;
+	out->due = lc_add(lc_retire_at(last), -ahead - lead);
 	if (lc_activate_at(last) > now) {
-		/* A successor is waiting; it is due only once it signs. */
+		/* A successor is waiting: the next is due once it signs. */
 		out->pending_kid = last->kid;
-		out->due = lc_add(lc_retire_at(last), -ahead - p->lead);
+		if (out->due < lc_activate_at(last))
+			out->due = lc_activate_at(last);
 		return;
 	}
-	out->due = lc_add(lc_retire_at(last), -ahead - p->lead);
 	if (!force && now < out->due)
 		return;
 

@@ -128,6 +128,29 @@ static void test_successor_on_time_and_late(void)
 	CHECK_EQ_INT(plan.pending_kid, 2, "forced: names the pending key");
 }
 
+/* Test-sized keys: the lead shrinks, so nothing looks overdue. */
+static void test_short_schedule(void)
+{
+	const struct lc_policy p = {8, 2, 1, 1, 60};
+	struct lc_key k[2];
+	struct lc_plan plan;
+
+	lc_plan_at(NULL, 0, T0, &p, 0, &plan);
+	k[0] = managed(1, T0, plan.activate_at, plan.retire_at, plan.exp);
+	CHECK_EQ_INT(plan.retire_at, T0 + 5, "short: retires at 5 s");
+	lc_plan_at(k, 1, T0 + 1, &p, 0, &plan);
+	CHECK(plan.action == LC_NOTHING && plan.due == T0 + 3,
+	      "short: successor due at 3 s, not overdue (due %" PRId64 ")",
+	      plan.due - T0);
+	lc_plan_at(k, 1, T0 + 3, &p, 0, &plan);
+	CHECK(plan.action == LC_SUCCESSOR && plan.activate_at == T0 + 5,
+	      "short: successor activates at the handover");
+	k[1] = managed(2, T0 + 3, plan.activate_at, plan.retire_at, plan.exp);
+	lc_plan_at(k, 2, T0 + 4, &p, 0, &plan);
+	CHECK(plan.action == LC_NOTHING && plan.due > T0 + 4,
+	      "short: with a successor waiting the schedule is not overdue");
+}
+
 static void test_forced_rotation(void)
 {
 	struct lc_key k = managed(1, T0, T0, T0 + 3270, T0 + 3600);
@@ -276,6 +299,7 @@ int main(void)
 	test_policy_check();
 	test_bootstrap();
 	test_successor_on_time_and_late();
+	test_short_schedule();
 	test_forced_rotation();
 	test_choose_signer();
 	test_simulation();
