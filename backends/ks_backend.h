@@ -118,6 +118,9 @@ struct ks_backend {
 			struct ks_err *err);
 	int (*txn_life_put)(struct ks_txn *txn, const struct ks_life *life,
 			    struct ks_err *err);
+
+	/* Optional (NULL: ks_scrub() returns KS_EUNSUPPORTED). */
+	int (*scrub)(struct ks_store *store, struct ks_err *err);
 };
 
 extern const struct ks_backend ks_backend_sqlite;

@@ -11,6 +11,7 @@
 #define _DEFAULT_SOURCE
 
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -1127,6 +1128,123 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 	return ret;
 }
 
+/*
+ * Write a compacted copy of s->env (no free pages: none of the bytes that
+ * earlier transactions replaced) to a new 0600 file beside the store and
+ * rename it over the data file. Called holding the lock file exclusively.
+ */
+static int ks_lmdb_compact_copy(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	size_t len = strlen(s->path) + sizeof(".compact");
+	char *tmp = malloc(len);
+	const char *call = "open";
+	int fd = -1, rc = 0;
+
+	if (!tmp)
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_scrub: out of memory");
+	snprintf(tmp, len, "%s.compact", s->path);
+	unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		rc = errno;
+	if (!rc) {
+		call = "mdb_env_copyfd2";
+		rc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+	}
+	if (!rc && fsync(fd) != 0) {
+		call = "fsync";
+		rc = errno;
+	}
+	if (fd >= 0 && close(fd) != 0 && !rc) {
+		call = "close";
+		rc = errno;
+	}
+	if (!rc && rename(tmp, s->path) != 0) {
+		call = "rename";
+		rc = errno;
+	}
+	if (rc)
+		unlink(tmp);
+	free(tmp);
+	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_scrub", call, err) : 0;
+}
+
+/*
+ * LMDB never overwrites a page it freed: old copies of replaced records stay
+ * in the file until the page is reused. Scrubbing rewrites the file
+ * compacted, which only this process may do, with no other handle open:
+ * LMDB holds a shared fcntl() lock on the first byte of the lock file in
+ * every process that has the environment open, so an exclusive lock there
+ * proves nobody else has. Closing any descriptor of the lock file drops all
+ * of this process's locks on it, so the environment is reopened afterwards
+ * in every case, as on a fresh start.
+ */
+static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	struct ks_lmdb_env *e = s->shared;
+	struct ks_options opts = KS_OPTIONS_INIT;
+	struct flock fl = {.l_type = F_WRLCK,
+			   .l_whence = SEEK_SET,
+			   .l_start = 0,
+			   .l_len = 1};
+	size_t len = strlen(s->path) + sizeof(KS_LMDB_LOCK_SUFFIX);
+	char *lock_path = malloc(len);
+	unsigned env_flags = 0, readers = 0;
+	MDB_envinfo info;
+	int fd, ret = 0;
+
+	if (!lock_path)
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_scrub: out of memory");
+	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
+	pthread_mutex_lock(&ks_lmdb_envs_lock);
+	mdb_env_get_flags(s->env, &env_flags);
+	if (e->refs != 1 || (env_flags & MDB_RDONLY)) {
+		ret = ks_err_set(err, e->refs != 1 ? KS_EBUSY : KS_EACCES,
+				 "ks_lmdb_scrub: '%s' is %s", s->path,
+				 e->refs != 1 ? "open twice in this process"
+					      : "read-only");
+		goto out;
+	}
+	fd = open(lock_path, O_RDWR | O_CLOEXEC);
+	if (fd < 0 || fcntl(fd, F_SETLK, &fl) != 0)
+		ret = ks_err_set(err, KS_EBUSY,
+				 "ks_lmdb_scrub: '%s' is open in another "
+				 "process",
+				 s->path);
+	else
+		ret = ks_lmdb_compact_copy(s, err);
+	if (fd < 0)
+		goto out;
+
+	/* Reopen: the locks are gone, and the file may be a new one. */
+	mdb_env_info(s->env, &info);
+	mdb_env_get_maxreaders(s->env, &readers);
+	opts.lmdb_map_size = info.me_mapsize;
+	opts.max_readers = readers;
+	mdb_env_close(s->env);
+	close(fd);
+	s->env = NULL;
+	if (ks_lmdb_env_start(s, &opts, 0, ret ? NULL : err) ||
+	    ks_lmdb_dbis(s, ret ? NULL : err) ||
+	    ks_lmdb_identity(s, e, ret ? NULL : err)) {
+		/* The store is unusable now: say so on every later call. */
+		if (!ret)
+			ret = KS_EIO;
+	}
+	e->env = s->env;
+	e->keys = s->keys;
+	e->meta = s->meta;
+	e->life = s->life;
+	e->has_life = s->has_life;
+out:
+	pthread_mutex_unlock(&ks_lmdb_envs_lock);
+	free(lock_path);
+	return ret;
+}
+
 const struct ks_backend ks_backend_lmdb = {
 	.name = "lmdb",
 	.default_path = "totally_not_my_privateKeys.lmdb",
@@ -1146,4 +1264,5 @@ const struct ks_backend ks_backend_lmdb = {
 	.txn_delete = ks_lmdb_txn_delete,
 	.txn_list = ks_lmdb_txn_list,
 	.txn_life_put = ks_lmdb_txn_life_put,
+	.scrub = ks_lmdb_scrub,
 };

@@ -346,3 +346,14 @@ int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 				  (long long)life->kid);
 	return txn->store->be->txn_life_put(txn, life, err);
 }
+
+int ks_scrub(struct ks_store *store, struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL, "ks_scrub: store is NULL");
+	if (!store->be->scrub)
+		return ks_err_set(err, KS_EUNSUPPORTED,
+				  "ks_scrub: backend '%s' cannot scrub",
+				  store->be->name);
+	return store->be->scrub(store, err);
+}

@@ -414,6 +414,10 @@ static int ks_sqlite_setup(struct ks_sqlite_store *s,
 			s->path, mode);
 	ret = ks_sqlite_exec(s, "PRAGMA synchronous=FULL",
 			     "PRAGMA synchronous=FULL", NULL, 0, err);
+	/* What a change frees is zeroed: no stale copy of a private key. */
+	if (!ret)
+		ret = ks_sqlite_exec(s, "PRAGMA secure_delete=ON",
+				     "PRAGMA secure_delete=ON", NULL, 0, err);
 	/* An existing store gets the tables added since it was made. */
 	if (!ret && found)
 		ret = ks_sqlite_exec(s, ks_sqlite_sql_has_life, "sqlite_master",
@@ -973,6 +977,33 @@ static int ks_sqlite_txn_life_put(struct ks_txn *txn,
 				   err);
 }
 
+/*
+ * VACUUM rebuilds the file from the live rows (secure_delete zeroes what it
+ * frees), and a TRUNCATE checkpoint empties the WAL, which holds earlier
+ * page images; it waits up to the busy timeout for readers of other
+ * processes.
+ */
+static int ks_sqlite_scrub(struct ks_store *store, struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
+	char busy[24] = "";
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_sqlite_exec(s, "VACUUM", "VACUUM", NULL, 0, err);
+	if (!ret)
+		ret = ks_sqlite_exec(s, "PRAGMA wal_checkpoint(TRUNCATE)",
+				     "PRAGMA wal_checkpoint(TRUNCATE)", busy,
+				     sizeof(busy), err);
+	if (!ret && strcmp(busy, "0") != 0)
+		ret = ks_err_set(err, KS_EBUSY,
+				 "ks_sqlite_scrub: '%s' is in use by another "
+				 "process: its WAL was not emptied",
+				 s->path);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
 const struct ks_backend ks_backend_sqlite = {
 	.name = "sqlite",
 	.default_path = "totally_not_my_privateKeys.db",
@@ -992,4 +1023,5 @@ const struct ks_backend ks_backend_sqlite = {
 	.txn_delete = ks_sqlite_txn_delete,
 	.txn_list = ks_sqlite_txn_list,
 	.txn_life_put = ks_sqlite_txn_life_put,
+	.scrub = ks_sqlite_scrub,
 };

@@ -267,6 +267,19 @@ int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 		    struct ks_err *err);
 
 /*
+ * Make sure no earlier copy of a replaced or removed record stays readable
+ * in the store's files (after private keys were encrypted in place, say).
+ * SQLite zeroes what it frees (secure_delete, set at open), then rebuilds
+ * the file and empties its WAL; LMDB, which never overwrites a page it
+ * freed, rewrites the file compacted, which it can only do when no other
+ * process has the store open. No other call may run on the store meanwhile.
+ *
+ * Returns 0, KS_EBUSY (another process, or another handle in this process,
+ * has the store open: nothing was done), KS_EUNSUPPORTED, or store errors.
+ */
+int ks_scrub(struct ks_store *store, struct ks_err *err);
+
+/*
  * A growable array of record copies, for callers that must look at records
  * after a listing ends (ks_list() hands them out borrowed).
  * ks_record_set_add() is a ks_list_fn: pass the set as arg. Release with

@@ -182,5 +182,21 @@ int cli_check_store(struct ks_store *store, const char *path,
 	}
 	fprintf(stderr, "jwksd: encrypted %zu plaintext keys in '%s'\n", count,
 		path);
+	cli_scrub(store, path, "unencrypted");
 	return 0;
+}
+
+int cli_scrub(struct ks_store *store, const char *path, const char *what)
+{
+	struct ks_err e = {{0}};
+	int rc = ks_scrub(store, &e);
+
+	if (!rc || rc == KS_EUNSUPPORTED)
+		return 0;
+	fprintf(stderr,
+		"jwksd: warning: earlier %s copies of the keys may remain in "
+		"the files of '%s' until overwritten (%s); run `jwksd keys "
+		"scrub` while no other process uses the store\n",
+		what, path, e.text);
+	return 1;
 }

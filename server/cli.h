@@ -63,4 +63,11 @@ int cli_load_kek_file(const char *option, const char *path, struct kek **out);
 int cli_check_store(struct ks_store *store, const char *path,
 		    const struct kek *kek, int migrate, int need_keys);
 
+/*
+ * ks_scrub() after keys were re-encrypted in place, so that no earlier copy
+ * stays in the store's files; on failure a warning says what may remain
+ * and how to finish. Returns 0, or 1 when it could not be done.
+ */
+int cli_scrub(struct ks_store *store, const char *path, const char *what);
+
 #endif /* JWKS_CLI_H */

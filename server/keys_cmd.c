@@ -27,6 +27,7 @@ static const char keys_usage_text[] =
 	"       jwksd keys export-public\n"
 	"       jwksd keys purge --older-than DURATION\n"
 	"       jwksd keys rewrap --old-kek-file PATH --new-kek-file PATH\n"
+	"       jwksd keys scrub\n"
 	"\n"
 	"Every command takes the store options of the server: --backend NAME,\n"
 	"--db PATH, --kek-file PATH (or $NOT_MY_KEY), --lmdb-map-size BYTES;\n"
@@ -348,6 +349,16 @@ static int keys_purge(struct keys_cfg *c)
 	}
 	printf("purged %zu keys expired for more than %lld s\n", count,
 	       c->older_than);
+	if (count)
+		cli_scrub(c->store, c->path, "purged");
+	return 0;
+}
+
+static int keys_scrub(struct keys_cfg *c)
+{
+	if (cli_scrub(c->store, c->path, "replaced"))
+		return 1;
+	printf("no earlier copy of any key remains in '%s'\n", c->path);
 	return 0;
 }
 
@@ -373,6 +384,8 @@ static int keys_rewrap(struct keys_cfg *c)
 			printf("re-encrypted %zu keys; restart servers with "
 			       "the new secret\n",
 			       count);
+		if (!rc)
+			cli_scrub(c->store, c->path, "old-secret");
 	}
 	kek_free(from);
 	kek_free(to);
@@ -391,7 +404,7 @@ int keys_cmd_main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "list") && strcmp(cmd, "rotate") && !is_revoke &&
 	    strcmp(cmd, "export-public") && strcmp(cmd, "purge") &&
-	    strcmp(cmd, "rewrap"))
+	    strcmp(cmd, "rewrap") && strcmp(cmd, "scrub"))
 		return keys_usage("unknown command '%s'", cmd);
 	rc = keys_parse(argc, argv, &c);
 	if (rc)
@@ -414,6 +427,8 @@ int keys_cmd_main(int argc, char **argv)
 			rc = keys_export(&c);
 		else if (!strcmp(cmd, "purge"))
 			rc = keys_purge(&c);
+		else if (!strcmp(cmd, "scrub"))
+			rc = keys_scrub(&c);
 		else
 			rc = keys_rewrap(&c);
 	}

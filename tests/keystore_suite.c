@@ -1654,6 +1654,71 @@ static void test_copy_life(struct ctx *c)
 	ks_close(src);
 }
 
+/* How many files in dir hold needle somewhere in their bytes. */
+static int files_holding(const char *dir, const char *needle)
+{
+	static const char *const suffixes[] = {"", "-wal", "-shm", "-lock"};
+	char path[TEST_PATH_MAX];
+	size_t i, j, len, n = strlen(needle);
+	int found = 0;
+
+	for (i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+		unsigned char *data;
+
+		snprintf(path, sizeof(path), "%s%s", dir, suffixes[i]);
+		data = read_file(path, &len);
+		for (j = 0; data && j + n <= len; j++) {
+			if (!memcmp(data + j, needle, n)) {
+				found++;
+				break;
+			}
+		}
+		free(data);
+	}
+	return found;
+}
+
+/*
+ * Records replaced in place (private keys encrypted, say) leave no earlier
+ * copy in the store's files once scrubbed; the store keeps working.
+ */
+static void test_scrub(struct ctx *c)
+{
+	static const char marker[] = "PLAINTEXT-PRIVATE-KEY-MARKER";
+	struct ks_store *store = open_store(c), *second = NULL;
+	struct ks_err err = {""};
+	int64_t kid;
+	int rc;
+
+	if (!store)
+		return;
+	for (kid = 1; kid <= 20; kid++)
+		put_str(c, store, marker, kid);
+	for (kid = 1; kid <= 20; kid++)
+		CHECK_EQ_INT(update(store, kid, "sealed", kid, NULL), 0,
+			     "[%s] update %lld", c->name, (long long)kid);
+	CHECK(files_holding(c->path, marker) > 0,
+	      "[%s] before scrubbing the old bytes are still there", c->name);
+	if (!is_sqlite(c) && open_at(c, c->path, &second, NULL) == 0) {
+		CHECK_EQ_INT(ks_scrub(store, NULL), KS_EBUSY,
+			     "[%s] a second handle: busy", c->name);
+		ks_close(second);
+	}
+	rc = ks_scrub(store, &err);
+	CHECK(rc == 0, "[%s] scrub returned %s: %s", c->name, ks_err_name(rc),
+	      err.text);
+	CHECK_EQ_INT(files_holding(c->path, marker), 0,
+		     "[%s] no earlier copy left after scrubbing", c->name);
+	check_record(c, store, 7, "sealed", 6, 7);
+	CHECK_EQ_INT(put_str(c, store, "after", 99), 21,
+		     "[%s] the store works after scrubbing", c->name);
+	ks_close(store);
+	store = open_store(c);
+	if (store)
+		check_record(c, store, 21, "after", 5, 99);
+	ks_close(store);
+}
+
 struct test {
 	const char *name;
 	void (*fn)(struct ctx *c);
@@ -1686,6 +1751,7 @@ static const struct test tests[] = {
 	{"transaction: list sees its own writes", test_txn_list},
 	{"transaction: two handles on one store", test_txn_two_stores},
 	{"copy keeps lifecycle entries", test_copy_life},
+	{"scrub leaves no replaced bytes in the files", test_scrub},
 };
 
 static void run_backend(const struct ks_backend *be)
