@@ -418,3 +418,9 @@ int kek_is_sealed(const unsigned char *blob, size_t len)
 	       memcmp(blob, KEK_MAGIC, KEK_MAGIC_LEN) == 0 &&
 	       blob[KEK_OFF_VERSION] == KEK_VERSION;
 }
+
+int kek_sealed_by(const struct kek *kek, const unsigned char *blob, size_t len)
+{
+	return kek && kek_is_sealed(blob, len) && len >= KEK_OFF_NONCE &&
+	       CRYPTO_memcmp(blob + KEK_OFF_ID, kek->id, KEK_ID_LEN) == 0;
+}

@@ -64,6 +64,7 @@ struct jwks_service {
 	struct svc_key *keys;
 	int64_t *bad; /* kids of records that do not load, sorted */
 	size_t n_bad, cap_bad;
+	int64_t foreign_kid; /* a key sealed under another secret, or 0 */
 	uint64_t gen;
 	uint64_t version;
 	int have_version;
@@ -155,6 +156,23 @@ static struct svc_key *svc_find_key(const struct jwks_service *svc, int64_t kid)
 	return NULL;
 }
 
+/*
+ * A key sealed under another secret than the service's (a rewrap while it
+ * runs, or another server's secret): a key made now would mix two secrets
+ * in the store, and the next start would refuse it. Rotation stops.
+ */
+static void svc_foreign(struct jwks_service *svc, int64_t kid)
+{
+	if (svc->foreign_kid)
+		return;
+	svc->foreign_kid = kid;
+	svc_log(svc,
+		"key %" PRId64 " is encrypted under another secret than this "
+		"server's: no new key is made until jwksd restarts with the "
+		"store's secret",
+		kid);
+}
+
 static int svc_is_bad(int64_t kid, void *arg)
 {
 	const struct jwks_service *svc = arg;
@@ -211,6 +229,8 @@ static int svc_adopt_record(struct jwks_service *svc,
 			ks_strerror(rc), e.text);
 		if (rc != KS_ENOMEM)
 			svc_mark_bad(svc, rec->kid);
+		if (rc == KS_EACCES)
+			svc_foreign(svc, rec->kid);
 		return rc;
 	}
 	rc = svc_key_new(&k, rec->kid, rec->exp, key);
@@ -484,6 +504,11 @@ static int svc_load_one(const struct ks_record *rec, void *arg)
 	if (k) {
 		k->seen_gen = ctx->gen;
 		k->exp = rec->exp;
+		/* Loaded already: a rewrap changes only the blob. */
+		if (kek_is_sealed(rec->blob, rec->blob_len) &&
+		    !kek_sealed_by(ctx->svc->opts.kek, rec->blob,
+				   rec->blob_len))
+			svc_foreign(ctx->svc, rec->kid);
 	}
 	return 0;
 }
@@ -775,7 +800,7 @@ void jwks_service_tick(struct jwks_service *svc)
 	} else if (svc->cur && now >= svc->cur->valid_until) {
 		svc_rebuild(svc, now);
 	}
-	if (now >= svc->next_keygen_try)
+	if (now >= svc->next_keygen_try && !svc->foreign_kid)
 		svc_plan(svc, now, &plan);
 	pthread_mutex_unlock(&svc->work_lock);
 	if (plan.action == LC_NOTHING)

@@ -11,6 +11,7 @@
 #define _DEFAULT_SOURCE
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -593,6 +594,146 @@ static void test_sealed_keys(const struct ks_backend *be)
 	kek_free(k2);
 }
 
+static int count_one(const struct ks_record *rec, void *arg)
+{
+	(void)rec;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static int count_keys(struct ks_store *store)
+{
+	int n = 0;
+
+	return ks_list(store, INT64_MIN, INT64_MAX, count_one, &n, NULL) ? -1
+									 : n;
+}
+
+static void *tick_thread(void *arg)
+{
+	jwks_service_tick(arg);
+	return NULL;
+}
+
+/*
+ * Two servers on one store (two handles, as two processes would have),
+ * both finding the successor due at once: exactly one key is made, and
+ * both then publish the same set.
+ */
+static void test_two_services_one_rotation(const struct ks_backend *be)
+{
+	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
+	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
+	struct ks_options kopts = KS_OPTIONS_INIT;
+	struct ks_store *store2 = NULL;
+	struct jwks_service *svc2 = NULL;
+	struct doc_copy a, b;
+	struct fixture f;
+	pthread_t tid[2];
+	int round;
+
+	atomic_store(&fake_now, t0);
+	if (fixture_open(&f, be) || fixture_start_policy(&f, &rot_policy)) {
+		CHECK(0, "[%s] setup failed", ks_backend_name(be));
+		return;
+	}
+	kopts.path = f.path;
+	o.token_ttl = rot_policy.token_ttl;
+	o.key_ttl = rot_policy.key_ttl;
+	o.jwks_max_age = rot_policy.jwks_max_age;
+	o.margin = rot_policy.margin;
+	o.rotation_lead = rot_policy.lead;
+	o.poll_ms = 3600 * 1000;
+	o.clock = fake_clock;
+	o.log = quiet_log;
+	CHECK(ks_open(&store2, be, &kopts, NULL) == 0 &&
+		      jwks_service_new(&svc2, store2, &o, NULL) == 0 &&
+		      jwks_service_start(svc2, NULL, NULL) == 0,
+	      "[%s] second service", f.be_name);
+	CHECK_EQ_INT(count_keys(f.store), 2, "[%s] the second start made none",
+		     f.be_name);
+	for (round = 0; round < 3 && svc2; round++) {
+		atomic_store(&fake_now, due + round);
+		CHECK(pthread_create(&tid[0], NULL, tick_thread, f.svc) == 0 &&
+			      pthread_create(&tid[1], NULL, tick_thread,
+					     svc2) == 0,
+		      "[%s] threads", f.be_name);
+		pthread_join(tid[0], NULL);
+		pthread_join(tid[1], NULL);
+	}
+	CHECK_EQ_INT(count_keys(f.store), 3,
+		     "[%s] one successor for two servers", f.be_name);
+	jwks_service_tick(f.svc);
+	jwks_service_tick(svc2);
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &a) == 0 && svc2 &&
+		      jwks_service_jwks(svc2, copy_doc, &b) == 0 &&
+		      !strcmp(a.etag, b.etag),
+	      "[%s] both publish the same set", f.be_name);
+	jwks_service_free(svc2);
+	ks_close(store2);
+	fixture_close(&f);
+}
+
+static atomic_int foreign_logs;
+
+static void count_foreign(void *arg, const char *line)
+{
+	(void)arg;
+	if (strstr(line, "another secret"))
+		atomic_fetch_add(&foreign_logs, 1);
+}
+
+/*
+ * A rewrap while the service runs: it keeps signing with the keys it has,
+ * says so once, and makes no key under its old secret.
+ */
+static void test_rewrap_while_running(const struct ks_backend *be)
+{
+	static const char s1[] = "first secret, 32 bytes or more..";
+	static const char s2[] = "second secret, also long enough.";
+	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
+	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
+	struct kek *k1 = NULL, *k2 = NULL;
+	char tok[JWKS_TOKEN_MAX];
+	struct fixture f;
+	struct claims c;
+
+	atomic_store(&fake_now, t0);
+	atomic_store(&foreign_logs, 0);
+	if (fixture_open(&f, be) ||
+	    kek_from_secret(&k1, s1, sizeof(s1) - 1, NULL) ||
+	    kek_from_secret(&k2, s2, sizeof(s2) - 1, NULL)) {
+		CHECK(0, "[%s] setup failed", ks_backend_name(be));
+		return;
+	}
+	o.token_ttl = rot_policy.token_ttl;
+	o.key_ttl = rot_policy.key_ttl;
+	o.jwks_max_age = rot_policy.jwks_max_age;
+	o.margin = rot_policy.margin;
+	o.rotation_lead = rot_policy.lead;
+	o.kek = k1;
+	o.poll_ms = 3600 * 1000;
+	o.clock = fake_clock;
+	o.log = count_foreign;
+	CHECK(jwks_service_new(&f.svc, f.store, &o, NULL) == 0 &&
+		      jwks_service_start(f.svc, NULL, NULL) == 0,
+	      "[%s] start", f.be_name);
+	CHECK(ka_rewrap(f.store, k1, k2, NULL, NULL) == 0, "[%s] rewrap",
+	      f.be_name);
+	atomic_store(&fake_now, due);
+	jwks_service_tick(f.svc);
+	jwks_service_tick(f.svc);
+	CHECK_EQ_INT(count_keys(f.store), 2, "[%s] no key under the old secret",
+		     f.be_name);
+	CHECK_EQ_INT(atomic_load(&foreign_logs), 1, "[%s] said so once",
+		     f.be_name);
+	CHECK(f.svc && issue(&f, 0, tok, &c) == 0, "[%s] still signs",
+	      f.be_name);
+	fixture_close(&f);
+	kek_free(k1);
+	kek_free(k2);
+}
+
 int main(int argc, char **argv)
 {
 	size_t i;
@@ -607,6 +748,8 @@ int main(int argc, char **argv)
 		test_jwks_caching(be);
 		test_revoke_and_forced_rotation(be);
 		test_sealed_keys(be);
+		test_two_services_one_rotation(be);
+		test_rewrap_while_running(be);
 		test_expired_key_choice(be);
 	}
 	return TEST_REPORT();
