@@ -137,7 +137,6 @@ int kek_is_sealed(const unsigned char *blob, size_t len);
  * nothing of whether it opens; it tells a store re-encrypted under another
  * secret from this one without decrypting. kek may be NULL (then 0).
  */
-int kek_sealed_by(const struct kek *kek, const unsigned char *blob,
-		  size_t len);
+int kek_sealed_by(const struct kek *kek, const unsigned char *blob, size_t len);
 
 #endif /* JWKS_KEK_H */
