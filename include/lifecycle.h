@@ -20,7 +20,7 @@
  *
  * A record without a lifecycle entry (made by another tool) counts as
  * active from the beginning of time until its exp, with no margin: the
- * behaviour of the assignment's server.
+ * behaviour of the assignment's server. Its exp is never changed.
  *
  * Successive keys overlap: the successor of the key that retires last is
  * made publish_ahead + lead before that retirement and activates when it

@@ -219,12 +219,25 @@ void lc_plan_at(const struct lc_key *keys, size_t n, int64_t now,
 	out->retire_at = lc_add(activate, lc_sign_period(p));
 	out->exp = lc_add(out->retire_at, tail);
 	out->due = INT64_MAX;
-	if (lc_retire_at(last) != activate) {
-		/* Late, or forced: the current key signs until the handover. */
-		out->extend_kid = last->kid;
-		out->extend_retire_at = activate;
-		out->extend_exp = lc_add(activate, tail);
-		if (out->extend_exp < last->exp)
+	if (lc_retire_at(last) == activate)
+		return;
+	if (!last->has_life) {
+		/*
+		 * A key another tool wrote keeps its exp: it is never
+		 * extended past it; the successor, published at once, fills
+		 * any gap.
+		 */
+		if (activate < last->exp) {
+			out->extend_kid = last->kid;
+			out->extend_retire_at = activate;
 			out->extend_exp = last->exp;
+		}
+		return;
 	}
+	/* Late, or forced: the current key signs until the handover. */
+	out->extend_kid = last->kid;
+	out->extend_retire_at = activate;
+	out->extend_exp = lc_add(activate, tail);
+	if (out->extend_exp < last->exp)
+		out->extend_exp = last->exp;
 }

@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "keys_cmd.h"
 #include "keystore.h"
+#include "lifecycle.h"
 #include "service.h"
 
 #ifndef JWKSD_VERSION
@@ -146,6 +147,8 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
+	struct lc_policy policy;
+	char why[256];
 	int c;
 
 	opterr = 0;
@@ -236,6 +239,11 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 	}
 	if (optind < argc)
 		return main_bad_usage("unexpected argument '%s'", argv[optind]);
+	/* Before any file is touched: a schedule that leaves no time. */
+	policy = (struct lc_policy){cfg->key_ttl, cfg->token_ttl,
+				    cfg->jwks_max_age, cfg->margin, 60};
+	if (lc_policy_check(&policy, why, sizeof(why)))
+		return main_bad_usage("%s", why);
 	return 0;
 }
 

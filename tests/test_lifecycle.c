@@ -169,6 +169,7 @@ static void test_choose_signer(void)
 {
 	struct lc_key k[4];
 	const struct lc_key *s;
+	struct lc_plan plan;
 
 	/* Overlap: the newer activation signs. */
 	k[0] = managed(1, T0, T0, T0 + 1000, T0 + 1330);
@@ -195,6 +196,19 @@ static void test_choose_signer(void)
 	s = lc_choose_signer(k, 2, T0 + 1300, &pol);
 	CHECK(s && s->kid == 2, "past the retired key's cap: the pending one");
 	CHECK(lc_choose_signer(k, 0, T0, &pol) == NULL, "no key: none");
+
+	/* Keys without entries: never extended past their exp. */
+	k[0] = legacy(1, T0 + 300);
+	lc_plan_at(k, 1, T0, &pol, 1, &plan);
+	CHECK(plan.action == LC_SUCCESSOR && plan.activate_at == T0 + 90 &&
+		      plan.extend_kid == 1 &&
+		      plan.extend_retire_at == T0 + 90 &&
+		      plan.extend_exp == T0 + 300,
+	      "legacy key, forced: retires at the handover, exp kept");
+	lc_plan_at(k, 1, T0 + 250, &pol, 0, &plan);
+	CHECK(plan.action == LC_SUCCESSOR && plan.activate_at == T0 + 340 &&
+		      plan.extend_kid == 0,
+	      "legacy key expiring before the handover: left as it is");
 
 	/* Keys without entries: active until exp; the latest exp signs. */
 	k[0] = legacy(1, T0 + 500);
