@@ -67,8 +67,10 @@ class SharedStoreTests(JwksdTestCase):
         a = self.start_server(label="a")
         kids_a = set(jwks_kids(self.get_jwks(a)))
         self.assertEqual(len(kids_a), 1, kids_a)
-        # b wants tokens longer than a's key has left, so it adds a key.
-        b = self.start_server("--token-ttl", "100000", "--key-ttl", "200000",
+        # b's --margin is longer than a's key has left (it expires in a day),
+        # so for b no published key may sign (a token's exp must stay margin
+        # before its key's exp) and b adds a key that signs at once.
+        b = self.start_server("--margin", "90000", "--key-ttl", "200000",
                               db=a.db, label="b")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -136,8 +138,9 @@ class CopyTests(JwksdTestCase):
         self.assertEqual(self.sqlite_rows(self.tmp / "c.db"), before,
                          "kid, key bytes and exp survive the round trip")
 
-        # New keys after a copy get kids above the copied ones.
-        third = self.start_server("--token-ttl", "100000", "--key-ttl",
+        # New keys after a copy get kids above the copied ones. A --margin
+        # longer than the copied key has left makes the server add one.
+        third = self.start_server("--margin", "90000", "--key-ttl",
                                   "200000", backend="lmdb",
                                   db=self.tmp / "b.lmdb", label="lmdb2")
         deadline = time.monotonic() + 10
@@ -183,10 +186,12 @@ class CopyTests(JwksdTestCase):
 class LmdbMapFullTests(JwksdTestCase):
 
     def test_full_map_logs_a_clear_error_and_reads_keep_working(self):
-        # Keys that live 2 s make the server add one about every second,
-        # until the 64 KiB map is full.
+        # Keys that live 2 s and sign for 1 s (nothing is published ahead:
+        # --jwks-max-age 0 --margin 0) make the server add one about every
+        # second, until the 64 KiB map is full.
         server = self.start_server("--lmdb-map-size", "64K", "--key-ttl", "2",
-                                   "--token-ttl", "1", backend="lmdb")
+                                   "--token-ttl", "1", "--jwks-max-age", "0",
+                                   "--margin", "0", backend="lmdb")
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             if "store is full" in server.stderr_text():

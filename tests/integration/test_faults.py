@@ -46,6 +46,9 @@ AS_NOBODY = [SETPRIV or "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 LMDB_COMPANIONS = ("-lock",)
 SETTLE_TIMEOUT = 15.0  # from launch until the start line or the exit
+# Nothing published ahead, no margin: with these, --key-ttl 2 or 3 is a valid
+# schedule in which a new key signs every key ttl - token ttl seconds.
+NO_PREPUBLICATION = ("--jwks-max-age", "0", "--margin", "0")
 
 
 def companions(db, backend=BACKEND):
@@ -459,7 +462,7 @@ class ReadOnlyStoreTests(FaultTestCase):
     def test_read_only_store_with_only_expired_keys(self):
         directory = self.make_tmpdir()
         db = self.make_store(directory, "--key-ttl", "2", "--token-ttl", "1",
-                             expired_token=False)
+                             *NO_PREPUBLICATION, expired_token=False)
         original = self.records(db)
         time.sleep(max(0.0, max(exp for _, exp in original.values()) + 1.2 - time.time()))
         self.make_readonly(db)
@@ -678,8 +681,9 @@ class FullDiskTests(FaultTestCase):
     def test_full_disk_is_logged_and_reads_keep_working(self):
         mnt = self.mount_tmpfs()
         db = mnt / STORE_NAME
-        # Keys that live 2 s: jwksd adds one about every second.
-        server = self.start_server("--key-ttl", "2", "--token-ttl", "1", db=db)
+        # Keys that live 2 s and sign for 1 s: jwksd adds one about every second.
+        server = self.start_server("--key-ttl", "2", "--token-ttl", "1",
+                                   *NO_PREPUBLICATION, db=db)
         seen = {}
         _, token = self.post_auth(server)
         seen[split_jwt(token)[0]["kid"]] = token
@@ -754,7 +758,9 @@ class KillDuringWritesTests(FaultTestCase):
                 stores.append(db)
             else:
                 db = main_store
-            server = Server(db.parent, db=db, args=["--key-ttl", "2", "--token-ttl", "1"],
+            # Keys that live 2 s and sign for 1 s: a key write about every second.
+            server = Server(db.parent, db=db,
+                            args=["--key-ttl", "2", "--token-ttl", "1", *NO_PREPUBLICATION],
                             label=f"kill{iterations}")
             stop = threading.Event()
             store_seen = seen.setdefault(db, {})
@@ -868,7 +874,7 @@ class SecretsTests(FaultTestCase):
         check("after stop")
 
     def test_no_private_key_material_in_answers_or_logs(self):
-        server = self.start_server("--key-ttl", "3", "--token-ttl", "2")
+        server = self.start_server("--key-ttl", "3", "--token-ttl", "2", *NO_PREPUBLICATION)
         port = server.port
         outputs = []
 
@@ -889,7 +895,7 @@ class SecretsTests(FaultTestCase):
                b"GET /auth HTTP/1.1\r\n\r\n"]
         for data in raw:
             outputs.append(raw_exchange(port, data, timeout=3)[0])
-        # A key rotation happens (key ttl 3 s) while we keep asking.
+        # A key rotation happens (a key signs for 1 s) while we keep asking.
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
             resp = self.request(server, "POST", AUTH_PATH)

@@ -238,30 +238,41 @@ class FirstStartTests(SharedSqliteTestCase):
 
 
 class KeyLifetimeTests(SqliteStoreTestCase):
+    """Short-lived keys made by jwksd itself. Nothing is published ahead
+    (--jwks-max-age 0 --margin 0) and tokens live 1 s, so --key-ttl 2 or 3
+    is a valid schedule (a key signs for key ttl - token ttl)."""
 
-    def test_short_key_ttl_caps_token_exp_at_row_exp(self):
-        server = self.start_sqlite("--key-ttl", "3")
+    SHORT_KEYS = ("--token-ttl", "1", "--jwks-max-age", "0", "--margin", "0")
+
+    def test_short_key_ttl_sets_row_exp_and_token_exp_stays_within_it(self):
+        # The cap of a token at a row's exp when the token ttl is longer is
+        # InteropTests.test_signs_with_the_key_that_expires_last: jwksd no
+        # longer accepts a --token-ttl that its own keys cannot honour.
+        asked = time.time()
+        server = self.start_sqlite("--key-ttl", "3", *self.SHORT_KEYS)
         _, token = self.post_auth(server)
         header, claims = self.assertTokenWellFormed(token)
         _, _, pem, key_exp = self.row(header["kid"])
         self.assertLessEqual(key_exp, time.time() + 3 + 1, "--key-ttl 3 not applied")
         self.assertLessEqual(claims["exp"], key_exp,
                              f"token exp {claims['exp']} later than key exp {key_exp}")
-        self.assertGreater(claims["exp"], time.time() - 1)
-        self.assertVerifiesWithPem(token, pem)
+        self.assertGreater(claims["exp"], asked)
+        self.assertVerifiesWithPem(token, pem, verify_exp=False)
 
     def test_jwks_follows_the_expiry_boundary(self):
-        server = self.start_sqlite("--key-ttl", "2")
+        server = self.start_sqlite("--key-ttl", "2", *self.SHORT_KEYS)
         _, token = self.post_auth(server)
         old_kid, _, _, old_exp = self.row(jwt.get_unverified_header(token)["kid"])
         time.sleep(max(0.0, old_exp + 1.2 - time.time()))
+        asked = time.time()
         jwks = self.get_jwks(server)
         self.assertNotIn(str(old_kid), jwks_kids(jwks), "expired key still published")
         by_kid = {str(r[0]): r for r in self.rows()}
-        now = time.time()
+        # The server chose the published set at or after asked; with a new key
+        # every second, a key may expire between that and this check.
         for kid in jwks_kids(jwks):
             self.assertIn(kid, by_kid, f"published kid {kid} is not in the store")
-            self.assertGreater(by_kid[kid][3], now, f"published kid {kid} is expired")
+            self.assertGreater(by_kid[kid][3], asked, f"published kid {kid} is expired")
         self.assertIn(str(old_kid), by_kid, "an expired key was deleted from the store")
 
 
@@ -341,8 +352,9 @@ class InteropTests(SqliteStoreTestCase):
 
     def test_assignment_store_with_key_expiring_in_an_hour(self):
         # What the assignment's tools make: one key valid for an hour. jwksd may
-        # add a key of its own (the old one cannot sign a full-lifetime token),
-        # but must keep and publish the existing one untouched.
+        # add a key of its own (its successor is due --jwks-max-age + --margin
+        # + 60 s before it expires), but must keep and publish the existing
+        # one untouched.
         pem = pkcs1_pem(0)
         exp = int(time.time()) + 3600
         (kid,) = self.precreate([(pem.decode("ascii"), exp)])
@@ -363,13 +375,15 @@ class InteropTests(SqliteStoreTestCase):
             self.assertGreater(new_exp, exp, "an added key must outlive the old one")
 
     def test_signs_with_the_key_that_expires_last(self):
-        # Both keys live longer than any rotation margin (at most half the
-        # default key ttl), so no key is added; the token must be capped at
-        # its key's expiry because --token-ttl is longer still.
+        # Rows without a lifecycle entry sign until their exp, with no margin:
+        # both keys expire long after their successor is due (--jwks-max-age
+        # + --margin + 60 s before the later one's exp), so no key is added,
+        # and the token must be capped at its key's expiry because
+        # --token-ttl is longer still (--key-ttl leaves room for such tokens).
         now = int(time.time())
         late, early = now + 50000, now + 45000
         kid_late, kid_early = self.precreate([(pkcs1_pem(0), late), (pkcs1_pem(1), early)])
-        server = self.start_sqlite("--token-ttl", "100000")
+        server = self.start_sqlite("--token-ttl", "100000", "--key-ttl", "200000")
         _, token = self.post_auth(server)
         header, claims = self.assertTokenWellFormed(token)
         self.assertEqual(header["kid"], str(kid_late),
