@@ -52,7 +52,9 @@ int ka_scan(struct ks_store *store, const struct kek *kek, struct ka_scan *out,
 /*
  * Re-store every record sealed under to, in one transaction: a sealed
  * record is opened with from (NULL: sealed records are left as they are,
- * which encrypts a store's plaintext rows), a plaintext one taken as it is.
+ * which encrypts a store's plaintext rows), a plaintext one taken as it is,
+ * and one sealed under to already is left alone (a rewrap run twice
+ * changes nothing the second time).
  * A record that does not open stops everything before anything is
  * written. *count_out (may be NULL) receives the number of records
  * re-stored.

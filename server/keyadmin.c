@@ -88,8 +88,10 @@ static int ka_rewrap_one(struct ks_txn *txn, struct ka_rewrap_ctx *ctx,
 	size_t plain_len = 0;
 	int rc, sealed = kek_is_sealed(rec->blob, rec->blob_len);
 
-	if (sealed && !ctx->from)
-		return 0; /* encrypting plaintext rows only */
+	/* Encrypting plaintext rows only, or sealed under to already. */
+	if (sealed &&
+	    (!ctx->from || kek_sealed_by(ctx->to, rec->blob, rec->blob_len)))
+		return 0;
 	if (sealed) {
 		rc = kek_open(ctx->from, rec->kid, rec->blob, rec->blob_len,
 			      &plain, &plain_len, err);

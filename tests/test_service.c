@@ -577,13 +577,15 @@ static void test_sealed_keys(const struct ks_backend *be)
 	ks_record_release(&rec);
 
 	/* Rewrap: a wrong old secret changes nothing; the right one all. */
-	CHECK(ka_rewrap(f.store, k2, k1, &n, NULL) == KS_EACCES,
+	CHECK(ka_rewrap(f.store, k2, k2, &n, NULL) == KS_EACCES,
 	      "[%s] rewrap from a wrong secret refused", f.be_name);
 	CHECK(ka_scan(f.store, k1, &scan, NULL) == 0 && scan.foreign == 0 &&
 		      scan.sealed == 3,
 	      "[%s] and nothing changed", f.be_name);
 	CHECK(ka_rewrap(f.store, k1, k2, &n, NULL) == 0 && n == 3,
 	      "[%s] rewrap to the new secret", f.be_name);
+	CHECK(ka_rewrap(f.store, k1, k2, &n, NULL) == 0 && n == 0,
+	      "[%s] a second rewrap changes nothing", f.be_name);
 	CHECK(ka_scan(f.store, k1, &scan, NULL) == 0 && scan.foreign == 3,
 	      "[%s] the old secret opens nothing", f.be_name);
 	f.kek = k2;
