@@ -356,9 +356,9 @@ static struct lc_key svc_lc_key(const struct svc_key *k)
 }
 
 /*
- * The keys the last store listing saw, as the policy sees them, with the
- * entries they came from (work_lock held). *n_out receives the count; the
- * caller frees both arrays. Returns 0 or KS_ENOMEM.
+ * The keys the last store listing saw, in kid order, as the policy sees
+ * them, with the entries they came from (work_lock held). *n_out receives
+ * the count; the caller frees both arrays. Returns 0 or KS_ENOMEM.
  */
 static int svc_view(const struct jwks_service *svc, struct lc_key **out,
 		    struct svc_key ***from, size_t *n_out)
@@ -376,13 +376,13 @@ static int svc_view(const struct jwks_service *svc, struct lc_key **out,
 		return KS_ENOMEM;
 	}
 	n = 0;
-	for (k = svc->keys; k; k = k->next) {
-		if (k->seen_gen != svc->gen)
-			continue;
-		(*out)[n] = svc_lc_key(k);
-		(*from)[n++] = k;
-	}
-	*n_out = n;
+	for (k = svc->keys; k; k = k->next)
+		if (k->seen_gen == svc->gen)
+			(*from)[n++] = k;
+	/* In kid order: the JWKS body is the same for the same set. */
+	qsort(*from, n, sizeof(**from), svc_cmp_kid);
+	for (*n_out = 0; *n_out < n; (*n_out)++)
+		(*out)[*n_out] = svc_lc_key((*from)[*n_out]);
 	return 0;
 }
 
@@ -414,7 +414,6 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 	    svc_view(svc, &view, &from, &n))
 		goto out;
 
-	/* Sorted by kid: the body is the same for the same set. */
 	s->valid_until = INT64_MAX;
 	s->next_change = INT64_MAX;
 	for (i = 0; i < n; i++) {
@@ -429,17 +428,10 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 		svc_earliest(&s->valid_until, v->exp, now);
 		svc_earliest(&s->next_change, v->exp, now);
 	}
-	qsort(from, n, sizeof(*from), svc_cmp_kid);
-	for (i = 0; i < n; i++) {
-		struct lc_key v = svc_lc_key(from[i]);
-
-		if (lc_published(&v, now) &&
+	for (i = 0; i < n; i++)
+		if (lc_published(&view[i], now) &&
 		    json_array_append_new(arr, svc_jwk(from[i])))
 			goto out;
-	}
-	/* The view is in list order, from[] now in kid order: refill. */
-	for (i = 0; i < n; i++)
-		view[i] = svc_lc_key(from[i]);
 	signer = lc_choose_signer(view, n, now, &svc->policy);
 	s->signing = signer ? from[signer - view] : NULL;
 	s->sign_cap = signer ? lc_token_cap(signer, &svc->policy) : 0;
