@@ -854,7 +854,7 @@ static int ks_lmdb_life_walk(struct ks_lmdb_store *s, MDB_txn *txn,
 	if (!rc)
 		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
 	while (!rc) {
-		struct ks_life life;
+		struct ks_life life = {0};
 
 		ret = ks_lmdb_life_decode(s, &key, &val, &life, func, err);
 		if (!ret)
