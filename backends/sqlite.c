@@ -177,12 +177,12 @@ static int ks_sqlite_create_file(const char *path, struct ks_err *err)
 }
 
 /*
- * Run one statement of open() to completion. When row is not NULL it
- * receives the first column of the first row as text.
+ * Run one statement to completion; func names the caller in errors. When
+ * row is not NULL it receives the first column of the first row as text.
  */
-static int ks_sqlite_exec(struct ks_sqlite_store *s, const char *sql,
-			  const char *what, char *row, size_t row_size,
-			  struct ks_err *err)
+static int ks_sqlite_exec_in(struct ks_sqlite_store *s, const char *func,
+			     const char *sql, const char *what, char *row,
+			     size_t row_size, struct ks_err *err)
 {
 	sqlite3_stmt *stmt = NULL;
 	int rc, ret = 0;
@@ -201,10 +201,18 @@ static int ks_sqlite_exec(struct ks_sqlite_store *s, const char *sql,
 		}
 	}
 	if (rc != SQLITE_DONE)
-		ret = ks_sqlite_error(err, s->db, rc, "ks_sqlite_open", what,
-				      s->path);
+		ret = ks_sqlite_error(err, s->db, rc, func, what, s->path);
 	sqlite3_finalize(stmt);
 	return ret;
+}
+
+/* ks_sqlite_exec_in() for the statements of open(). */
+static int ks_sqlite_exec(struct ks_sqlite_store *s, const char *sql,
+			  const char *what, char *row, size_t row_size,
+			  struct ks_err *err)
+{
+	return ks_sqlite_exec_in(s, "ks_sqlite_open", sql, what, row, row_size,
+				 err);
 }
 
 /*
@@ -990,11 +998,13 @@ static int ks_sqlite_scrub(struct ks_store *store, struct ks_err *err)
 	int ret;
 
 	pthread_mutex_lock(&s->lock);
-	ret = ks_sqlite_exec(s, "VACUUM", "VACUUM", NULL, 0, err);
+	ret = ks_sqlite_exec_in(s, "ks_sqlite_scrub", "VACUUM", "VACUUM", NULL,
+				0, err);
 	if (!ret)
-		ret = ks_sqlite_exec(s, "PRAGMA wal_checkpoint(TRUNCATE)",
-				     "PRAGMA wal_checkpoint(TRUNCATE)", busy,
-				     sizeof(busy), err);
+		ret = ks_sqlite_exec_in(s, "ks_sqlite_scrub",
+					"PRAGMA wal_checkpoint(TRUNCATE)",
+					"PRAGMA wal_checkpoint(TRUNCATE)", busy,
+					sizeof(busy), err);
 	if (!ret && strcmp(busy, "0") != 0)
 		ret = ks_err_set(err, KS_EBUSY,
 				 "ks_sqlite_scrub: '%s' is in use by another "
