@@ -70,7 +70,7 @@ static int fixture_open(struct fixture *f, const struct ks_backend *be)
  * wait an hour between passes: tests move the clock and call
  * jwks_service_tick() themselves.
  */
-static int fixture_start_policy(struct fixture *f, const struct lc_policy *p)
+static struct jwks_service_options policy_options(const struct lc_policy *p)
 {
 	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
 
@@ -79,10 +79,17 @@ static int fixture_start_policy(struct fixture *f, const struct lc_policy *p)
 	o.jwks_max_age = p->jwks_max_age;
 	o.margin = p->margin;
 	o.rotation_lead = p->lead;
-	o.kek = f->kek;
 	o.poll_ms = 3600 * 1000;
 	o.clock = fake_clock;
 	o.log = quiet_log;
+	return o;
+}
+
+static int fixture_start_policy(struct fixture *f, const struct lc_policy *p)
+{
+	struct jwks_service_options o = policy_options(p);
+
+	o.kek = f->kek;
 	if (jwks_service_new(&f->svc, f->store, &o, NULL))
 		return -1;
 	return jwks_service_start(f->svc, NULL, NULL);
@@ -624,7 +631,7 @@ static void *tick_thread(void *arg)
  */
 static void test_two_services_one_rotation(const struct ks_backend *be)
 {
-	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
+	struct jwks_service_options o = policy_options(&rot_policy);
 	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
 	struct ks_options kopts = KS_OPTIONS_INIT;
 	struct ks_store *store2 = NULL;
@@ -640,14 +647,6 @@ static void test_two_services_one_rotation(const struct ks_backend *be)
 		return;
 	}
 	kopts.path = f.path;
-	o.token_ttl = rot_policy.token_ttl;
-	o.key_ttl = rot_policy.key_ttl;
-	o.jwks_max_age = rot_policy.jwks_max_age;
-	o.margin = rot_policy.margin;
-	o.rotation_lead = rot_policy.lead;
-	o.poll_ms = 3600 * 1000;
-	o.clock = fake_clock;
-	o.log = quiet_log;
 	CHECK(ks_open(&store2, be, &kopts, NULL) == 0 &&
 		      jwks_service_new(&svc2, store2, &o, NULL) == 0 &&
 		      jwks_service_start(svc2, NULL, NULL) == 0,
@@ -693,7 +692,7 @@ static void test_rewrap_while_running(const struct ks_backend *be)
 {
 	static const char s1[] = "first secret, 32 bytes or more..";
 	static const char s2[] = "second secret, also long enough.";
-	struct jwks_service_options o = JWKS_SERVICE_OPTIONS_INIT;
+	struct jwks_service_options o = policy_options(&rot_policy);
 	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
 	struct kek *k1 = NULL, *k2 = NULL;
 	char tok[JWKS_TOKEN_MAX];
@@ -708,14 +707,7 @@ static void test_rewrap_while_running(const struct ks_backend *be)
 		CHECK(0, "[%s] setup failed", ks_backend_name(be));
 		return;
 	}
-	o.token_ttl = rot_policy.token_ttl;
-	o.key_ttl = rot_policy.key_ttl;
-	o.jwks_max_age = rot_policy.jwks_max_age;
-	o.margin = rot_policy.margin;
-	o.rotation_lead = rot_policy.lead;
 	o.kek = k1;
-	o.poll_ms = 3600 * 1000;
-	o.clock = fake_clock;
 	o.log = count_foreign;
 	CHECK(jwks_service_new(&f.svc, f.store, &o, NULL) == 0 &&
 		      jwks_service_start(f.svc, NULL, NULL) == 0,
