@@ -755,27 +755,26 @@ static int ks_lmdb_get(struct ks_store *store, int64_t kid,
 }
 
 /*
- * Call fn for the records of txn in (exp_after, exp_until], in kid order.
- * The callback sees each record in place, inside the transaction: no copy,
- * valid only during the call, as keystore.h allows.
+ * Call visit for every entry of dbi in txn, in key (kid) order, until it
+ * returns non-zero; that value, 0, or a cursor error is returned.
  */
-static int ks_lmdb_walk(struct ks_lmdb_store *s, MDB_txn *txn,
-			int64_t exp_after, int64_t exp_until, ks_list_fn fn,
-			void *arg, const char *func, struct ks_err *err)
+typedef int (*ks_lmdb_visit_fn)(struct ks_lmdb_store *s, const MDB_val *key,
+				const MDB_val *val, void *ctx,
+				struct ks_err *err);
+
+static int ks_lmdb_cursor_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			       MDB_dbi dbi, ks_lmdb_visit_fn visit, void *ctx,
+			       const char *func, struct ks_err *err)
 {
 	MDB_cursor *cur = NULL;
 	MDB_val key, val;
 	int rc, ret = 0;
 
-	rc = mdb_cursor_open(txn, s->keys, &cur);
+	rc = mdb_cursor_open(txn, dbi, &cur);
 	if (!rc)
 		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
 	while (!rc) {
-		struct ks_record rec;
-
-		ret = ks_lmdb_decode(s, &key, &val, &rec, func, err);
-		if (!ret && rec.exp > exp_after && rec.exp <= exp_until)
-			ret = fn(&rec, arg);
+		ret = visit(s, &key, &val, ctx, err);
 		if (ret)
 			break;
 		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
@@ -785,6 +784,42 @@ static int ks_lmdb_walk(struct ks_lmdb_store *s, MDB_txn *txn,
 	if (cur)
 		mdb_cursor_close(cur);
 	return ret;
+}
+
+struct ks_lmdb_walk_ctx {
+	int64_t exp_after, exp_until;
+	ks_list_fn fn;
+	ks_life_fn life_fn;
+	void *arg;
+	const char *func;
+};
+
+static int ks_lmdb_visit_record(struct ks_lmdb_store *s, const MDB_val *key,
+				const MDB_val *val, void *ctx,
+				struct ks_err *err)
+{
+	struct ks_lmdb_walk_ctx *w = ctx;
+	struct ks_record rec;
+	int ret = ks_lmdb_decode(s, key, val, &rec, w->func, err);
+
+	if (!ret && rec.exp > w->exp_after && rec.exp <= w->exp_until)
+		ret = w->fn(&rec, w->arg);
+	return ret;
+}
+
+/*
+ * Call fn for the records of txn in (exp_after, exp_until], in kid order.
+ * The callback sees each record in place, inside the transaction: no copy,
+ * valid only during the call, as keystore.h allows.
+ */
+static int ks_lmdb_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			int64_t exp_after, int64_t exp_until, ks_list_fn fn,
+			void *arg, const char *func, struct ks_err *err)
+{
+	struct ks_lmdb_walk_ctx w = {exp_after, exp_until, fn, NULL, arg, func};
+
+	return ks_lmdb_cursor_walk(s, txn, s->keys, ks_lmdb_visit_record, &w,
+				   func, err);
 }
 
 static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
@@ -836,6 +871,16 @@ static int ks_lmdb_life_decode(const struct ks_lmdb_store *s,
 	return 0;
 }
 
+static int ks_lmdb_visit_life(struct ks_lmdb_store *s, const MDB_val *key,
+			      const MDB_val *val, void *ctx, struct ks_err *err)
+{
+	struct ks_lmdb_walk_ctx *w = ctx;
+	struct ks_life life = {0};
+	int ret = ks_lmdb_life_decode(s, key, val, &life, w->func, err);
+
+	return ret ? ret : w->life_fn(&life, w->arg);
+}
+
 /*
  * Call fn for every lifecycle entry of txn, in kid order. A read-only store
  * made before "life" existed has none.
@@ -844,30 +889,12 @@ static int ks_lmdb_life_walk(struct ks_lmdb_store *s, MDB_txn *txn,
 			     ks_life_fn fn, void *arg, const char *func,
 			     struct ks_err *err)
 {
-	MDB_cursor *cur = NULL;
-	MDB_val key, val;
-	int rc, ret = 0;
+	struct ks_lmdb_walk_ctx w = {0, 0, NULL, fn, arg, func};
 
 	if (!s->has_life)
 		return 0;
-	rc = mdb_cursor_open(txn, s->life, &cur);
-	if (!rc)
-		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-	while (!rc) {
-		struct ks_life life = {0};
-
-		ret = ks_lmdb_life_decode(s, &key, &val, &life, func, err);
-		if (!ret)
-			ret = fn(&life, arg);
-		if (ret)
-			break;
-		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
-	}
-	if (!ret && rc != MDB_NOTFOUND)
-		ret = ks_lmdb_error(s, rc, func, "mdb_cursor_get", err);
-	if (cur)
-		mdb_cursor_close(cur);
-	return ret;
+	return ks_lmdb_cursor_walk(s, txn, s->life, ks_lmdb_visit_life, &w,
+				   func, err);
 }
 
 static int ks_lmdb_life_list(struct ks_store *store, struct ks_txn *txn,
@@ -1081,14 +1108,30 @@ static int ks_lmdb_check_life(const struct ks_life *life, void *arg)
  * Walk every record, the kid counter and the lifecycle entries, checking
  * the layout.
  */
+/* A record of the check: decodable, with a kid below next_kid (ctx). */
+static int ks_lmdb_visit_check(struct ks_lmdb_store *s, const MDB_val *key,
+			       const MDB_val *val, void *ctx,
+			       struct ks_err *err)
+{
+	const uint64_t *next = ctx;
+	struct ks_record rec;
+	int ret = ks_lmdb_decode(s, key, val, &rec, "ks_lmdb_check", err);
+
+	if (!ret && (uint64_t)rec.kid >= *next)
+		ret = ks_err_set(err, KS_ECORRUPT,
+				 "ks_lmdb_check: kid %lld in '%s' is not below "
+				 "'next_kid' %llu",
+				 (long long)rec.kid, s->path,
+				 (unsigned long long)*next);
+	return ret;
+}
+
 static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 {
 	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
-	MDB_cursor *cur = NULL;
-	MDB_val key, val;
 	MDB_txn *txn;
 	uint64_t next;
-	int rc = 0, ret;
+	int ret;
 
 	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_check", err);
 	if (ret)
@@ -1097,27 +1140,8 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 	if (!ret)
 		ret = ks_lmdb_next_kid(s, txn, &next, "ks_lmdb_check", err);
 	if (!ret)
-		rc = mdb_cursor_open(txn, s->keys, &cur);
-	if (!ret && !rc)
-		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
-	while (!ret && !rc) {
-		struct ks_record rec;
-
-		ret = ks_lmdb_decode(s, &key, &val, &rec, "ks_lmdb_check", err);
-		if (!ret && (uint64_t)rec.kid >= next)
-			ret = ks_err_set(err, KS_ECORRUPT,
-					 "ks_lmdb_check: kid %lld in '%s' is "
-					 "not below 'next_kid' %llu",
-					 (long long)rec.kid, s->path,
-					 (unsigned long long)next);
-		if (!ret)
-			rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
-	}
-	if (!ret && rc != MDB_NOTFOUND)
-		ret = ks_lmdb_error(s, rc, "ks_lmdb_check", "mdb_cursor_get",
-				    err);
-	if (cur)
-		mdb_cursor_close(cur);
+		ret = ks_lmdb_cursor_walk(s, txn, s->keys, ks_lmdb_visit_check,
+					  &next, "ks_lmdb_check", err);
 	if (!ret) {
 		struct ks_lmdb_orphan o = {s, txn, err};
 
