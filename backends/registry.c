@@ -82,6 +82,13 @@ void ks_record_release(struct ks_record *rec)
 	memset(rec, 0, sizeof(*rec));
 }
 
+int ks_kid_cmp(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x > y) - (x < y);
+}
+
 int ks_record_set_add(const struct ks_record *rec, void *arg)
 {
 	struct ks_record_set *set = arg;

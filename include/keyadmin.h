@@ -110,7 +110,7 @@ int ka_purge(struct ks_store *store, int64_t before, size_t *count_out,
 
 /* One key for ka_list_keys(): the record's facts and its policy view. */
 struct ka_key_info {
-	struct lc_key key;
+	struct lc_key key; /* first: found by kid with ks_kid_cmp() */
 	int sealed;
 	const char *alg; /* NULL when the blob does not load */
 };

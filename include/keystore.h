@@ -280,6 +280,13 @@ int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 int ks_scrub(struct ks_store *store, struct ks_err *err);
 
 /*
+ * For bsearch() and qsort() over arrays of kids, or of structs whose first
+ * member is an int64_t kid (struct ks_record, struct ks_life, ...):
+ * increasing kid order.
+ */
+int ks_kid_cmp(const void *a, const void *b);
+
+/*
  * A growable array of record copies, for callers that must look at records
  * after a listing ends (ks_list() hands them out borrowed).
  * ks_record_set_add() is a ks_list_fn: pass the set as arg. Release with

@@ -79,7 +79,7 @@ int lc_policy_check(const struct lc_policy *p, char *why, size_t n);
  * signs, but a published one stays published).
  */
 struct lc_key {
-	int64_t kid;
+	int64_t kid; /* first: ks_kid_cmp() sorts and finds lc_keys */
 	int64_t exp;
 	int has_life;
 	int usable;

@@ -206,22 +206,10 @@ struct ka_view {
 	void *arg;
 };
 
+/* Records are listed in increasing kid order. */
 static struct lc_key *ka_view_find(struct ka_view *v, int64_t kid)
 {
-	size_t lo = 0, hi = v->n;
-
-	/* Records are listed in increasing kid order. */
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (v->keys[mid].kid == kid)
-			return &v->keys[mid];
-		if (v->keys[mid].kid < kid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
+	return bsearch(&kid, v->keys, v->n, sizeof(*v->keys), ks_kid_cmp);
 }
 
 static int ka_view_life(const struct ks_life *life, void *arg)
@@ -458,21 +446,12 @@ static int ka_list_one(const struct ks_record *rec, void *arg)
 static int ka_list_life(const struct ks_life *life, void *arg)
 {
 	struct ka_list_ctx *ctx = arg;
-	size_t lo = 0, hi = ctx->n;
+	struct ka_key_info *info = bsearch(&life->kid, ctx->v, ctx->n,
+					   sizeof(*ctx->v), ks_kid_cmp);
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		struct lc_key *k = &ctx->v[mid].key;
-
-		if (k->kid == life->kid) {
-			k->has_life = 1;
-			k->life = *life;
-			break;
-		}
-		if (k->kid < life->kid)
-			lo = mid + 1;
-		else
-			hi = mid;
+	if (info) {
+		info->key.has_life = 1;
+		info->key.life = *life;
 	}
 	return 0;
 }

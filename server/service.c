@@ -176,19 +176,9 @@ static void svc_foreign(struct jwks_service *svc, int64_t kid)
 static int svc_is_bad(int64_t kid, void *arg)
 {
 	const struct jwks_service *svc = arg;
-	size_t lo = 0, hi = svc->n_bad;
 
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (svc->bad[mid] == kid)
-			return 1;
-		if (svc->bad[mid] < kid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return 0;
+	return svc->n_bad && bsearch(&kid, svc->bad, svc->n_bad,
+				     sizeof(*svc->bad), ks_kid_cmp) != NULL;
 }
 
 /* Remember a record that does not load, so it is tried (and logged) once. */
