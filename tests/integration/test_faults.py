@@ -817,7 +817,10 @@ class KillDuringWritesTests(FaultTestCase):
 
     def check_store(self, db, seen, tokens, what):
         if BACKEND == "sqlite" and db.exists():
-            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            # Read-write: a WAL left by a killed writer needs recovery,
+            # which any next opener (jwksd included) performs; a read-only
+            # connection cannot, and fails with "readonly database".
+            con = sqlite3.connect(f"file:{db}?mode=rw", uri=True)
             try:
                 (check,), = con.execute("PRAGMA integrity_check").fetchall()
                 has_table = con.execute("SELECT count(*) FROM sqlite_master WHERE "
