@@ -88,6 +88,21 @@ struct ks_backend {
 	int (*check)(struct ks_store *store, struct ks_err *err);
 
 	/*
+	 * Optional (NULL: ks_wait() returns KS_EUNSUPPORTED). See ks_wait():
+	 * block up to timeout_ms, returning early only on a change
+	 * notification. Must not hold the lock the other slots use while it
+	 * waits (it runs beside them on another thread).
+	 */
+	int (*wait)(struct ks_store *store, unsigned timeout_ms,
+		    struct ks_err *err);
+
+	/*
+	 * Optional (NULL: the path as it is). See ks_describe(); path is
+	 * never NULL here.
+	 */
+	int (*describe)(const char *path, char *buf, size_t cap);
+
+	/*
 	 * Mandatory. See ks_life_list() (txn NULL) and ks_txn_life_list()
 	 * (txn the transaction ks_write() handed to its callback).
 	 */
@@ -110,6 +125,8 @@ struct ks_backend {
 	int (*txn_put)(struct ks_txn *txn, const unsigned char *blob,
 		       size_t blob_len, int64_t exp, int64_t *kid_out,
 		       struct ks_err *err);
+	int (*txn_import)(struct ks_txn *txn, const struct ks_record *rec,
+			  struct ks_err *err);
 	int (*txn_update)(struct ks_txn *txn, const struct ks_record *rec,
 			  struct ks_err *err);
 	int (*txn_delete)(struct ks_txn *txn, int64_t kid, struct ks_err *err);

@@ -242,6 +242,28 @@ int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err)
 	return store->be->version(store, out, err);
 }
 
+int ks_wait(struct ks_store *store, unsigned timeout_ms, struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL, "ks_wait: store is NULL");
+	if (!store->be->wait)
+		return KS_EUNSUPPORTED;
+	return store->be->wait(store, timeout_ms, err);
+}
+
+int ks_describe(const struct ks_backend *be, const char *path, char *buf,
+		size_t cap)
+{
+	if (!be || !buf || !cap)
+		return KS_EINVAL;
+	if (!path)
+		path = be->default_path;
+	if (be->describe)
+		return be->describe(path, buf, cap);
+	snprintf(buf, cap, "%s", path);
+	return 0;
+}
+
 int ks_check(struct ks_store *store, struct ks_err *err)
 {
 	if (!store)
@@ -287,6 +309,27 @@ int ks_txn_put(struct ks_txn *txn, const unsigned char *blob, size_t blob_len,
 	if (!blob || !blob_len)
 		return ks_err_set(err, KS_EINVAL, "ks_txn_put: blob is empty");
 	return txn->store->be->txn_put(txn, blob, blob_len, exp, kid_out, err);
+}
+
+int ks_txn_import(struct ks_txn *txn, const struct ks_record *rec,
+		  struct ks_err *err)
+{
+	if (!txn || !rec)
+		return ks_err_set(err, KS_EINVAL, "ks_txn_import: %s is NULL",
+				  txn ? "record" : "txn");
+	if (rec->kid < 1)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_import: kid %lld is not positive",
+				  (long long)rec->kid);
+	if (!rec->blob || !rec->blob_len)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_import: blob is empty");
+	if (!txn->store->be->txn_import)
+		return ks_err_set(err, KS_EUNSUPPORTED,
+				  "ks_txn_import: backend '%s' cannot import "
+				  "in a transaction",
+				  txn->store->be->name);
+	return txn->store->be->txn_import(txn, rec, err);
 }
 
 int ks_txn_update(struct ks_txn *txn, const struct ks_record *rec,

@@ -30,7 +30,8 @@
 	XX(ECORRUPT, -10, "store or record is corrupt")   \
 	XX(EACCES, -11, "permission denied")              \
 	XX(EBADSIG, -12, "signature does not verify")     \
-	XX(ENOKEY, -13, "no usable key")
+	XX(ENOKEY, -13, "no usable key")                  \
+	XX(EUNAVAIL, -14, "store is unreachable")
 
 enum ks_errno {
 	KS_OK = 0,

@@ -50,19 +50,24 @@ void ks_record_release(struct ks_record *rec);
  * lmdb_map_size: the LMDB map size in bytes (ignored by other backends).
  * max_readers: the number of threads that may read at once (LMDB sizes its
  *       reader table from it; ignored by other backends).
- * busy_timeout_ms: how long a write waits for another process's lock.
+ * busy_timeout_ms: how long a write waits for another process's lock
+ *       (and, for a network store, how long one operation may take).
+ * pg_schema: the PostgreSQL schema that holds the tables (NULL: "jwksd";
+ *       ignored by other backends).
  */
 struct ks_options {
 	const char *path;
 	size_t lmdb_map_size;
 	unsigned max_readers;
 	int busy_timeout_ms;
+	const char *pg_schema;
 };
 
 #define KS_OPTIONS_INIT                                          \
 	{                                                        \
 		.path = NULL, .lmdb_map_size = (size_t)64 << 20, \
 		.max_readers = 126, .busy_timeout_ms = 5000,     \
+		.pg_schema = NULL,                               \
 	}
 
 /*
@@ -82,6 +87,17 @@ const char *ks_backend_name(const struct ks_backend *be);
 
 /* The file name the backend uses when ks_options.path is NULL. */
 const char *ks_backend_default_path(const struct ks_backend *be);
+
+/*
+ * Write into buf (capacity cap, always NUL-terminated when cap > 0) how
+ * the store at path is shown to people: in log lines, errors, `keys list`.
+ * For a file store that is the path; for a network store its connection
+ * string with any password removed (a password never reaches a log).
+ * path NULL means the backend's default. Returns 0, or KS_EINVAL when the
+ * string cannot be parsed (buf then says "(unparsable connection string)").
+ */
+int ks_describe(const struct ks_backend *be, const char *path, char *buf,
+		size_t cap);
 
 /*
  * Open (creating if needed) the store at opts->path with backend be.
@@ -157,6 +173,19 @@ int ks_list(struct ks_store *store, int64_t exp_after, int64_t exp_until,
  * KS_EIO.
  */
 int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err);
+
+/*
+ * Wait up to timeout_ms for a sign that some process changed the store
+ * (PostgreSQL: a NOTIFY on a connection of its own), so that a caller
+ * polling ks_version() hears of a change sooner. Returns early only for
+ * such a sign, which may be spurious; the caller reads ks_version() either
+ * way, which stays the truth (notifications are lost across reconnects).
+ * A store that cannot listen right now still waits the whole timeout.
+ *
+ * Returns 0 (a sign, or the timeout passed), KS_EUNSUPPORTED at once (the
+ * backend has no notifications: the caller sleeps itself).
+ */
+int ks_wait(struct ks_store *store, unsigned timeout_ms, struct ks_err *err);
 
 /*
  * Check the store's own consistency (SQLite's integrity_check, ...).
@@ -236,6 +265,14 @@ int ks_txn_next_kid(struct ks_txn *txn, int64_t *out, struct ks_err *err);
  */
 int ks_txn_put(struct ks_txn *txn, const unsigned char *blob, size_t blob_len,
 	       int64_t exp, int64_t *kid_out, struct ks_err *err);
+
+/*
+ * Add a record with a given kid as ks_import() does, inside the
+ * transaction (ks_copy() imports records and their lifecycle entries in
+ * one transaction). Returns 0, KS_EEXISTS, KS_EINVAL, or a store error.
+ */
+int ks_txn_import(struct ks_txn *txn, const struct ks_record *rec,
+		  struct ks_err *err);
 
 /*
  * Replace the blob and the expiry of the record rec->kid.
