@@ -74,6 +74,17 @@ int ka_add_key(struct ks_store *store, const struct kek *kek,
 	       const struct ks_life *life, int64_t *kid_out,
 	       struct ks_err *err);
 
+/*
+ * Store key as an expired key (exp an hour before now, for
+ * `?expired=true`), in one transaction that first checks the store has
+ * no record expired at now: of several servers starting on one empty
+ * store, exactly one adds it. Returns 0, KS_EEXISTS (the store has an
+ * expired record: nothing written), or the errors of ka_add_key().
+ */
+int ka_add_expired_key(struct ks_store *store, const struct kek *kek,
+		       const struct signer_key *key, int64_t now,
+		       int64_t *kid_out, struct ks_err *err);
+
 /* Whether the key kid is known not to load, for ka_rotate(). */
 typedef int (*ka_unusable_fn)(int64_t kid, void *arg);
 

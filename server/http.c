@@ -204,6 +204,7 @@ static int http_service_error(struct mg_connection *conn, int rc,
 		return http_error(conn, 503, "no signing key available", NULL,
 				  e);
 	case KS_EIO:
+	case KS_EUNAVAIL:
 	case KS_EBUSY:
 	case KS_ENOSPC:
 	case KS_EACCES:

@@ -197,6 +197,45 @@ int ka_add_key(struct ks_store *store, const struct kek *kek,
 	return rc;
 }
 
+static int ka_stop_at_first(const struct ks_record *rec, void *arg)
+{
+	(void)rec;
+	(void)arg;
+	return 1;
+}
+
+struct ka_expired_ctx {
+	struct ka_add_ctx add;
+	int64_t now;
+};
+
+static int ka_add_expired_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	struct ka_expired_ctx *ctx = arg;
+	int rc;
+
+	rc = ks_txn_list(txn, INT64_MIN, ctx->now, ka_stop_at_first, NULL, err);
+	if (rc == 1)
+		return KS_EEXISTS;
+	if (rc)
+		return rc;
+	return ka_add_txn(txn, &ctx->add, err);
+}
+
+int ka_add_expired_key(struct ks_store *store, const struct kek *kek,
+		       const struct signer_key *key, int64_t now,
+		       int64_t *kid_out, struct ks_err *err)
+{
+	int64_t exp = now - 3600;
+	struct ka_expired_ctx ctx = {
+		{kek, key, exp, {0, now, exp, exp, KS_NEVER}}, now};
+	int rc = ks_write(store, ka_add_expired_txn, &ctx, err);
+
+	if (kid_out)
+		*kid_out = rc ? 0 : ctx.add.life.kid;
+	return rc;
+}
+
 /* The store's keys as the policy sees them, read in one transaction. */
 struct ka_view {
 	struct ks_record_set recs;

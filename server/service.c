@@ -1,6 +1,18 @@
 /*
  * The issuer: loads keys from the store, keeps the published snapshot,
  * signs tokens. See include/service.h for the contract.
+ *
+ * Two locks, and which side takes which:
+ *
+ * - work_lock serializes the background work: every store call, the list
+ *   of records that do not load, the change counter last seen. Requests
+ *   never take it, so a slow, locked or unreachable store delays the next
+ *   snapshot, never an answer.
+ * - build_lock guards what a snapshot is built from: the key array and each
+ *   key's exp and lifecycle entry. It is held only for memory work (a merge
+ *   of a listing already read, or a rebuild), never across a store call.
+ *   The background work changes those only while it holds both locks, so
+ *   with work_lock held it may read them without build_lock.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -19,19 +31,19 @@
 #include "signer.h"
 
 /*
- * One parsed key. Entries are created once and live until the service is
- * freed, so snapshots may point at them without counting references.
+ * One parsed key, reference-counted: the key array holds one reference,
+ * and each snapshot one per key it signs with. kid, key and header never
+ * change; exp, has_life and life change under build_lock.
  */
 struct svc_key {
+	atomic_uint refs;
 	int64_t kid;
 	int64_t exp;
-	uint64_t seen_gen; /* the store listing that last contained it */
 	int has_life;
 	struct ks_life life;
 	struct signer_key *key;
 	char *header_b64; /* b64url of the JWS header, ready to sign */
 	size_t header_len;
-	struct svc_key *next;
 };
 
 /* What requests read. Immutable once published. */
@@ -40,8 +52,10 @@ struct svc_snapshot {
 	int64_t valid_until; /* when the signer or the published set changes */
 	int64_t next_change; /* when the published set changes */
 	int64_t last_modified;
-	const struct svc_key *signing;
+	struct svc_key *signing; /* referenced, or NULL */
 	int64_t sign_cap; /* the latest exp of a token signing may make */
+	struct svc_key *expired; /* for ?expired=true: referenced, or NULL */
+	int64_t expired_exp;
 	char *body;
 	size_t body_len;
 	char etag[24];
@@ -52,25 +66,33 @@ struct jwks_service {
 	struct jwks_service_options opts;
 	struct lc_policy policy;
 
-	/* snap_lock guards cur, expired and ready; held only for a swap. */
+	/* snap_lock guards cur; held only for a swap or a reference. */
 	pthread_mutex_t snap_lock;
 	pthread_cond_t ready_cond;
 	struct svc_snapshot *cur;
-	const struct svc_key *expired; /* cached for ?expired=true, or NULL */
-	int64_t expired_exp;
 
-	/* work_lock guards keys, gen, version and every store access. */
+	/*
+	 * build_lock: the store's unexpired keys at the last listing, in kid
+	 * order, and its most recently expired key that may sign for
+	 * ?expired=true (not revoked, loads), with that key's exp.
+	 */
+	pthread_mutex_t build_lock;
+	struct svc_key **keys;
+	size_t n_keys;
+	struct svc_key *store_expired;
+	int64_t store_expired_exp;
+
+	/* work_lock: the background work's state. */
 	pthread_mutex_t work_lock;
-	struct svc_key *keys;
 	int64_t *bad; /* kids of records that do not load, sorted */
 	size_t n_bad, cap_bad;
 	int64_t foreign_kid; /* a key sealed under another secret, or 0 */
-	uint64_t gen;
 	uint64_t version;
 	int have_version;
 	int64_t next_keygen_try;
 	int last_fault;		/* the last background failure logged */
 	int64_t last_fault_log; /* and when */
+	int store_down;		/* the store failed; logged once */
 
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
@@ -104,9 +126,43 @@ svc_log(const struct jwks_service *svc, const char *fmt, ...)
 		fprintf(stderr, "jwksd: %s\n", line);
 }
 
-static void svc_key_free(struct svc_key *k)
+/* A condition variable whose timed waits follow CLOCK_MONOTONIC. */
+static void svc_cond_init(pthread_cond_t *cond)
 {
-	if (!k)
+	pthread_condattr_t attr;
+
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &attr);
+	pthread_condattr_destroy(&attr);
+}
+
+/* The CLOCK_MONOTONIC time ms milliseconds from now. */
+static struct timespec svc_deadline(unsigned ms)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_sec += ms / 1000;
+	t.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (t.tv_nsec >= 1000000000L) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000L;
+	}
+	return t;
+}
+
+static struct svc_key *svc_key_ref(struct svc_key *k)
+{
+	if (k)
+		atomic_fetch_add(&k->refs, 1);
+	return k;
+}
+
+/* Drop a reference; the last one frees the key (its material wiped). */
+static void svc_key_unref(struct svc_key *k)
+{
+	if (!k || atomic_fetch_sub(&k->refs, 1) != 1)
 		return;
 	signer_key_free(k->key);
 	free(k->header_b64);
@@ -115,7 +171,7 @@ static void svc_key_free(struct svc_key *k)
 
 /*
  * Wrap a parsed key (taking ownership of key, also on failure) in an entry
- * with its JWS header pre-encoded.
+ * with its JWS header pre-encoded, holding one reference.
  */
 static int svc_key_new(struct svc_key **out, int64_t kid, int64_t exp,
 		       struct signer_key *key)
@@ -138,6 +194,7 @@ static int svc_key_new(struct svc_key **out, int64_t kid, int64_t exp,
 	k->kid = kid;
 	k->exp = exp;
 	k->key = key;
+	atomic_init(&k->refs, 1);
 	*out = k;
 	return 0;
 fail:
@@ -146,14 +203,26 @@ fail:
 	return KS_ENOMEM;
 }
 
+static int svc_cmp_kid(const void *a, const void *b)
+{
+	const struct svc_key *ka = *(const struct svc_key *const *)a;
+	const struct svc_key *kb = *(const struct svc_key *const *)b;
+
+	return (ka->kid > kb->kid) - (ka->kid < kb->kid);
+}
+
+/* The key kid of the array, or NULL (build_lock or work_lock held). */
 static struct svc_key *svc_find_key(const struct jwks_service *svc, int64_t kid)
 {
-	struct svc_key *k;
+	struct svc_key probe = {.kid = kid};
+	const struct svc_key *p = &probe;
+	struct svc_key **hit;
 
-	for (k = svc->keys; k; k = k->next)
-		if (k->kid == kid)
-			return k;
-	return NULL;
+	if (!svc->n_keys)
+		return NULL;
+	hit = bsearch(&p, svc->keys, svc->n_keys, sizeof(*svc->keys),
+		      svc_cmp_kid);
+	return hit ? *hit : NULL;
 }
 
 /*
@@ -201,12 +270,15 @@ static void svc_mark_bad(struct jwks_service *svc, int64_t kid)
 	svc->n_bad++;
 }
 
-/* Add a loaded record to the key list (work_lock held). */
-static int svc_adopt_record(struct jwks_service *svc,
-			    const struct ks_record *rec, struct svc_key **out)
+/*
+ * Parse a record into a new key entry (work_lock held). A record that does
+ * not load is logged once and remembered. Returns 0, KS_ENOMEM, or the
+ * reason the record does not load.
+ */
+static int svc_load_record(struct jwks_service *svc,
+			   const struct ks_record *rec, struct svc_key **out)
 {
 	struct signer_key *key;
-	struct svc_key *k;
 	struct ks_err e = {{0}};
 	int rc;
 
@@ -223,18 +295,14 @@ static int svc_adopt_record(struct jwks_service *svc,
 			svc_foreign(svc, rec->kid);
 		return rc;
 	}
-	rc = svc_key_new(&k, rec->kid, rec->exp, key);
-	if (rc)
-		return rc;
-	k->next = svc->keys;
-	svc->keys = k;
-	*out = k;
-	return 0;
+	return svc_key_new(out, rec->kid, rec->exp, key);
 }
 
 static void svc_snapshot_release(struct svc_snapshot *s)
 {
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+		svc_key_unref(s->signing);
+		svc_key_unref(s->expired);
 		free(s->body);
 		free(s);
 	}
@@ -251,14 +319,7 @@ static struct svc_snapshot *svc_acquire(struct jwks_service *svc)
 
 	pthread_mutex_lock(&svc->snap_lock);
 	if (!svc->cur) {
-		clock_gettime(CLOCK_REALTIME, &deadline);
-		deadline.tv_sec += svc->opts.ready_timeout_ms / 1000;
-		deadline.tv_nsec +=
-			(long)(svc->opts.ready_timeout_ms % 1000) * 1000000L;
-		if (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
+		deadline = svc_deadline(svc->opts.ready_timeout_ms);
 		while (!svc->cur &&
 		       pthread_cond_timedwait(&svc->ready_cond, &svc->snap_lock,
 					      &deadline) != ETIMEDOUT)
@@ -270,7 +331,6 @@ static struct svc_snapshot *svc_acquire(struct jwks_service *svc)
 	pthread_mutex_unlock(&svc->snap_lock);
 	return s;
 }
-
 /* Collects a signer's public members into a JSON object, allowlisted. */
 static int svc_jwk_member(const char *name, const char *value, void *arg)
 {
@@ -318,14 +378,6 @@ fail:
 	return NULL;
 }
 
-static int svc_cmp_kid(const void *a, const void *b)
-{
-	const struct svc_key *ka = *(const struct svc_key *const *)a;
-	const struct svc_key *kb = *(const struct svc_key *const *)b;
-
-	return (ka->kid > kb->kid) - (ka->kid < kb->kid);
-}
-
 static uint64_t svc_fnv1a(const char *p, size_t n)
 {
 	uint64_t h = 14695981039346656037ULL;
@@ -346,34 +398,18 @@ static struct lc_key svc_lc_key(const struct svc_key *k)
 }
 
 /*
- * The keys the last store listing saw, in kid order, as the policy sees
- * them, with the entries they came from (work_lock held). *n_out receives
- * the count; the caller frees both arrays. Returns 0 or KS_ENOMEM.
+ * The key array as the policy sees it, in kid order (build_lock or
+ * work_lock held); the caller frees it. Returns NULL when out of memory.
  */
-static int svc_view(const struct jwks_service *svc, struct lc_key **out,
-		    struct svc_key ***from, size_t *n_out)
+static struct lc_key *svc_view(const struct jwks_service *svc)
 {
-	struct svc_key *k;
-	size_t n = 0;
+	struct lc_key *view =
+		calloc(svc->n_keys ? svc->n_keys : 1, sizeof(*view));
+	size_t i;
 
-	for (k = svc->keys; k; k = k->next)
-		n++;
-	*out = calloc(n ? n : 1, sizeof(**out));
-	*from = calloc(n ? n : 1, sizeof(**from));
-	if (!*out || !*from) {
-		free(*out);
-		free(*from);
-		return KS_ENOMEM;
-	}
-	n = 0;
-	for (k = svc->keys; k; k = k->next)
-		if (k->seen_gen == svc->gen)
-			(*from)[n++] = k;
-	/* In kid order: the JWKS body is the same for the same set. */
-	qsort(*from, n, sizeof(**from), svc_cmp_kid);
-	for (*n_out = 0; *n_out < n; (*n_out)++)
-		(*out)[*n_out] = svc_lc_key((*from)[*n_out]);
-	return 0;
+	for (i = 0; view && i < svc->n_keys; i++)
+		view[i] = svc_lc_key(svc->keys[i]);
+	return view;
 }
 
 static void svc_earliest(int64_t *t, int64_t cand, int64_t now)
@@ -382,26 +418,57 @@ static void svc_earliest(int64_t *t, int64_t cand, int64_t now)
 		*t = cand;
 }
 
+/* Whether a key may sign for ?expired=true at now. */
+static int svc_expired_ok(const struct svc_key *k, int64_t now)
+{
+	return k->exp <= now &&
+	       !(k->has_life && k->life.revoked_at != KS_NEVER);
+}
+
 /*
- * Build a snapshot of the keys the last store listing saw, as published
- * at now, and publish it (work_lock held).
+ * The key that signs ?expired=true at now: the most recently expired one
+ * of the array and the store's (latest exp first, then the newest kid).
+ */
+static struct svc_key *svc_pick_expired(const struct jwks_service *svc,
+					int64_t now, int64_t *exp_out)
+{
+	struct svc_key *best = svc->store_expired;
+	int64_t best_exp = svc->store_expired_exp;
+	size_t i;
+
+	for (i = 0; i < svc->n_keys; i++) {
+		struct svc_key *k = svc->keys[i];
+
+		if (svc_expired_ok(k, now) &&
+		    (!best || k->exp > best_exp ||
+		     (k->exp == best_exp && k->kid > best->kid))) {
+			best = k;
+			best_exp = k->exp;
+		}
+	}
+	*exp_out = best_exp;
+	return best;
+}
+
+/*
+ * Build a snapshot of the key array as published at now, and publish it
+ * (build_lock held; memory only, never the store).
  */
 static int svc_rebuild(struct jwks_service *svc, int64_t now)
 {
 	struct svc_snapshot *s = NULL, *old;
-	struct svc_key **from = NULL;
 	struct lc_key *view = NULL;
 	const struct lc_key *signer;
 	struct lc_plan plan;
 	json_t *root = NULL, *arr = NULL;
-	size_t n = 0, i;
+	size_t n = svc->n_keys, i;
 	int rc = KS_ENOMEM;
 
 	s = calloc(1, sizeof(*s));
 	root = json_object();
 	arr = json_array();
 	if (!s || !root || !arr || json_object_set(root, "keys", arr) ||
-	    svc_view(svc, &view, &from, &n))
+	    !(view = svc_view(svc)))
 		goto out;
 
 	s->valid_until = INT64_MAX;
@@ -413,18 +480,19 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 		svc_earliest(&s->valid_until, lc_retire_at(v), now);
 		svc_earliest(&s->valid_until, lc_token_cap(v, &svc->policy),
 			     now);
-		if (!lc_published(v, now))
-			continue;
+		/* An expiry also changes the key for ?expired=true. */
 		svc_earliest(&s->valid_until, v->exp, now);
-		svc_earliest(&s->next_change, v->exp, now);
+		if (lc_published(v, now))
+			svc_earliest(&s->next_change, v->exp, now);
 	}
 	for (i = 0; i < n; i++)
 		if (lc_published(&view[i], now) &&
-		    json_array_append_new(arr, svc_jwk(from[i])))
+		    json_array_append_new(arr, svc_jwk(svc->keys[i])))
 			goto out;
 	signer = lc_choose_signer(view, n, now, &svc->policy);
-	s->signing = signer ? from[signer - view] : NULL;
+	s->signing = signer ? svc_key_ref(svc->keys[signer - view]) : NULL;
 	s->sign_cap = signer ? lc_token_cap(signer, &svc->policy) : 0;
+	s->expired = svc_key_ref(svc_pick_expired(svc, now, &s->expired_exp));
 	lc_plan_at(view, n, now, &svc->policy, 0, &plan);
 	/*
 	 * The set also changes when the next key is made. While that is
@@ -447,7 +515,6 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 	s->last_modified =
 		old && !strcmp(old->etag, s->etag) ? old->last_modified : now;
 	svc->cur = s;
-	svc->expired = NULL;
 	pthread_cond_broadcast(&svc->ready_cond);
 	pthread_mutex_unlock(&svc->snap_lock);
 	svc_snapshot_release(old);
@@ -456,85 +523,299 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 out:
 	if (rc)
 		svc_log(svc, "snapshot rebuild failed: %s", ks_strerror(rc));
-	if (s)
+	if (s) {
+		svc_key_unref(s->signing);
+		svc_key_unref(s->expired);
 		free(s->body);
+	}
 	free(s);
 	free(view);
-	free(from);
 	json_decref(arr);
 	json_decref(root);
 	return rc;
 }
 
-struct svc_load_ctx {
-	struct jwks_service *svc;
-	uint64_t gen;
+/* When the current snapshot stops being right, or INT64_MAX. */
+static int64_t svc_valid_until(struct jwks_service *svc)
+{
+	int64_t t;
+
+	pthread_mutex_lock(&svc->snap_lock);
+	t = svc->cur ? svc->cur->valid_until : INT64_MAX;
+	pthread_mutex_unlock(&svc->snap_lock);
+	return t;
+}
+
+/* Rebuild from memory when the snapshot is out of date at now. */
+static void svc_refresh(struct jwks_service *svc, int64_t now)
+{
+	pthread_mutex_lock(&svc->build_lock);
+	if (now >= svc_valid_until(svc))
+		svc_rebuild(svc, now);
+	pthread_mutex_unlock(&svc->build_lock);
+}
+
+/* The kid and expiry of an expired record, for picking one to sign. */
+struct svc_kid_exp {
+	int64_t kid, exp;
 };
 
-/*
- * Requests read only a key's kid, parsed key and header, which never
- * change; exp and the lifecycle entry change under work_lock and are read
- * under it (a snapshot copies what requests need).
- */
-static int svc_load_one(const struct ks_record *rec, void *arg)
+/* Latest expiry first; of equal ones, the newest kid. */
+static int svc_cmp_expired(const void *a, const void *b)
 {
-	struct svc_load_ctx *ctx = arg;
-	struct svc_key *k = svc_find_key(ctx->svc, rec->kid);
+	const struct svc_kid_exp *x = a, *y = b;
 
-	if (!k && svc_adopt_record(ctx->svc, rec, &k) == KS_ENOMEM)
+	if (x->exp != y->exp)
+		return x->exp < y->exp ? 1 : -1;
+	return (x->kid < y->kid) - (x->kid > y->kid);
+}
+
+/* Grow *v (elements of size sz, capacity *cap) to hold one more than n. */
+static int svc_grow(void **v, size_t *cap, size_t n, size_t sz)
+{
+	void *p;
+	size_t c;
+
+	if (n < *cap)
+		return 0;
+	c = *cap ? *cap * 2 : 16;
+	p = realloc(*v, c * sz);
+	if (!p)
 		return KS_ENOMEM;
+	*v = p;
+	*cap = c;
+	return 0;
+}
+
+/*
+ * One listing of the store, read by the background work: the unexpired
+ * keys (parsed, referenced) with their exp, the expired records' kids and
+ * exps, and every lifecycle entry.
+ */
+struct svc_listing {
+	struct jwks_service *svc;
+	int64_t now;
+	struct svc_key **keys;
+	int64_t *exp;
+	size_t n, cap, cap_exp;
+	struct svc_kid_exp *expired;
+	size_t n_expired, cap_expired;
+	struct ks_life *life;
+	size_t n_life, cap_life;
+};
+
+static void svc_listing_release(struct svc_listing *l)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++)
+		svc_key_unref(l->keys[i]);
+	free(l->keys);
+	free(l->exp);
+	free(l->expired);
+	free(l->life);
+}
+
+static int svc_list_one(const struct ks_record *rec, void *arg)
+{
+	struct svc_listing *l = arg;
+	struct jwks_service *svc = l->svc;
+	struct svc_key *k;
+	int rc;
+
+	if (rec->exp <= l->now) {
+		if (svc_grow((void **)&l->expired, &l->cap_expired,
+			     l->n_expired, sizeof(*l->expired)))
+			return KS_ENOMEM;
+		l->expired[l->n_expired].kid = rec->kid;
+		l->expired[l->n_expired++].exp = rec->exp;
+		return 0;
+	}
+	if (svc_grow((void **)&l->keys, &l->cap, l->n, sizeof(*l->keys)) ||
+	    svc_grow((void **)&l->exp, &l->cap_exp, l->n, sizeof(*l->exp)))
+		return KS_ENOMEM;
+	k = svc_key_ref(svc_find_key(svc, rec->kid));
 	if (k) {
-		k->seen_gen = ctx->gen;
-		k->exp = rec->exp;
 		/* Loaded already: a rewrap changes only the blob. */
 		if (kek_is_sealed(rec->blob, rec->blob_len) &&
-		    !kek_sealed_by(ctx->svc->opts.kek, rec->blob,
-				   rec->blob_len))
-			svc_foreign(ctx->svc, rec->kid);
+		    !kek_sealed_by(svc->opts.kek, rec->blob, rec->blob_len))
+			svc_foreign(svc, rec->kid);
+	} else {
+		rc = svc_load_record(svc, rec, &k);
+		if (rc == KS_ENOMEM)
+			return rc;
+		if (rc)
+			return 0;
 	}
+	l->keys[l->n] = k;
+	l->exp[l->n++] = rec->exp;
 	return 0;
 }
 
-static int svc_load_life(const struct ks_life *life, void *arg)
+static int svc_list_life(const struct ks_life *life, void *arg)
 {
-	struct jwks_service *svc = arg;
-	struct svc_key *k = svc_find_key(svc, life->kid);
+	struct svc_listing *l = arg;
 
-	if (k && svc->cur && life->revoked_at != KS_NEVER &&
-	    (!k->has_life || k->life.revoked_at == KS_NEVER))
-		svc_log(svc,
-			"key %" PRId64 " revoked: it leaves the JWKS and "
-			"never signs again",
-			k->kid);
-	if (k) {
-		k->has_life = 1;
-		k->life = *life;
-	}
+	if (svc_grow((void **)&l->life, &l->cap_life, l->n_life,
+		     sizeof(*l->life)))
+		return KS_ENOMEM;
+	l->life[l->n_life++] = *life;
 	return 0;
+}
+
+static const struct ks_life *svc_listing_life(const struct svc_listing *l,
+					      int64_t kid)
+{
+	if (!l->n_life)
+		return NULL;
+	return bsearch(&kid, l->life, l->n_life, sizeof(*l->life), ks_kid_cmp);
 }
 
 /*
- * Read the store's unexpired keys, parse the ones not seen yet, and
- * rebuild the snapshot (work_lock held). Keys that left the store leave
- * the published set; a failed listing keeps the previous set.
+ * The most recently expired record that may sign for ?expired=true: not
+ * revoked, and loads (work_lock held). *out is referenced, or NULL when
+ * the store has none.
+ */
+static int svc_listing_expired(struct svc_listing *l, struct svc_key **out,
+			       int64_t *exp_out, struct ks_err *err)
+{
+	struct jwks_service *svc = l->svc;
+	size_t i, n = 0;
+	int rc = 0;
+
+	*out = NULL;
+	*exp_out = 0;
+	/* A revoked key never signs again, ?expired=true included. */
+	for (i = 0; i < l->n_expired; i++) {
+		const struct ks_life *life =
+			svc_listing_life(l, l->expired[i].kid);
+
+		if (!life || life->revoked_at == KS_NEVER)
+			l->expired[n++] = l->expired[i];
+	}
+	if (n)
+		qsort(l->expired, n, sizeof(*l->expired), svc_cmp_expired);
+	for (i = 0; !rc && !*out && i < n; i++) {
+		const struct svc_kid_exp *c = &l->expired[i];
+		struct ks_record rec = {0};
+
+		if (svc->store_expired && svc->store_expired->kid == c->kid)
+			*out = svc_key_ref(svc->store_expired);
+		else
+			*out = svc_key_ref(svc_find_key(svc, c->kid));
+		if (*out || svc_is_bad(c->kid, svc)) {
+			*exp_out = c->exp;
+			continue;
+		}
+		rc = ks_get(svc->store, c->kid, &rec, err);
+		if (rc == KS_ENOTFOUND) {
+			rc = 0;
+			continue;
+		}
+		if (!rc) {
+			rc = svc_load_record(svc, &rec, out);
+			if (rc != KS_ENOMEM)
+				rc = 0;
+			*exp_out = c->exp;
+		}
+		ks_record_release(&rec);
+	}
+	if (rc) {
+		svc_key_unref(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+/*
+ * Read the store's keys, parse the ones not seen yet, and swap them in
+ * (work_lock held; build_lock only for the swap). Keys that left the store
+ * or expired leave memory once no snapshot uses them; a failed listing
+ * keeps everything as it was. Rebuilds the snapshot once one was
+ * published. O(n log n) in the number of keys.
  */
 static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 {
-	struct svc_load_ctx ctx = {svc, svc->gen + 1};
-	uint64_t version;
-	int rc, have_version;
+	struct svc_listing l = {.svc = svc, .now = now};
+	struct svc_key **old_keys, *old_expired, *expired = NULL;
+	int64_t expired_exp = 0;
+	size_t old_n, i;
+	uint64_t version = 0;
+	int rc, have_version, published;
 
+	pthread_mutex_lock(&svc->snap_lock);
+	published = svc->cur != NULL;
+	pthread_mutex_unlock(&svc->snap_lock);
 	have_version = ks_version(svc->store, &version, NULL) == 0;
-	rc = ks_list(svc->store, now, INT64_MAX, svc_load_one, &ctx, err);
+	rc = ks_list(svc->store, INT64_MIN, INT64_MAX, svc_list_one, &l, err);
 	/* After the records: see ks_life_list(). */
 	if (!rc)
-		rc = ks_life_list(svc->store, svc_load_life, svc, err);
-	if (rc)
+		rc = ks_life_list(svc->store, svc_list_life, &l, err);
+	if (!rc)
+		rc = svc_listing_expired(&l, &expired, &expired_exp, err);
+	if (rc) {
+		svc_listing_release(&l);
 		return rc;
-	svc->gen = ctx.gen;
+	}
+	for (i = 0; i < l.n; i++) {
+		const struct ks_life *life =
+			svc_listing_life(&l, l.keys[i]->kid);
+		const struct svc_key *k = l.keys[i];
+
+		if (life && life->revoked_at != KS_NEVER && published &&
+		    (!k->has_life || k->life.revoked_at == KS_NEVER))
+			svc_log(svc,
+				"key %" PRId64 " revoked: it leaves the JWKS "
+				"and never signs again",
+				k->kid);
+	}
+
+	pthread_mutex_lock(&svc->build_lock);
+	for (i = 0; i < l.n; i++) {
+		const struct ks_life *life =
+			svc_listing_life(&l, l.keys[i]->kid);
+
+		l.keys[i]->exp = l.exp[i];
+		l.keys[i]->has_life = life != NULL;
+		if (life)
+			l.keys[i]->life = *life;
+	}
+	old_keys = svc->keys;
+	old_n = svc->n_keys;
+	old_expired = svc->store_expired;
+	svc->keys = l.keys;
+	svc->n_keys = l.n;
+	svc->store_expired = expired;
+	svc->store_expired_exp = expired_exp;
+	if (svc->cur)
+		svc_rebuild(svc, now);
+	pthread_mutex_unlock(&svc->build_lock);
+
+	for (i = 0; i < old_n; i++)
+		svc_key_unref(old_keys[i]);
+	free(old_keys);
+	svc_key_unref(old_expired);
+	l.keys = NULL;
+	l.n = 0;
+	svc_listing_release(&l);
 	svc->have_version = have_version;
 	svc->version = version;
-	return svc->cur ? svc_rebuild(svc, now) : 0;
+	return 0;
+}
+
+/* Reload, then publish the first snapshot if none was yet. */
+static int svc_reload_publish(struct jwks_service *svc, int64_t now,
+			      struct ks_err *err)
+{
+	int rc = svc_reload(svc, now, err);
+
+	if (!rc) {
+		pthread_mutex_lock(&svc->build_lock);
+		if (!svc->cur)
+			rc = svc_rebuild(svc, now);
+		pthread_mutex_unlock(&svc->build_lock);
+	}
+	return rc;
 }
 
 int jwks_service_new(struct jwks_service **out, struct ks_store *store,
@@ -564,12 +845,15 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 		return ks_err_set(err, KS_EINVAL, "%s", why);
 	}
 	pthread_mutex_init(&svc->snap_lock, NULL);
-	pthread_cond_init(&svc->ready_cond, NULL);
+	svc_cond_init(&svc->ready_cond);
+	pthread_mutex_init(&svc->build_lock, NULL);
 	pthread_mutex_init(&svc->work_lock, NULL);
 	pthread_mutex_init(&svc->stop_lock, NULL);
-	pthread_cond_init(&svc->stop_cond, NULL);
+	svc_cond_init(&svc->stop_cond);
 
+	pthread_mutex_lock(&svc->work_lock);
 	rc = svc_reload(svc, svc_now(svc), err);
+	pthread_mutex_unlock(&svc->work_lock);
 	if (rc) {
 		jwks_service_free(svc);
 		return rc;
@@ -597,15 +881,12 @@ static void *svc_keygen_thread(void *arg)
 static int svc_plan(const struct jwks_service *svc, int64_t now,
 		    struct lc_plan *plan)
 {
-	struct svc_key **from = NULL;
-	struct lc_key *view = NULL;
-	size_t n = 0;
+	struct lc_key *view = svc_view(svc);
 
-	if (svc_view(svc, &view, &from, &n))
+	if (!view)
 		return KS_ENOMEM;
-	lc_plan_at(view, n, now, &svc->policy, 0, plan);
+	lc_plan_at(view, svc->n_keys, now, &svc->policy, 0, plan);
 	free(view);
-	free(from);
 	return 0;
 }
 
@@ -618,11 +899,14 @@ static int svc_rotate(struct jwks_service *svc, const struct signer_key *key,
 {
 	struct lc_plan plan;
 	int64_t kid = 0;
-	int rc;
+	int rc, published;
 
 	rc = ka_rotate(svc->store, svc->opts.kek, &svc->policy, key, now, 0,
 		       svc_is_bad, svc, &plan, &kid, err);
-	if (!rc && plan.action == LC_BOOTSTRAP && svc->cur)
+	pthread_mutex_lock(&svc->snap_lock);
+	published = svc->cur != NULL;
+	pthread_mutex_unlock(&svc->snap_lock);
+	if (!rc && plan.action == LC_BOOTSTRAP && published)
 		svc_log(svc,
 			"key %" PRId64 " signs at once: no published key "
 			"could sign",
@@ -645,18 +929,6 @@ static int svc_count_one(const struct ks_record *rec, void *arg)
 }
 
 static void *svc_thread_main(void *arg);
-
-/* An empty store gets an expired key too, for ?expired=true. */
-static int svc_add_expired(struct jwks_service *svc,
-			   const struct signer_key *key, int64_t now,
-			   struct ks_err *err)
-{
-	int64_t exp = now - 3600;
-	struct ks_life life = {0, now, exp, exp, KS_NEVER};
-
-	return ka_add_key(svc->store, svc->opts.kek, key, exp, &life, NULL,
-			  err);
-}
 
 int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 		       struct ks_err *err)
@@ -698,7 +970,11 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 			goto out;
 		}
 	}
-	/* The signing key first, so that it gets the lower kid. */
+	/*
+	 * The signing key first, so that it gets the lower kid. Both are
+	 * decided inside their transaction: of several servers starting on
+	 * one empty store, one adds each, the others find it there.
+	 */
 	if (need_signer) {
 		rc = svc_rotate(svc, gen[0].key, now, err);
 		if (!rc)
@@ -707,14 +983,14 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 			goto out;
 	}
 	if (need_expired) {
-		rc = svc_add_expired(svc, gen[want - 1].key, now, err);
-		if (rc)
+		rc = ka_add_expired_key(svc->store, svc->opts.kek,
+					gen[want - 1].key, now, NULL, err);
+		if (!rc)
+			count++;
+		else if (rc != KS_EEXISTS)
 			goto out;
-		count++;
 	}
-	rc = svc_reload(svc, now, err);
-	if (!rc && !svc->cur)
-		rc = svc_rebuild(svc, now);
+	rc = svc_reload_publish(svc, now, err);
 	if (rc)
 		goto out;
 	if (!pthread_create(&svc->thread, NULL, svc_thread_main, svc))
@@ -733,25 +1009,38 @@ out:
 
 int jwks_service_publish(struct jwks_service *svc, struct ks_err *err)
 {
-	int64_t now;
 	int rc;
 
 	pthread_mutex_lock(&svc->work_lock);
-	now = svc_now(svc);
-	rc = svc_reload(svc, now, err);
-	if (!rc && !svc->cur)
-		rc = svc_rebuild(svc, now);
+	rc = svc_reload_publish(svc, svc_now(svc), err);
 	pthread_mutex_unlock(&svc->work_lock);
 	return rc;
 }
 
 /*
  * Log a background failure, once per kind of failure and minute: a store
- * that stays broken must not fill the log four times a second.
+ * that stays broken must not fill the log four times a second. A store
+ * that went away is said once when it goes and once when it is back.
  */
 static void svc_fault(struct jwks_service *svc, int64_t now, const char *what,
 		      int rc, const struct ks_err *e)
 {
+	if (!rc) {
+		if (svc->store_down)
+			svc_log(svc, "key store reachable again: rotation "
+				     "resumes");
+		svc->store_down = 0;
+		return;
+	}
+	if (rc == KS_EUNAVAIL || rc == KS_EIO) {
+		if (!svc->store_down)
+			svc_log(svc,
+				"key store unreachable (%s failed: %s: %s): "
+				"serving the keys in memory until it is back",
+				what, ks_strerror(rc), e->text);
+		svc->store_down = 1;
+		return;
+	}
 	if (rc == svc->last_fault && now - svc->last_fault_log < 60)
 		return;
 	svc->last_fault = rc;
@@ -765,6 +1054,7 @@ void jwks_service_tick(struct jwks_service *svc)
 	struct signer_key *key = NULL;
 	struct ks_err e = {{0}};
 	struct lc_plan plan = {.action = LC_NOTHING};
+	const char *what = "checking the store";
 	uint64_t version;
 	int64_t now;
 	int rc;
@@ -772,17 +1062,17 @@ void jwks_service_tick(struct jwks_service *svc)
 	pthread_mutex_lock(&svc->work_lock);
 	now = svc_now(svc);
 	rc = ks_version(svc->store, &version, &e);
+	/* At a boundary the listing also drops keys that expired. */
 	if (rc == KS_EUNSUPPORTED ||
-	    (!rc && (!svc->have_version || version != svc->version))) {
+	    (!rc && (!svc->have_version || version != svc->version ||
+		     now >= svc_valid_until(svc)))) {
+		what = "reloading keys";
 		rc = svc_reload(svc, now, &e);
-		if (rc)
-			svc_fault(svc, now, "reloading keys", rc, &e);
-	} else if (rc) {
-		svc_fault(svc, now, "checking the store", rc, &e);
-	} else if (svc->cur && now >= svc->cur->valid_until) {
-		svc_rebuild(svc, now);
 	}
-	if (now >= svc->next_keygen_try && !svc->foreign_kid)
+	svc_fault(svc, now, what, rc, &e);
+	if (rc)
+		svc_refresh(svc, now);
+	if (!rc && now >= svc->next_keygen_try && !svc->foreign_kid)
 		svc_plan(svc, now, &plan);
 	pthread_mutex_unlock(&svc->work_lock);
 	if (plan.action == LC_NOTHING)
@@ -797,7 +1087,9 @@ void jwks_service_tick(struct jwks_service *svc)
 	if (rc == KS_EEXISTS)
 		rc = 0;
 	if (rc) {
-		svc->next_keygen_try = now + 5;
+		/* A busy or absent store is tried again soon. */
+		svc->next_keygen_try =
+			now + (rc == KS_EBUSY || rc == KS_EUNAVAIL ? 1 : 5);
 		svc_fault(svc, now, "adding a new key", rc, &e);
 	}
 	pthread_mutex_unlock(&svc->work_lock);
@@ -808,15 +1100,25 @@ static void *svc_thread_main(void *arg)
 {
 	struct jwks_service *svc = arg;
 	struct timespec until;
+	int listen = 1;
 
 	pthread_mutex_lock(&svc->stop_lock);
 	while (!svc->stopping) {
-		clock_gettime(CLOCK_REALTIME, &until);
-		until.tv_nsec += (long)svc->opts.poll_ms * 1000000L;
-		until.tv_sec += until.tv_nsec / 1000000000L;
-		until.tv_nsec %= 1000000000L;
-		pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock,
-				       &until);
+		/*
+		 * A store that announces changes wakes us at once; the change
+		 * counter, read every poll_ms either way, stays the truth.
+		 */
+		if (listen) {
+			pthread_mutex_unlock(&svc->stop_lock);
+			listen = ks_wait(svc->store, svc->opts.poll_ms, NULL) !=
+				 KS_EUNSUPPORTED;
+			pthread_mutex_lock(&svc->stop_lock);
+		}
+		if (!listen && !svc->stopping) {
+			until = svc_deadline(svc->opts.poll_ms);
+			pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock,
+					       &until);
+		}
 		if (svc->stopping)
 			break;
 		pthread_mutex_unlock(&svc->stop_lock);
@@ -829,7 +1131,7 @@ static void *svc_thread_main(void *arg)
 
 void jwks_service_free(struct jwks_service *svc)
 {
-	struct svc_key *k, *next;
+	size_t i;
 
 	if (!svc)
 		return;
@@ -841,13 +1143,14 @@ void jwks_service_free(struct jwks_service *svc)
 		pthread_join(svc->thread, NULL);
 	}
 	svc_snapshot_release(svc->cur);
-	for (k = svc->keys; k; k = next) {
-		next = k->next;
-		svc_key_free(k);
-	}
+	for (i = 0; i < svc->n_keys; i++)
+		svc_key_unref(svc->keys[i]);
+	free(svc->keys);
+	svc_key_unref(svc->store_expired);
 	free(svc->bad);
 	pthread_mutex_destroy(&svc->snap_lock);
 	pthread_cond_destroy(&svc->ready_cond);
+	pthread_mutex_destroy(&svc->build_lock);
 	pthread_mutex_destroy(&svc->work_lock);
 	pthread_mutex_destroy(&svc->stop_lock);
 	pthread_cond_destroy(&svc->stop_cond);
@@ -855,8 +1158,8 @@ void jwks_service_free(struct jwks_service *svc)
 }
 
 /*
- * The current snapshot, rebuilt first (without touching the store) when
- * one of its keys has expired since it was built.
+ * The current snapshot, rebuilt first from memory (never the store) when
+ * a key boundary has passed since it was built.
  */
 static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
 					      int64_t now)
@@ -865,132 +1168,10 @@ static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
 
 	if (s && now >= s->valid_until) {
 		svc_snapshot_release(s);
-		pthread_mutex_lock(&svc->work_lock);
-		if (svc->cur && now >= svc->cur->valid_until)
-			svc_rebuild(svc, now);
-		pthread_mutex_unlock(&svc->work_lock);
+		svc_refresh(svc, now);
 		s = svc_acquire(svc);
 	}
 	return s;
-}
-
-/* The kids and expiries of the expired keys, for picking one to sign. */
-struct svc_kid_exp {
-	int64_t kid, exp;
-};
-
-struct svc_expired_set {
-	struct svc_kid_exp *v;
-	size_t n, cap;
-};
-
-/* A revoked key never signs again, ?expired=true included. */
-static int svc_drop_revoked(const struct ks_life *life, void *arg)
-{
-	struct svc_expired_set *set = arg;
-	size_t i;
-
-	if (life->revoked_at == KS_NEVER)
-		return 0;
-	for (i = 0; i < set->n; i++) {
-		if (set->v[i].kid == life->kid) {
-			set->v[i] = set->v[--set->n];
-			break;
-		}
-	}
-	return 0;
-}
-
-static int svc_collect_expired(const struct ks_record *rec, void *arg)
-{
-	struct svc_expired_set *set = arg;
-
-	if (set->n == set->cap) {
-		size_t cap = set->cap ? set->cap * 2 : 64;
-		void *v = realloc(set->v, cap * sizeof(*set->v));
-
-		if (!v)
-			return KS_ENOMEM;
-		set->v = v;
-		set->cap = cap;
-	}
-	set->v[set->n].kid = rec->kid;
-	set->v[set->n].exp = rec->exp;
-	set->n++;
-	return 0;
-}
-
-/* Latest expiry first; of equal ones, the newest kid. */
-static int svc_cmp_expired(const void *a, const void *b)
-{
-	const struct svc_kid_exp *x = a, *y = b;
-
-	if (x->exp != y->exp)
-		return x->exp < y->exp ? 1 : -1;
-	return (x->kid < y->kid) - (x->kid > y->kid);
-}
-
-/*
- * The most recently expired key that can be parsed: cached after the first
- * request, looked up in the store only when the cache is empty. Only the
- * kids and expiries are read for all expired keys; key rows are read (and
- * parsed) one at a time, newest expiry first, skipping undecodable ones.
- */
-static int svc_expired_key(struct jwks_service *svc, int64_t now,
-			   const struct svc_key **out, int64_t *exp_out,
-			   struct ks_err *err)
-{
-	struct svc_expired_set set = {NULL, 0, 0};
-	struct svc_key *k = NULL;
-	size_t i;
-	int rc;
-
-	pthread_mutex_lock(&svc->snap_lock);
-	*out = svc->expired;
-	*exp_out = svc->expired_exp;
-	pthread_mutex_unlock(&svc->snap_lock);
-	if (*out)
-		return 0;
-
-	pthread_mutex_lock(&svc->work_lock);
-	rc = ks_list(svc->store, INT64_MIN, now, svc_collect_expired, &set,
-		     err);
-	if (!rc)
-		rc = ks_life_list(svc->store, svc_drop_revoked, &set, err);
-	if (!rc && set.n)
-		qsort(set.v, set.n, sizeof(*set.v), svc_cmp_expired);
-	for (i = 0; !rc && !k && i < set.n; i++) {
-		struct ks_record rec = {0};
-
-		k = svc_find_key(svc, set.v[i].kid);
-		if (k) {
-			*exp_out = set.v[i].exp;
-			break;
-		}
-		rc = ks_get(svc->store, set.v[i].kid, &rec, err);
-		if (rc == KS_ENOTFOUND) {
-			rc = 0;
-			continue;
-		}
-		if (!rc && svc_adopt_record(svc, &rec, &k) == KS_ENOMEM)
-			rc = KS_ENOMEM;
-		if (k)
-			*exp_out = rec.exp;
-		ks_record_release(&rec);
-	}
-	if (!rc && !k)
-		rc = ks_err_set(err, KS_ENOTFOUND,
-				"the store has no usable expired key");
-	if (!rc) {
-		pthread_mutex_lock(&svc->snap_lock);
-		svc->expired = k;
-		svc->expired_exp = *exp_out;
-		pthread_mutex_unlock(&svc->snap_lock);
-		*out = k;
-	}
-	pthread_mutex_unlock(&svc->work_lock);
-	free(set.v);
-	return rc;
 }
 
 /* header_b64 "." b64url(claims) "." b64url(signature), NUL-terminated. */
@@ -1025,32 +1206,38 @@ static int svc_sign_token(const struct svc_key *k, int64_t iat, int64_t exp,
 int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
 		       size_t cap, size_t *len_out, struct ks_err *err)
 {
-	struct svc_snapshot *s = NULL;
+	struct svc_snapshot *s;
 	const struct svc_key *k;
-	int64_t now, iat, exp, key_exp;
+	int64_t now, iat, exp;
 	int rc;
 
 	if (!svc || !out || !len_out)
 		return KS_EINVAL;
 	*len_out = 0;
 	now = svc_now(svc);
-	if (expired) {
-		rc = svc_expired_key(svc, now, &k, &key_exp, err);
-		if (rc)
-			return rc;
-		exp = key_exp < now ? key_exp : now - 1;
+	s = svc_acquire_fresh(svc, now);
+	if (!s) {
+		return ks_err_set(err, KS_ENOKEY, "no key set published yet");
+	} else if (expired) {
+		k = s->expired;
+		if (!k) {
+			svc_snapshot_release(s);
+			return ks_err_set(err, KS_ENOTFOUND,
+					  "the store has no usable expired "
+					  "key");
+		}
+		exp = s->expired_exp < now ? s->expired_exp : now - 1;
 		/* A store may hold any exp: never overflow going back. */
 		iat = exp >= INT64_MIN + svc->opts.token_ttl
 			      ? exp - svc->opts.token_ttl
 			      : exp;
 	} else {
-		s = svc_acquire_fresh(svc, now);
-		if (!s || !s->signing) {
+		k = s->signing;
+		if (!k) {
 			svc_snapshot_release(s);
 			return ks_err_set(err, KS_ENOKEY,
 					  "no unexpired signing key");
 		}
-		k = s->signing;
 		iat = now;
 		exp = now + svc->opts.token_ttl;
 		if (exp > s->sign_cap)
