@@ -12,6 +12,11 @@ project's targets are stated in:
   memory  the server's peak resident set (VmHWM) under the benchmark
   scale   the same figures on a store with 10,000 expired keys and 10
           unexpired ones, and the time from start to accepting connections
+  postgres /auth and JWKS on the PostgreSQL backend (a throwaway server from
+          tests/pg/pgserver.py) vs the SQLite backend in the same run, and the
+          cross-instance change latency: `jwksd keys rotate` against the
+          database, then the time until another instance's JWKS changes
+          (median and max over --changes changes)
 
 Each figure is the median of --runs runs. The table is also written to
 OUT/bench-<time>.md and OUT/last.md; the previous last.md is shown beside it.
@@ -32,6 +37,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pg"))
+import pgserver  # noqa: E402  (tests/pg/pgserver.py)
 
 LOOP = "127.0.0.1"
 JWKS = "/.well-known/jwks.json"
@@ -124,9 +132,10 @@ def openssl_signs_per_second(args):
 
 
 class Jwksd:
-    def __init__(self, binary, workdir, db, threads):
+    def __init__(self, binary, workdir, db, threads, extra=()):
         self.port = free_port()
         cmd = [binary, "--listen", f"{LOOP}:{self.port}", "--db", str(db)]
+        cmd += list(extra)
         if threads:
             cmd += ["--threads", str(threads)]
         self.log = open(workdir / f"jwksd-{self.port}.log", "wb")
@@ -203,6 +212,44 @@ def big_store(path, pem_source, live_count=10):
     return live_count
 
 
+def etag(server):
+    with urllib.request.urlopen(server.url(JWKS), timeout=10) as r:
+        return r.headers["ETag"]
+
+
+def postgres_figures(args, work, lua):
+    """/auth and JWKS on the postgres backend, and how soon a change made in
+    the database shows on another instance."""
+    pg = pgserver.PgServer(label="bench")
+    pg.init()
+    pg.start()
+    try:
+        pg_args = ["--backend", "postgres", "--pg-schema", "bench"]
+        server = Jwksd(args.jwksd, work, pg.conninfo, args.threads, pg_args)
+        res = {"auth": measure(server.proc.pid, server.url("/auth"), args,
+                               str(lua)),
+               "jwks": measure(server.proc.pid, server.url(JWKS), args)}
+        other = Jwksd(args.jwksd, work, pg.conninfo, args.threads, pg_args)
+        lat = []
+        for _ in range(args.changes):
+            before = etag(other)
+            subprocess.run([args.jwksd, "keys", "rotate", "--db", pg.conninfo]
+                           + pg_args, check=True, capture_output=True,
+                           timeout=60)
+            t0 = time.monotonic()
+            while etag(other) == before:
+                if time.monotonic() - t0 > 10:
+                    raise RuntimeError("a change did not show within 10 s")
+                time.sleep(0.002)
+            lat.append(time.monotonic() - t0)
+        res["change_ms"] = [x * 1000 for x in lat]
+        other.stop()
+        server.stop()
+        return res
+    finally:
+        pg.remove()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jwksd", required=True)
@@ -212,6 +259,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--changes", type=int, default=20,
+                    help="cross-instance changes timed on postgres")
     ap.add_argument("--threads", type=int, default=0,
                     help="jwksd --threads (default: jwksd's default)")
     args = ap.parse_args()
@@ -256,6 +305,10 @@ def main():
     results["big_jwks"] = measure(big.proc.pid, big.url(JWKS), args)
     results["big_rss"] = peak_rss_mib(big.proc.pid)
     big.stop()
+    print("jwksd on PostgreSQL, and cross-instance changes ...",
+          file=sys.stderr)
+    pgres = postgres_figures(args, work, lua)
+    results["pg_auth"], results["pg_jwks"] = pgres["auth"], pgres["jwks"]
     listen_s = statistics.median(s[0] for s in starts)
     ready_s = statistics.median(s[1] for s in starts)
 
@@ -290,6 +343,18 @@ def main():
         f"| GET JWKS req/s | {bj['rps']:.0f} | {j['rps']:.0f} | "
         f"{bj['rps'] / j['rps']:.3f} | >= 0.9 |",
         f"| peak RSS | {results['big_rss']:.1f} MiB | {results['rss']:.1f} MiB | | |",
+        "",
+        "PostgreSQL backend (one local server, Unix socket) vs SQLite, same run:",
+        "",
+        "| figure | postgres | sqlite | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| POST /auth req/s | {results['pg_auth']['rps']:.0f} | {a['rps']:.0f} | "
+        f"{results['pg_auth']['rps'] / a['rps']:.3f} | >= 0.95 |",
+        f"| GET JWKS req/s | {results['pg_jwks']['rps']:.0f} | {j['rps']:.0f} | "
+        f"{results['pg_jwks']['rps'] / j['rps']:.3f} | >= 0.95 |",
+        f"| cross-instance change, {len(pgres['change_ms'])} changes | median "
+        f"{statistics.median(pgres['change_ms']):.1f} ms, max "
+        f"{max(pgres['change_ms']):.1f} ms | | | <= 1000 ms |",
     ]
     bad = [f"{k}: {v['non2xx']} non-2xx, socket errors {v['errors']!r}"
            for k, v in results.items()
