@@ -206,7 +206,7 @@ static const char *ks_pg_message(const char *msg, char *buf, size_t cap)
 	while (len && (buf[len - 1] == '\n' || buf[len - 1] == ' '))
 		buf[--len] = '\0';
 	for (; len; len--)
-		if (buf[len - 1] == '\n')
+		if (buf[len - 1] == '\n' || buf[len - 1] == '\t')
 			buf[len - 1] = ' ';
 	return buf;
 }
