@@ -1096,31 +1096,62 @@ void jwks_service_tick(struct jwks_service *svc)
 	signer_key_free(key);
 }
 
+static int64_t svc_mono_ms(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Longest a wait for a store's notification blocks a stop. */
+#define SVC_WAIT_SLICE_MS 250
+
+/*
+ * Wait for the next pass: poll_ms, or less when the store announces a
+ * change (ks_wait()), in slices short enough that a stop is never held up
+ * for long. Returns whether the service is stopping (stop_lock held).
+ */
+static int svc_wait_next(struct jwks_service *svc, int *listen)
+{
+	int64_t due = svc_mono_ms() + svc->opts.poll_ms;
+	struct timespec until;
+
+	while (*listen && !svc->stopping) {
+		int64_t left = due - svc_mono_ms(), t0;
+		unsigned slice;
+		int rc;
+
+		if (left <= 0)
+			return 0;
+		slice = left < SVC_WAIT_SLICE_MS ? (unsigned)left
+						 : SVC_WAIT_SLICE_MS;
+		pthread_mutex_unlock(&svc->stop_lock);
+		t0 = svc_mono_ms();
+		rc = ks_wait(svc->store, slice, NULL);
+		/* Back well before the slice ended: a change was announced. */
+		left = (int64_t)slice - (svc_mono_ms() - t0);
+		pthread_mutex_lock(&svc->stop_lock);
+		if (rc == KS_EUNSUPPORTED)
+			*listen = 0;
+		else if (left > 5)
+			return svc->stopping;
+	}
+	if (!svc->stopping) {
+		until = svc_deadline(svc->opts.poll_ms);
+		pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock,
+				       &until);
+	}
+	return svc->stopping;
+}
+
 static void *svc_thread_main(void *arg)
 {
 	struct jwks_service *svc = arg;
-	struct timespec until;
 	int listen = 1;
 
 	pthread_mutex_lock(&svc->stop_lock);
-	while (!svc->stopping) {
-		/*
-		 * A store that announces changes wakes us at once; the change
-		 * counter, read every poll_ms either way, stays the truth.
-		 */
-		if (listen) {
-			pthread_mutex_unlock(&svc->stop_lock);
-			listen = ks_wait(svc->store, svc->opts.poll_ms, NULL) !=
-				 KS_EUNSUPPORTED;
-			pthread_mutex_lock(&svc->stop_lock);
-		}
-		if (!listen && !svc->stopping) {
-			until = svc_deadline(svc->opts.poll_ms);
-			pthread_cond_timedwait(&svc->stop_cond, &svc->stop_lock,
-					       &until);
-		}
-		if (svc->stopping)
-			break;
+	while (!svc_wait_next(svc, &listen)) {
 		pthread_mutex_unlock(&svc->stop_lock);
 		jwks_service_tick(svc);
 		pthread_mutex_lock(&svc->stop_lock);
