@@ -802,7 +802,9 @@ static int ks_lmdb_visit_record(struct ks_lmdb_store *s, const MDB_val *key,
 	struct ks_record rec;
 	int ret = ks_lmdb_decode(s, key, val, &rec, w->func, err);
 
-	if (!ret && rec.exp > w->exp_after && rec.exp <= w->exp_until)
+	/* exp_after INT64_MIN has no lower bound (keystore.h). */
+	if (!ret && (w->exp_after == INT64_MIN || rec.exp > w->exp_after) &&
+	    rec.exp <= w->exp_until)
 		ret = w->fn(&rec, w->arg);
 	return ret;
 }
@@ -952,6 +954,17 @@ static int ks_lmdb_txn_put(struct ks_txn *txn, const unsigned char *blob,
 	if (kid_out)
 		*kid_out = kid;
 	return ret;
+}
+
+static int ks_lmdb_txn_import(struct ks_txn *txn, const struct ks_record *rec,
+			      struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	int64_t kid = 0;
+
+	return ks_lmdb_insert(ks_lmdb_downcast(txn->store), t->txn, rec->kid,
+			      rec->blob, rec->blob_len, rec->exp, &kid,
+			      "ks_lmdb_txn_import", err);
 }
 
 /* Whether the record kid exists in txn: 0, KS_ENOTFOUND or an error. */
@@ -1284,6 +1297,7 @@ const struct ks_backend ks_backend_lmdb = {
 	.write = ks_lmdb_write,
 	.txn_next_kid = ks_lmdb_txn_next_kid,
 	.txn_put = ks_lmdb_txn_put,
+	.txn_import = ks_lmdb_txn_import,
 	.txn_update = ks_lmdb_txn_update,
 	.txn_delete = ks_lmdb_txn_delete,
 	.txn_list = ks_lmdb_txn_list,
