@@ -8,7 +8,7 @@
  * A store made before "life" existed gets it on its first writable open; a
  * read-only one without it has no lifecycle entries.
  */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ks_backend.h"
@@ -26,6 +27,11 @@
 #define KS_LMDB_MAXDBS 3
 #define KS_LMDB_LIFE_SIZE 32
 #define KS_LMDB_LOCK_SUFFIX "-lock"
+/*
+ * The byte of the lock file our writers lock (LMDB itself locks byte 0
+ * only), far from it so that the two never meet.
+ */
+#define KS_LMDB_WLOCK_OFFSET ((off_t)0x7fff0000)
 
 static char ks_lmdb_key_next_kid[] = "next_kid";
 
@@ -38,7 +44,17 @@ static char ks_lmdb_key_next_kid[] = "next_kid";
  * never shared with a child of fork(), which opens its own.
  * Every transaction holds map_lock for reading; adopting a map grown by
  * another process (which unmaps the old one) holds it for writing.
- * Writers wait for each other inside LMDB; busy_timeout_ms is not used.
+ *
+ * Writers: LMDB's own writer mutex has no timeout, so a writer that stops
+ * while it holds it (a `jwksd keys` under SIGSTOP) would stall every other
+ * writer for ever. Before mdb_txn_begin() a writer therefore takes wlock
+ * (the threads of this process) and then an open-file-description lock on
+ * byte KS_LMDB_WLOCK_OFFSET of the lock file through wfd (the processes),
+ * both waited for up to busy_timeout_ms on CLOCK_MONOTONIC; past it the
+ * write fails with KS_EBUSY. The kernel drops the lock of a process that
+ * dies. wfd is -1 for a read-only environment. It stays open until the
+ * environment is closed: closing any descriptor of the lock file drops the
+ * process's fcntl() locks on it, LMDB's included.
  */
 struct ks_lmdb_env {
 	struct ks_lmdb_env *next;
@@ -50,6 +66,8 @@ struct ks_lmdb_env {
 	MDB_dbi keys, meta, life;
 	int has_life;
 	pthread_rwlock_t map_lock;
+	pthread_mutex_t wlock;
+	int wfd;
 };
 
 static pthread_mutex_t ks_lmdb_envs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -62,6 +80,7 @@ struct ks_lmdb_store {
 	int has_life;
 	struct ks_lmdb_env *shared;
 	char *path;
+	int busy_timeout_ms;
 };
 
 /* The transaction ks_lmdb_write() hands to its callback. */
@@ -214,16 +233,114 @@ static int ks_lmdb_remap(struct ks_lmdb_store *s, const char *func,
 	return rc ? ks_lmdb_error(s, rc, func, "mdb_env_set_mapsize", err) : 0;
 }
 
+static void ks_lmdb_now(struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+/* Milliseconds from now until deadline; 0 once it has passed. */
+static long ks_lmdb_ms_left(const struct timespec *deadline)
+{
+	struct timespec now;
+	long long ms;
+
+	ks_lmdb_now(&now);
+	ms = (long long)(deadline->tv_sec - now.tv_sec) * 1000 +
+	     (deadline->tv_nsec - now.tv_nsec) / 1000000;
+	return ms > 0 ? (long)ms : 0;
+}
+
+static int ks_lmdb_wfd_lock(int fd, short type)
+{
+	struct flock fl = {.l_type = type,
+			   .l_whence = SEEK_SET,
+			   .l_start = KS_LMDB_WLOCK_OFFSET,
+			   .l_len = 1};
+
+	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
 /*
- * Begin a transaction and hold map_lock for reading until ks_lmdb_end().
- * When another process grew the map past ours, adopt its size and retry
- * once. On failure nothing is held.
+ * Take the writer lock (see struct ks_lmdb_env), waiting up to the busy
+ * timeout on CLOCK_MONOTONIC. Returns 0 or KS_EBUSY; nothing is held then.
+ */
+static int ks_lmdb_wlock(struct ks_lmdb_store *s, const char *func,
+			 struct ks_err *err)
+{
+	struct ks_lmdb_env *e = s->shared;
+	struct timespec deadline;
+	long pause_ms = 1, left;
+	int rc;
+
+	ks_lmdb_now(&deadline);
+	deadline.tv_sec += s->busy_timeout_ms / 1000;
+	deadline.tv_nsec += (long)(s->busy_timeout_ms % 1000) * 1000000;
+	if (deadline.tv_nsec >= 1000000000) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000;
+	}
+	rc = pthread_mutex_clocklock(&e->wlock, CLOCK_MONOTONIC, &deadline);
+	if (rc == ETIMEDOUT)
+		return ks_err_set(err, KS_EBUSY,
+				  "%s: '%s' is being written by another thread "
+				  "past the busy timeout of %d ms",
+				  func, s->path, s->busy_timeout_ms);
+	if (rc)
+		return ks_lmdb_error(s, rc, func, "pthread_mutex_clocklock",
+				     err);
+	while (e->wfd >= 0) {
+		struct timespec pause;
+
+		rc = ks_lmdb_wfd_lock(e->wfd, F_WRLCK);
+		if (!rc)
+			break;
+		left = ks_lmdb_ms_left(&deadline);
+		if ((rc != EAGAIN && rc != EACCES) || !left) {
+			pthread_mutex_unlock(&e->wlock);
+			if (rc != EAGAIN && rc != EACCES)
+				return ks_lmdb_error(s, rc, func,
+						     "fcntl F_OFD_SETLK", err);
+			return ks_err_set(err, KS_EBUSY,
+					  "%s: '%s' is being written by "
+					  "another process past the busy "
+					  "timeout of %d ms",
+					  func, s->path, s->busy_timeout_ms);
+		}
+		if (pause_ms > left)
+			pause_ms = left;
+		pause.tv_sec = 0;
+		pause.tv_nsec = pause_ms * 1000000;
+		nanosleep(&pause, NULL);
+		if (pause_ms < 16)
+			pause_ms *= 2;
+	}
+	return 0;
+}
+
+static void ks_lmdb_wunlock(struct ks_lmdb_store *s)
+{
+	if (s->shared->wfd >= 0)
+		ks_lmdb_wfd_lock(s->shared->wfd, F_UNLCK);
+	pthread_mutex_unlock(&s->shared->wlock);
+}
+
+/*
+ * Begin a transaction and hold map_lock for reading until ks_lmdb_end()
+ * (a write transaction holds the writer lock too, taken first). When
+ * another process grew the map past ours, adopt its size and retry once.
+ * On failure nothing is held.
  */
 static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
 			 const char *func, struct ks_err *err)
 {
-	int rc, ret, tries = 0;
+	int rc, ret, tries = 0, write = !(flags & MDB_RDONLY);
 
+	*txn = NULL;
+	if (write) {
+		ret = ks_lmdb_wlock(s, func, err);
+		if (ret)
+			return ret;
+	}
 	for (;;) {
 		pthread_rwlock_rdlock(&s->shared->map_lock);
 		rc = mdb_txn_begin(s->env, NULL, flags, txn);
@@ -232,20 +349,27 @@ static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
 		*txn = NULL;
 		ret = ks_lmdb_error(s, rc, func, "mdb_txn_begin", err);
 		pthread_rwlock_unlock(&s->shared->map_lock);
-		if (rc != MDB_MAP_RESIZED || tries++)
+		if (rc == MDB_MAP_RESIZED && !tries++)
+			ret = ks_lmdb_remap(s, func, err);
+		if (ret) {
+			if (write)
+				ks_lmdb_wunlock(s);
 			return ret;
-		ret = ks_lmdb_remap(s, func, err);
-		if (ret)
-			return ret;
+		}
 	}
 }
 
-/* Abort txn (which may be NULL: committed already) and drop map_lock. */
-static void ks_lmdb_end(struct ks_lmdb_store *s, MDB_txn *txn)
+/*
+ * Abort txn (which may be NULL: committed already), drop map_lock and, for
+ * a write transaction (flags as given to ks_lmdb_begin()), the writer lock.
+ */
+static void ks_lmdb_end(struct ks_lmdb_store *s, MDB_txn *txn, unsigned flags)
 {
 	if (txn)
 		mdb_txn_abort(txn);
 	pthread_rwlock_unlock(&s->shared->map_lock);
+	if (!(flags & MDB_RDONLY))
+		ks_lmdb_wunlock(s);
 }
 
 /*
@@ -382,7 +506,7 @@ static int ks_lmdb_run(struct ks_lmdb_store *s, ks_txn_fn fn, void *arg,
 		if (rc)
 			ret = ks_lmdb_error(s, rc, func, "mdb_txn_commit", err);
 	}
-	ks_lmdb_end(s, t.txn);
+	ks_lmdb_end(s, t.txn, 0);
 	return ret;
 }
 
@@ -454,7 +578,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	}
 	if (rc && rc != MDB_NOTFOUND)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	if (ret || (!rc && !life_rc)) {
 		s->has_life = !ret;
 		return ret;
@@ -485,7 +609,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	if (rc)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
 	s->has_life = !ret;
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, 0);
 	return ret;
 }
 
@@ -572,13 +696,28 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 		return ks_err_set(err, KS_ENOMEM,
 				  "ks_lmdb_open: out of memory");
 	}
+	if (pthread_mutex_init(&e->wlock, NULL)) {
+		pthread_rwlock_destroy(&e->map_lock);
+		free(e);
+		free(lock_path);
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_open: out of memory");
+	}
+	e->wfd = -1;
 	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
 	s->shared = e;
 	had_data = ks_lmdb_exists(s->path);
 	had_lock = ks_lmdb_exists(lock_path);
 	ret = ks_lmdb_env_start(s, opts, 0, err);
-	if (ret == KS_EACCES && had_data)
+	if (!ret) {
+		/* The writer lock (see struct ks_lmdb_env). */
+		e->wfd = open(lock_path, O_RDWR | O_CLOEXEC);
+		if (e->wfd < 0)
+			ret = ks_lmdb_error(s, errno, "ks_lmdb_open", "open",
+					    err);
+	} else if (ret == KS_EACCES && had_data) {
 		ret = ks_lmdb_env_start(s, opts, MDB_RDONLY, err);
+	}
 	opened = !ret;
 	if (!ret)
 		ret = ks_lmdb_check_size(s, "ks_lmdb_open", err);
@@ -596,11 +735,14 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 	if (ret) {
 		if (s->env)
 			mdb_env_close(s->env);
+		if (e->wfd >= 0)
+			close(e->wfd);
 		if (!had_lock && (ret == KS_ECORRUPT || !opened))
 			unlink(lock_path);
 		if (!had_data && !opened)
 			unlink(s->path);
 		pthread_rwlock_destroy(&e->map_lock);
+		pthread_mutex_destroy(&e->wlock);
 		free(e);
 		s->shared = NULL;
 		s->env = NULL;
@@ -656,6 +798,7 @@ static int ks_lmdb_open(struct ks_store **out, const struct ks_options *opts,
 				  "ks_lmdb_open: out of memory");
 	}
 	s->base.be = &ks_backend_lmdb;
+	s->busy_timeout_ms = opts->busy_timeout_ms;
 	pthread_mutex_lock(&ks_lmdb_envs_lock);
 	ks_lmdb_env_find(s);
 	if (!s->shared)
@@ -683,8 +826,13 @@ static void ks_lmdb_close(struct ks_store *store)
 				break;
 			}
 		}
-		mdb_env_close(e->env);
+		if (e->env)
+			mdb_env_close(e->env);
+		/* After the environment: closing it drops LMDB's locks. */
+		if (e->wfd >= 0)
+			close(e->wfd);
 		pthread_rwlock_destroy(&e->map_lock);
+		pthread_mutex_destroy(&e->wlock);
 		free(e);
 	}
 	pthread_mutex_unlock(&ks_lmdb_envs_lock);
@@ -750,7 +898,7 @@ static int ks_lmdb_get(struct ks_store *store, int64_t kid,
 		out->kid = kid;
 		out->exp = rec.exp;
 	}
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
@@ -837,7 +985,7 @@ static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
 		return ret;
 	ret = ks_lmdb_walk(s, txn, exp_after, exp_until, fn, arg,
 			   "ks_lmdb_list", err);
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
@@ -913,7 +1061,7 @@ static int ks_lmdb_life_list(struct ks_store *store, struct ks_txn *txn,
 	if (ret)
 		return ret;
 	ret = ks_lmdb_life_walk(s, rtxn, fn, arg, "ks_lmdb_life_list", err);
-	ks_lmdb_end(s, rtxn);
+	ks_lmdb_end(s, rtxn, MDB_RDONLY);
 	return ret;
 }
 
@@ -1161,7 +1309,7 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 		ret = ks_lmdb_life_walk(s, txn, ks_lmdb_check_life, &o,
 					"ks_lmdb_check", err);
 	}
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
