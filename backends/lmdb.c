@@ -55,6 +55,10 @@ static char ks_lmdb_key_next_kid[] = "next_kid";
  * dies. wfd is -1 for a read-only environment. It stays open until the
  * environment is closed: closing any descriptor of the lock file drops the
  * process's fcntl() locks on it, LMDB's included.
+ *
+ * env is NULL after ks_lmdb_scrub() failed to reopen it (map_size and
+ * max_readers are then what to reopen it with): every later call tries to
+ * reopen it and fails with a clear KS_EIO as long as that fails.
  */
 struct ks_lmdb_env {
 	struct ks_lmdb_env *next;
@@ -68,6 +72,8 @@ struct ks_lmdb_env {
 	pthread_rwlock_t map_lock;
 	pthread_mutex_t wlock;
 	int wfd;
+	size_t map_size;
+	unsigned max_readers;
 };
 
 static pthread_mutex_t ks_lmdb_envs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -324,6 +330,8 @@ static void ks_lmdb_wunlock(struct ks_lmdb_store *s)
 	pthread_mutex_unlock(&s->shared->wlock);
 }
 
+static int ks_lmdb_live(struct ks_lmdb_store *s, struct ks_err *err);
+
 /*
  * Begin a transaction and hold map_lock for reading until ks_lmdb_end()
  * (a write transaction holds the writer lock too, taken first). When
@@ -336,6 +344,9 @@ static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
 	int rc, ret, tries = 0, write = !(flags & MDB_RDONLY);
 
 	*txn = NULL;
+	ret = ks_lmdb_live(s, err);
+	if (ret)
+		return ret;
 	if (write) {
 		ret = ks_lmdb_wlock(s, func, err);
 		if (ret)
@@ -1230,6 +1241,9 @@ static int ks_lmdb_version(struct ks_store *store, uint64_t *out,
 	MDB_envinfo info;
 	int rc;
 
+	rc = ks_lmdb_live(s, err);
+	if (rc)
+		return rc;
 	pthread_rwlock_rdlock(&s->shared->map_lock);
 	rc = mdb_env_info(s->env, &info);
 	pthread_rwlock_unlock(&s->shared->map_lock);
@@ -1355,6 +1369,79 @@ static int ks_lmdb_compact_copy(struct ks_lmdb_store *s, struct ks_err *err)
 	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_scrub", call, err) : 0;
 }
 
+#if defined(JWKS_KS_FAULTS) && JWKS_KS_FAULTS
+/*
+ * Tests only (built with JWKS_KS_FAULTS): how many of the next reopens
+ * fail, as a reopen that meets a full disk or a damaged file would.
+ */
+int ks__lmdb_fail_reopens;
+#endif
+
+/*
+ * Open the environment of s again, after ks_lmdb_scrub() closed it. It is
+ * built in a copy of s, so that s->env stays NULL until it is complete; on
+ * failure nothing stays open. Called with ks_lmdb_envs_lock held and no
+ * transaction running.
+ */
+static int ks_lmdb_reopen(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	struct ks_lmdb_env *e = s->shared;
+	struct ks_options opts = KS_OPTIONS_INIT;
+	struct ks_lmdb_store t = *s;
+	int ret;
+
+#if defined(JWKS_KS_FAULTS) && JWKS_KS_FAULTS
+	if (ks__lmdb_fail_reopens > 0) {
+		ks__lmdb_fail_reopens--;
+		return ks_err_set(err, KS_EIO,
+				  "ks_lmdb_reopen: mdb_env_open '%s' failed: "
+				  "an injected fault",
+				  s->path);
+	}
+#endif
+	opts.lmdb_map_size = e->map_size;
+	opts.max_readers = e->max_readers;
+	t.env = NULL;
+	ret = ks_lmdb_env_start(&t, &opts, 0, err);
+	if (!ret)
+		ret = ks_lmdb_dbis(&t, err);
+	if (!ret)
+		ret = ks_lmdb_identity(&t, e, err);
+	if (ret) {
+		if (t.env)
+			mdb_env_close(t.env);
+		return ret;
+	}
+	pthread_rwlock_wrlock(&e->map_lock);
+	s->env = e->env = t.env;
+	s->keys = e->keys = t.keys;
+	s->meta = e->meta = t.meta;
+	s->life = e->life = t.life;
+	s->has_life = e->has_life = t.has_life;
+	pthread_rwlock_unlock(&e->map_lock);
+	return 0;
+}
+
+/*
+ * 0 when s has an open environment; after a failed reopen, try again:
+ * 0 when that works, else its error (KS_EIO, ...), detail in err.
+ */
+static int ks_lmdb_live(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	int ret = 0, live;
+
+	pthread_rwlock_rdlock(&s->shared->map_lock);
+	live = s->env != NULL;
+	pthread_rwlock_unlock(&s->shared->map_lock);
+	if (live)
+		return 0;
+	pthread_mutex_lock(&ks_lmdb_envs_lock);
+	if (!s->env)
+		ret = ks_lmdb_reopen(s, err);
+	pthread_mutex_unlock(&ks_lmdb_envs_lock);
+	return ret;
+}
+
 /*
  * LMDB never overwrites a page it freed: old copies of replaced records stay
  * in the file until the page is reused. Scrubbing rewrites the file
@@ -1369,7 +1456,6 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 {
 	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
 	struct ks_lmdb_env *e = s->shared;
-	struct ks_options opts = KS_OPTIONS_INIT;
 	struct flock fl = {.l_type = F_WRLCK,
 			   .l_whence = SEEK_SET,
 			   .l_start = 0,
@@ -1378,11 +1464,16 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 	char *lock_path = malloc(len);
 	unsigned env_flags = 0, readers = 0;
 	MDB_envinfo info;
-	int fd, ret = 0;
+	int fd, rc, ret = 0;
 
 	if (!lock_path)
 		return ks_err_set(err, KS_ENOMEM,
 				  "ks_lmdb_scrub: out of memory");
+	ret = ks_lmdb_live(s, err);
+	if (ret) {
+		free(lock_path);
+		return ret;
+	}
 	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
 	pthread_mutex_lock(&ks_lmdb_envs_lock);
 	mdb_env_get_flags(s->env, &env_flags);
@@ -1404,26 +1495,23 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 	if (fd < 0)
 		goto out;
 
-	/* Reopen: the locks are gone, and the file may be a new one. */
+	/*
+	 * Reopen: the locks are gone, and the file may be a new one. When
+	 * that fails the store has no environment; every later call tries
+	 * again (ks_lmdb_live()) and fails clearly meanwhile.
+	 */
 	mdb_env_info(s->env, &info);
 	mdb_env_get_maxreaders(s->env, &readers);
-	opts.lmdb_map_size = info.me_mapsize;
-	opts.max_readers = readers;
+	e->map_size = info.me_mapsize;
+	e->max_readers = readers;
+	pthread_rwlock_wrlock(&e->map_lock);
 	mdb_env_close(s->env);
+	s->env = e->env = NULL;
+	pthread_rwlock_unlock(&e->map_lock);
 	close(fd);
-	s->env = NULL;
-	if (ks_lmdb_env_start(s, &opts, 0, ret ? NULL : err) ||
-	    ks_lmdb_dbis(s, ret ? NULL : err) ||
-	    ks_lmdb_identity(s, e, ret ? NULL : err)) {
-		/* The store is unusable now: say so on every later call. */
-		if (!ret)
-			ret = KS_EIO;
-	}
-	e->env = s->env;
-	e->keys = s->keys;
-	e->meta = s->meta;
-	e->life = s->life;
-	e->has_life = s->has_life;
+	rc = ks_lmdb_reopen(s, ret ? NULL : err);
+	if (rc && !ret)
+		ret = rc;
 out:
 	pthread_mutex_unlock(&ks_lmdb_envs_lock);
 	free(lock_path);

@@ -761,6 +761,59 @@ static void test_busy_writer(struct ctx *c)
 	alarm(0);
 }
 
+/* The fault hook of the backends built for this test (JWKS_KS_FAULTS). */
+extern int ks__lmdb_fail_reopens;
+
+/*
+ * A scrub whose reopen fails leaves a store that reports a clear error
+ * (never a NULL environment to dereference), tries the reopen again on the
+ * next call, works once it succeeds, and closes cleanly either way.
+ */
+static void test_scrub_reopen_fails(struct ctx *c)
+{
+	struct ks_store *store = open_store(c, 0);
+	struct ks_record rec;
+	struct ks_err err = {""};
+	uint64_t v = 0;
+	int rc;
+
+	if (!store)
+		return;
+	put_seed(store, 64, 1, 1);
+	put_seed(store, 64, 2, 2);
+	ks__lmdb_fail_reopens = 2;
+	rc = ks_scrub(store, &err);
+	CHECK_EQ_INT(rc, KS_EIO, "a scrub whose reopen fails");
+	CHECK(strstr(err.text, "injected") != NULL,
+	      "the scrub's error names the failed reopen: %s", err.text);
+	memset(&err, 0, sizeof(err));
+	rc = ks_get(store, 1, &rec, &err);
+	CHECK_EQ_INT(rc, KS_EIO, "a get while the reopen still fails");
+	CHECK(strstr(err.text, "mdb_env_open") != NULL,
+	      "the get's error says the store is not open: %s", err.text);
+	CHECK_EQ_INT(ks_version(store, &v, NULL), 0,
+		     "the next call reopens the store");
+	check_seed(store, 1, 64, 1, 1);
+	check_seed(store, 2, 64, 2, 2);
+	CHECK_EQ_INT(put_seed(store, 64, 3, 3), 3, "a put after the reopen");
+	check_ok(store, "after the reopen");
+	ks_close(store);
+
+	store = open_store(c, 0);
+	if (!store)
+		return;
+	CHECK_EQ_INT(count_records(store), 3, "records after a reopen");
+	ks__lmdb_fail_reopens = 1;
+	CHECK_EQ_INT(ks_scrub(store, NULL), KS_EIO, "a second failed scrub");
+	ks_close(store);
+	CHECK_EQ_INT(ks__lmdb_fail_reopens, 0, "the fault was used");
+	store = open_store(c, 0);
+	if (store)
+		CHECK_EQ_INT(count_records(store), 3,
+			     "closing a store without environment");
+	ks_close(store);
+}
+
 struct test {
 	const char *name;
 	void (*fn)(struct ctx *c);
@@ -776,6 +829,8 @@ static const struct test tests[] = {
 	{"a full reader table", test_readers_full},
 	{"a read-only data file", test_read_only},
 	{"a stopped writer: KS_EBUSY after the busy timeout", test_busy_writer},
+	{"a failed scrub reopen: clear errors, then a retry",
+	 test_scrub_reopen_fails},
 };
 
 int main(void)
