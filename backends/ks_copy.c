@@ -1,6 +1,9 @@
 /*
  * ks_copy(): moves every record and its lifecycle entry between two stores,
- * of any backends, through the public dispatchers only.
+ * of any backends, through the public dispatchers only. The source is read
+ * first; then one write transaction of the destination checks it and
+ * writes every record with its entry, so that a failure leaves it as it
+ * was.
  */
 #define _DEFAULT_SOURCE
 
@@ -10,9 +13,9 @@
 #include "keystore.h"
 
 /*
- * The records of src in kid order and, once they are read, life[i]: the
- * lifecycle entry of rec[i] (kid 0 when it has none). next is where the
- * walk of the entries, in kid order too, has got to in rec.
+ * The records of src in kid order and life[i]: the lifecycle entry of
+ * rec[i] (kid 0 when it has none). next is where the walk of the entries,
+ * in kid order too, has got to in rec.
  */
 struct ks_copy_set {
 	struct ks_record_set recs;
@@ -37,107 +40,122 @@ static void ks_copy_set_release(struct ks_copy_set *set)
 {
 	ks_record_set_release(&set->recs);
 	free(set->life);
+	memset(set, 0, sizeof(*set));
 }
 
-struct ks_copy_lives {
-	const struct ks_copy_set *set;
-	const unsigned char *skip;
+/* Read the records of a store (or a transaction) and their entries. */
+static int ks_copy_set_alloc(struct ks_copy_set *set, struct ks_err *err)
+{
+	set->life = calloc(set->recs.n ? set->recs.n : 1, sizeof(*set->life));
+	return set->life ? 0 : ks_err_set(err, KS_ENOMEM, "out of memory");
+}
+
+/* What the transaction of ks_copy() works from and reports. */
+struct ks_copy_plan {
+	const struct ks_copy_set *src;
+	int merge;
+	size_t copied;
 };
 
-/* Write the entries of the records copied (not of those skipped). */
-static int ks_copy_put_lives(struct ks_txn *txn, void *arg, struct ks_err *err)
+/*
+ * Whether dst (the records of the destination, with entries) holds rec:
+ * the index + 1 of the identical record, 0 when absent, KS_EEXISTS when
+ * its kid holds another key.
+ */
+static long ks_copy_find(const struct ks_copy_set *dst,
+			 const struct ks_record *rec, struct ks_err *err)
 {
-	const struct ks_copy_lives *l = arg;
-	size_t i;
-	int rc = 0;
+	const struct ks_record *have;
 
-	for (i = 0; !rc && i < l->set->recs.n; i++)
-		if (!l->skip[i] && l->set->life[i].kid)
-			rc = ks_txn_life_put(txn, &l->set->life[i], err);
-	return rc;
-}
-
-/* Whether dst already holds rec: 1 identical, 0 absent, KS_EEXISTS. */
-static int ks_copy_present(struct ks_store *dst, const struct ks_record *rec,
-			   struct ks_err *err)
-{
-	struct ks_record have = {0};
-	int rc = ks_get(dst, rec->kid, &have, err);
-
-	if (rc == KS_ENOTFOUND)
+	have = bsearch(&rec->kid, dst->recs.rec, dst->recs.n,
+		       sizeof(*dst->recs.rec), ks_kid_cmp);
+	if (!have)
 		return 0;
-	if (rc)
-		return rc;
-	rc = have.exp == rec->exp && have.blob_len == rec->blob_len &&
-	     memcmp(have.blob, rec->blob, rec->blob_len) == 0;
-	ks_record_release(&have);
-	if (!rc)
+	if (have->exp != rec->exp || have->blob_len != rec->blob_len ||
+	    memcmp(have->blob, rec->blob, rec->blob_len) != 0)
 		return ks_err_set(err, KS_EEXISTS,
 				  "kid %lld exists in the destination with "
 				  "another key",
 				  (long long)rec->kid);
-	return 1;
+	return (long)(have - dst->recs.rec) + 1;
 }
 
-static int ks_copy_nonempty(const struct ks_record *rec, void *arg)
+/*
+ * The whole copy, inside one write transaction of the destination: read
+ * what it holds, find every conflict before anything is written, then
+ * import each record with its entry. A record skipped as identical that
+ * has no entry in the destination gets the source's (a copy made before
+ * records and entries were written together may have lost it).
+ */
+static int ks_copy_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
 {
-	(void)rec;
-	(void)arg;
-	return 1;
+	struct ks_copy_plan *plan = arg;
+	const struct ks_copy_set *src = plan->src;
+	struct ks_copy_set dst = {{NULL, 0, 0}, NULL, 0};
+	long *found = NULL;
+	size_t i;
+	int rc;
+
+	plan->copied = 0;
+	rc = ks_txn_list(txn, INT64_MIN, INT64_MAX, ks_record_set_add,
+			 &dst.recs, err);
+	if (!rc && dst.recs.n && !plan->merge)
+		rc = ks_err_set(err, KS_EEXISTS,
+				"the destination store is not empty");
+	if (!rc)
+		rc = ks_copy_set_alloc(&dst, err);
+	if (!rc)
+		rc = ks_txn_life_list(txn, ks_copy_collect_life, &dst, err);
+	if (!rc) {
+		found = calloc(src->recs.n ? src->recs.n : 1, sizeof(*found));
+		if (!found)
+			rc = ks_err_set(err, KS_ENOMEM, "out of memory");
+	}
+	for (i = 0; !rc && i < src->recs.n; i++) {
+		found[i] = ks_copy_find(&dst, &src->recs.rec[i], err);
+		if (found[i] < 0)
+			rc = (int)found[i];
+	}
+	for (i = 0; !rc && i < src->recs.n; i++) {
+		const struct ks_life *life = &src->life[i];
+
+		if (!found[i]) {
+			rc = ks_txn_import(txn, &src->recs.rec[i], err);
+			if (!rc)
+				plan->copied++;
+		} else if (dst.life[found[i] - 1].kid) {
+			continue;
+		}
+		if (!rc && life->kid)
+			rc = ks_txn_life_put(txn, life, err);
+	}
+	free(found);
+	ks_copy_set_release(&dst);
+	return rc;
 }
 
 int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 	    size_t *copied_out, struct ks_err *err)
 {
 	struct ks_copy_set set = {{NULL, 0, 0}, NULL, 0};
-	unsigned char *skip = NULL;
-	size_t i, copied = 0, n_life = 0;
+	struct ks_copy_plan plan = {&set, merge, 0};
 	int rc;
 
-	if (!dst || !src || dst == src)
-		return KS_EINVAL;
 	if (copied_out)
 		*copied_out = 0;
-	rc = ks_list(dst, INT64_MIN, INT64_MAX, ks_copy_nonempty, NULL, err);
-	if (rc == 1 && !merge)
-		return ks_err_set(err, KS_EEXISTS,
-				  "the destination store is not empty");
-	if (rc < 0)
-		return rc;
+	if (!dst || !src || dst == src)
+		return KS_EINVAL;
 	rc = ks_list(src, INT64_MIN, INT64_MAX, ks_record_set_add, &set.recs,
 		     err);
-	skip = calloc(set.recs.n ? set.recs.n : 1, 1);
-	set.life = calloc(set.recs.n ? set.recs.n : 1, sizeof(*set.life));
-	if (!rc && (!skip || !set.life))
-		rc = KS_ENOMEM;
+	if (!rc)
+		rc = ks_copy_set_alloc(&set, err);
 	/* Records first: every record listed has its entry visible now. */
 	if (!rc)
 		rc = ks_life_list(src, ks_copy_collect_life, &set, err);
-	/* Every conflict is found before anything is written. */
-	for (i = 0; !rc && merge && i < set.recs.n; i++) {
-		rc = ks_copy_present(dst, &set.recs.rec[i], err);
-		if (rc == 1) {
-			skip[i] = 1;
-			rc = 0;
-		}
-	}
-	for (i = 0; !rc && i < set.recs.n; i++) {
-		if (skip[i])
-			continue;
-		rc = ks_import(dst, &set.recs.rec[i], err);
-		if (!rc)
-			copied++;
-		if (!rc && set.life[i].kid)
-			n_life++;
-	}
-	if (!rc && n_life) {
-		struct ks_copy_lives lives = {&set, skip};
-
-		rc = ks_write(dst, ks_copy_put_lives, &lives, err);
-	}
-	if (copied_out)
-		*copied_out = copied;
-	free(skip);
+	if (!rc)
+		rc = ks_write(dst, ks_copy_txn, &plan, err);
+	if (!rc && copied_out)
+		*copied_out = plan.copied;
 	ks_copy_set_release(&set);
 	return rc;
 }

@@ -8,7 +8,7 @@
  * A store made before "life" existed gets it on its first writable open; a
  * read-only one without it has no lifecycle entries.
  */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ks_backend.h"
@@ -26,6 +27,11 @@
 #define KS_LMDB_MAXDBS 3
 #define KS_LMDB_LIFE_SIZE 32
 #define KS_LMDB_LOCK_SUFFIX "-lock"
+/*
+ * The byte of the lock file our writers lock (LMDB itself locks byte 0
+ * only), far from it so that the two never meet.
+ */
+#define KS_LMDB_WLOCK_OFFSET ((off_t)0x7fff0000)
 
 static char ks_lmdb_key_next_kid[] = "next_kid";
 
@@ -38,7 +44,21 @@ static char ks_lmdb_key_next_kid[] = "next_kid";
  * never shared with a child of fork(), which opens its own.
  * Every transaction holds map_lock for reading; adopting a map grown by
  * another process (which unmaps the old one) holds it for writing.
- * Writers wait for each other inside LMDB; busy_timeout_ms is not used.
+ *
+ * Writers: LMDB's own writer mutex has no timeout, so a writer that stops
+ * while it holds it (a `jwksd keys` under SIGSTOP) would stall every other
+ * writer for ever. Before mdb_txn_begin() a writer therefore takes wlock
+ * (the threads of this process) and then an open-file-description lock on
+ * byte KS_LMDB_WLOCK_OFFSET of the lock file through wfd (the processes),
+ * both waited for up to busy_timeout_ms on CLOCK_MONOTONIC; past it the
+ * write fails with KS_EBUSY. The kernel drops the lock of a process that
+ * dies. wfd is -1 for a read-only environment. It stays open until the
+ * environment is closed: closing any descriptor of the lock file drops the
+ * process's fcntl() locks on it, LMDB's included.
+ *
+ * env is NULL after ks_lmdb_scrub() failed to reopen it (map_size and
+ * max_readers are then what to reopen it with): every later call tries to
+ * reopen it and fails with a clear KS_EIO as long as that fails.
  */
 struct ks_lmdb_env {
 	struct ks_lmdb_env *next;
@@ -50,6 +70,10 @@ struct ks_lmdb_env {
 	MDB_dbi keys, meta, life;
 	int has_life;
 	pthread_rwlock_t map_lock;
+	pthread_mutex_t wlock;
+	int wfd;
+	size_t map_size;
+	unsigned max_readers;
 };
 
 static pthread_mutex_t ks_lmdb_envs_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -62,6 +86,7 @@ struct ks_lmdb_store {
 	int has_life;
 	struct ks_lmdb_env *shared;
 	char *path;
+	int busy_timeout_ms;
 };
 
 /* The transaction ks_lmdb_write() hands to its callback. */
@@ -214,16 +239,119 @@ static int ks_lmdb_remap(struct ks_lmdb_store *s, const char *func,
 	return rc ? ks_lmdb_error(s, rc, func, "mdb_env_set_mapsize", err) : 0;
 }
 
+static void ks_lmdb_now(struct timespec *ts)
+{
+	clock_gettime(CLOCK_MONOTONIC, ts);
+}
+
+/* Milliseconds from now until deadline; 0 once it has passed. */
+static long ks_lmdb_ms_left(const struct timespec *deadline)
+{
+	struct timespec now;
+	long long ms;
+
+	ks_lmdb_now(&now);
+	ms = (long long)(deadline->tv_sec - now.tv_sec) * 1000 +
+	     (deadline->tv_nsec - now.tv_nsec) / 1000000;
+	return ms > 0 ? (long)ms : 0;
+}
+
+static int ks_lmdb_wfd_lock(int fd, short type)
+{
+	struct flock fl = {.l_type = type,
+			   .l_whence = SEEK_SET,
+			   .l_start = KS_LMDB_WLOCK_OFFSET,
+			   .l_len = 1};
+
+	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
 /*
- * Begin a transaction and hold map_lock for reading until ks_lmdb_end().
- * When another process grew the map past ours, adopt its size and retry
- * once. On failure nothing is held.
+ * Take the writer lock (see struct ks_lmdb_env), waiting up to the busy
+ * timeout on CLOCK_MONOTONIC. Returns 0 or KS_EBUSY; nothing is held then.
+ */
+static int ks_lmdb_wlock(struct ks_lmdb_store *s, const char *func,
+			 struct ks_err *err)
+{
+	struct ks_lmdb_env *e = s->shared;
+	struct timespec deadline;
+	long pause_ms = 1, left;
+	int rc;
+
+	ks_lmdb_now(&deadline);
+	deadline.tv_sec += s->busy_timeout_ms / 1000;
+	deadline.tv_nsec += (long)(s->busy_timeout_ms % 1000) * 1000000;
+	if (deadline.tv_nsec >= 1000000000) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000;
+	}
+	rc = pthread_mutex_clocklock(&e->wlock, CLOCK_MONOTONIC, &deadline);
+	if (rc == ETIMEDOUT)
+		return ks_err_set(err, KS_EBUSY,
+				  "%s: '%s' is being written by another thread "
+				  "past the busy timeout of %d ms",
+				  func, s->path, s->busy_timeout_ms);
+	if (rc)
+		return ks_lmdb_error(s, rc, func, "pthread_mutex_clocklock",
+				     err);
+	while (e->wfd >= 0) {
+		struct timespec pause;
+
+		rc = ks_lmdb_wfd_lock(e->wfd, F_WRLCK);
+		if (!rc)
+			break;
+		left = ks_lmdb_ms_left(&deadline);
+		if ((rc != EAGAIN && rc != EACCES) || !left) {
+			pthread_mutex_unlock(&e->wlock);
+			if (rc != EAGAIN && rc != EACCES)
+				return ks_lmdb_error(s, rc, func,
+						     "fcntl F_OFD_SETLK", err);
+			return ks_err_set(err, KS_EBUSY,
+					  "%s: '%s' is being written by "
+					  "another process past the busy "
+					  "timeout of %d ms",
+					  func, s->path, s->busy_timeout_ms);
+		}
+		if (pause_ms > left)
+			pause_ms = left;
+		pause.tv_sec = 0;
+		pause.tv_nsec = pause_ms * 1000000;
+		nanosleep(&pause, NULL);
+		if (pause_ms < 16)
+			pause_ms *= 2;
+	}
+	return 0;
+}
+
+static void ks_lmdb_wunlock(struct ks_lmdb_store *s)
+{
+	if (s->shared->wfd >= 0)
+		ks_lmdb_wfd_lock(s->shared->wfd, F_UNLCK);
+	pthread_mutex_unlock(&s->shared->wlock);
+}
+
+static int ks_lmdb_live(struct ks_lmdb_store *s, struct ks_err *err);
+
+/*
+ * Begin a transaction and hold map_lock for reading until ks_lmdb_end()
+ * (a write transaction holds the writer lock too, taken first). When
+ * another process grew the map past ours, adopt its size and retry once.
+ * On failure nothing is held.
  */
 static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
 			 const char *func, struct ks_err *err)
 {
-	int rc, ret, tries = 0;
+	int rc, ret, tries = 0, write = !(flags & MDB_RDONLY);
 
+	*txn = NULL;
+	ret = ks_lmdb_live(s, err);
+	if (ret)
+		return ret;
+	if (write) {
+		ret = ks_lmdb_wlock(s, func, err);
+		if (ret)
+			return ret;
+	}
 	for (;;) {
 		pthread_rwlock_rdlock(&s->shared->map_lock);
 		rc = mdb_txn_begin(s->env, NULL, flags, txn);
@@ -232,20 +360,27 @@ static int ks_lmdb_begin(struct ks_lmdb_store *s, unsigned flags, MDB_txn **txn,
 		*txn = NULL;
 		ret = ks_lmdb_error(s, rc, func, "mdb_txn_begin", err);
 		pthread_rwlock_unlock(&s->shared->map_lock);
-		if (rc != MDB_MAP_RESIZED || tries++)
+		if (rc == MDB_MAP_RESIZED && !tries++)
+			ret = ks_lmdb_remap(s, func, err);
+		if (ret) {
+			if (write)
+				ks_lmdb_wunlock(s);
 			return ret;
-		ret = ks_lmdb_remap(s, func, err);
-		if (ret)
-			return ret;
+		}
 	}
 }
 
-/* Abort txn (which may be NULL: committed already) and drop map_lock. */
-static void ks_lmdb_end(struct ks_lmdb_store *s, MDB_txn *txn)
+/*
+ * Abort txn (which may be NULL: committed already), drop map_lock and, for
+ * a write transaction (flags as given to ks_lmdb_begin()), the writer lock.
+ */
+static void ks_lmdb_end(struct ks_lmdb_store *s, MDB_txn *txn, unsigned flags)
 {
 	if (txn)
 		mdb_txn_abort(txn);
 	pthread_rwlock_unlock(&s->shared->map_lock);
+	if (!(flags & MDB_RDONLY))
+		ks_lmdb_wunlock(s);
 }
 
 /*
@@ -382,7 +517,7 @@ static int ks_lmdb_run(struct ks_lmdb_store *s, ks_txn_fn fn, void *arg,
 		if (rc)
 			ret = ks_lmdb_error(s, rc, func, "mdb_txn_commit", err);
 	}
-	ks_lmdb_end(s, t.txn);
+	ks_lmdb_end(s, t.txn, 0);
 	return ret;
 }
 
@@ -454,7 +589,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	}
 	if (rc && rc != MDB_NOTFOUND)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	if (ret || (!rc && !life_rc)) {
 		s->has_life = !ret;
 		return ret;
@@ -485,7 +620,7 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	if (rc)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
 	s->has_life = !ret;
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, 0);
 	return ret;
 }
 
@@ -572,13 +707,28 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 		return ks_err_set(err, KS_ENOMEM,
 				  "ks_lmdb_open: out of memory");
 	}
+	if (pthread_mutex_init(&e->wlock, NULL)) {
+		pthread_rwlock_destroy(&e->map_lock);
+		free(e);
+		free(lock_path);
+		return ks_err_set(err, KS_ENOMEM,
+				  "ks_lmdb_open: out of memory");
+	}
+	e->wfd = -1;
 	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
 	s->shared = e;
 	had_data = ks_lmdb_exists(s->path);
 	had_lock = ks_lmdb_exists(lock_path);
 	ret = ks_lmdb_env_start(s, opts, 0, err);
-	if (ret == KS_EACCES && had_data)
+	if (!ret) {
+		/* The writer lock (see struct ks_lmdb_env). */
+		e->wfd = open(lock_path, O_RDWR | O_CLOEXEC);
+		if (e->wfd < 0)
+			ret = ks_lmdb_error(s, errno, "ks_lmdb_open", "open",
+					    err);
+	} else if (ret == KS_EACCES && had_data) {
 		ret = ks_lmdb_env_start(s, opts, MDB_RDONLY, err);
+	}
 	opened = !ret;
 	if (!ret)
 		ret = ks_lmdb_check_size(s, "ks_lmdb_open", err);
@@ -596,11 +746,14 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 	if (ret) {
 		if (s->env)
 			mdb_env_close(s->env);
+		if (e->wfd >= 0)
+			close(e->wfd);
 		if (!had_lock && (ret == KS_ECORRUPT || !opened))
 			unlink(lock_path);
 		if (!had_data && !opened)
 			unlink(s->path);
 		pthread_rwlock_destroy(&e->map_lock);
+		pthread_mutex_destroy(&e->wlock);
 		free(e);
 		s->shared = NULL;
 		s->env = NULL;
@@ -656,6 +809,7 @@ static int ks_lmdb_open(struct ks_store **out, const struct ks_options *opts,
 				  "ks_lmdb_open: out of memory");
 	}
 	s->base.be = &ks_backend_lmdb;
+	s->busy_timeout_ms = opts->busy_timeout_ms;
 	pthread_mutex_lock(&ks_lmdb_envs_lock);
 	ks_lmdb_env_find(s);
 	if (!s->shared)
@@ -683,8 +837,13 @@ static void ks_lmdb_close(struct ks_store *store)
 				break;
 			}
 		}
-		mdb_env_close(e->env);
+		if (e->env)
+			mdb_env_close(e->env);
+		/* After the environment: closing it drops LMDB's locks. */
+		if (e->wfd >= 0)
+			close(e->wfd);
 		pthread_rwlock_destroy(&e->map_lock);
+		pthread_mutex_destroy(&e->wlock);
 		free(e);
 	}
 	pthread_mutex_unlock(&ks_lmdb_envs_lock);
@@ -750,7 +909,7 @@ static int ks_lmdb_get(struct ks_store *store, int64_t kid,
 		out->kid = kid;
 		out->exp = rec.exp;
 	}
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
@@ -802,7 +961,9 @@ static int ks_lmdb_visit_record(struct ks_lmdb_store *s, const MDB_val *key,
 	struct ks_record rec;
 	int ret = ks_lmdb_decode(s, key, val, &rec, w->func, err);
 
-	if (!ret && rec.exp > w->exp_after && rec.exp <= w->exp_until)
+	/* exp_after INT64_MIN has no lower bound (keystore.h). */
+	if (!ret && (w->exp_after == INT64_MIN || rec.exp > w->exp_after) &&
+	    rec.exp <= w->exp_until)
 		ret = w->fn(&rec, w->arg);
 	return ret;
 }
@@ -835,7 +996,7 @@ static int ks_lmdb_list(struct ks_store *store, int64_t exp_after,
 		return ret;
 	ret = ks_lmdb_walk(s, txn, exp_after, exp_until, fn, arg,
 			   "ks_lmdb_list", err);
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
@@ -911,7 +1072,7 @@ static int ks_lmdb_life_list(struct ks_store *store, struct ks_txn *txn,
 	if (ret)
 		return ret;
 	ret = ks_lmdb_life_walk(s, rtxn, fn, arg, "ks_lmdb_life_list", err);
-	ks_lmdb_end(s, rtxn);
+	ks_lmdb_end(s, rtxn, MDB_RDONLY);
 	return ret;
 }
 
@@ -952,6 +1113,17 @@ static int ks_lmdb_txn_put(struct ks_txn *txn, const unsigned char *blob,
 	if (kid_out)
 		*kid_out = kid;
 	return ret;
+}
+
+static int ks_lmdb_txn_import(struct ks_txn *txn, const struct ks_record *rec,
+			      struct ks_err *err)
+{
+	struct ks_lmdb_txn *t = ks_lmdb_txn_downcast(txn);
+	int64_t kid = 0;
+
+	return ks_lmdb_insert(ks_lmdb_downcast(txn->store), t->txn, rec->kid,
+			      rec->blob, rec->blob_len, rec->exp, &kid,
+			      "ks_lmdb_txn_import", err);
 }
 
 /* Whether the record kid exists in txn: 0, KS_ENOTFOUND or an error. */
@@ -1069,6 +1241,9 @@ static int ks_lmdb_version(struct ks_store *store, uint64_t *out,
 	MDB_envinfo info;
 	int rc;
 
+	rc = ks_lmdb_live(s, err);
+	if (rc)
+		return rc;
 	pthread_rwlock_rdlock(&s->shared->map_lock);
 	rc = mdb_env_info(s->env, &info);
 	pthread_rwlock_unlock(&s->shared->map_lock);
@@ -1148,7 +1323,7 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 		ret = ks_lmdb_life_walk(s, txn, ks_lmdb_check_life, &o,
 					"ks_lmdb_check", err);
 	}
-	ks_lmdb_end(s, txn);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
 
@@ -1194,6 +1369,79 @@ static int ks_lmdb_compact_copy(struct ks_lmdb_store *s, struct ks_err *err)
 	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_scrub", call, err) : 0;
 }
 
+#if defined(JWKS_KS_FAULTS) && JWKS_KS_FAULTS
+/*
+ * Tests only (built with JWKS_KS_FAULTS): how many of the next reopens
+ * fail, as a reopen that meets a full disk or a damaged file would.
+ */
+int ks__lmdb_fail_reopens;
+#endif
+
+/*
+ * Open the environment of s again, after ks_lmdb_scrub() closed it. It is
+ * built in a copy of s, so that s->env stays NULL until it is complete; on
+ * failure nothing stays open. Called with ks_lmdb_envs_lock held and no
+ * transaction running.
+ */
+static int ks_lmdb_reopen(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	struct ks_lmdb_env *e = s->shared;
+	struct ks_options opts = KS_OPTIONS_INIT;
+	struct ks_lmdb_store t = *s;
+	int ret;
+
+#if defined(JWKS_KS_FAULTS) && JWKS_KS_FAULTS
+	if (ks__lmdb_fail_reopens > 0) {
+		ks__lmdb_fail_reopens--;
+		return ks_err_set(err, KS_EIO,
+				  "ks_lmdb_reopen: mdb_env_open '%s' failed: "
+				  "an injected fault",
+				  s->path);
+	}
+#endif
+	opts.lmdb_map_size = e->map_size;
+	opts.max_readers = e->max_readers;
+	t.env = NULL;
+	ret = ks_lmdb_env_start(&t, &opts, 0, err);
+	if (!ret)
+		ret = ks_lmdb_dbis(&t, err);
+	if (!ret)
+		ret = ks_lmdb_identity(&t, e, err);
+	if (ret) {
+		if (t.env)
+			mdb_env_close(t.env);
+		return ret;
+	}
+	pthread_rwlock_wrlock(&e->map_lock);
+	s->env = e->env = t.env;
+	s->keys = e->keys = t.keys;
+	s->meta = e->meta = t.meta;
+	s->life = e->life = t.life;
+	s->has_life = e->has_life = t.has_life;
+	pthread_rwlock_unlock(&e->map_lock);
+	return 0;
+}
+
+/*
+ * 0 when s has an open environment; after a failed reopen, try again:
+ * 0 when that works, else its error (KS_EIO, ...), detail in err.
+ */
+static int ks_lmdb_live(struct ks_lmdb_store *s, struct ks_err *err)
+{
+	int ret = 0, live;
+
+	pthread_rwlock_rdlock(&s->shared->map_lock);
+	live = s->env != NULL;
+	pthread_rwlock_unlock(&s->shared->map_lock);
+	if (live)
+		return 0;
+	pthread_mutex_lock(&ks_lmdb_envs_lock);
+	if (!s->env)
+		ret = ks_lmdb_reopen(s, err);
+	pthread_mutex_unlock(&ks_lmdb_envs_lock);
+	return ret;
+}
+
 /*
  * LMDB never overwrites a page it freed: old copies of replaced records stay
  * in the file until the page is reused. Scrubbing rewrites the file
@@ -1208,7 +1456,6 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 {
 	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
 	struct ks_lmdb_env *e = s->shared;
-	struct ks_options opts = KS_OPTIONS_INIT;
 	struct flock fl = {.l_type = F_WRLCK,
 			   .l_whence = SEEK_SET,
 			   .l_start = 0,
@@ -1217,11 +1464,16 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 	char *lock_path = malloc(len);
 	unsigned env_flags = 0, readers = 0;
 	MDB_envinfo info;
-	int fd, ret = 0;
+	int fd, rc, ret = 0;
 
 	if (!lock_path)
 		return ks_err_set(err, KS_ENOMEM,
 				  "ks_lmdb_scrub: out of memory");
+	ret = ks_lmdb_live(s, err);
+	if (ret) {
+		free(lock_path);
+		return ret;
+	}
 	snprintf(lock_path, len, "%s%s", s->path, KS_LMDB_LOCK_SUFFIX);
 	pthread_mutex_lock(&ks_lmdb_envs_lock);
 	mdb_env_get_flags(s->env, &env_flags);
@@ -1243,26 +1495,23 @@ static int ks_lmdb_scrub(struct ks_store *store, struct ks_err *err)
 	if (fd < 0)
 		goto out;
 
-	/* Reopen: the locks are gone, and the file may be a new one. */
+	/*
+	 * Reopen: the locks are gone, and the file may be a new one. When
+	 * that fails the store has no environment; every later call tries
+	 * again (ks_lmdb_live()) and fails clearly meanwhile.
+	 */
 	mdb_env_info(s->env, &info);
 	mdb_env_get_maxreaders(s->env, &readers);
-	opts.lmdb_map_size = info.me_mapsize;
-	opts.max_readers = readers;
+	e->map_size = info.me_mapsize;
+	e->max_readers = readers;
+	pthread_rwlock_wrlock(&e->map_lock);
 	mdb_env_close(s->env);
+	s->env = e->env = NULL;
+	pthread_rwlock_unlock(&e->map_lock);
 	close(fd);
-	s->env = NULL;
-	if (ks_lmdb_env_start(s, &opts, 0, ret ? NULL : err) ||
-	    ks_lmdb_dbis(s, ret ? NULL : err) ||
-	    ks_lmdb_identity(s, e, ret ? NULL : err)) {
-		/* The store is unusable now: say so on every later call. */
-		if (!ret)
-			ret = KS_EIO;
-	}
-	e->env = s->env;
-	e->keys = s->keys;
-	e->meta = s->meta;
-	e->life = s->life;
-	e->has_life = s->has_life;
+	rc = ks_lmdb_reopen(s, ret ? NULL : err);
+	if (rc && !ret)
+		ret = rc;
 out:
 	pthread_mutex_unlock(&ks_lmdb_envs_lock);
 	free(lock_path);
@@ -1284,6 +1533,7 @@ const struct ks_backend ks_backend_lmdb = {
 	.write = ks_lmdb_write,
 	.txn_next_kid = ks_lmdb_txn_next_kid,
 	.txn_put = ks_lmdb_txn_put,
+	.txn_import = ks_lmdb_txn_import,
 	.txn_update = ks_lmdb_txn_update,
 	.txn_delete = ks_lmdb_txn_delete,
 	.txn_list = ks_lmdb_txn_list,

@@ -45,6 +45,7 @@ static void ks_backend_validate(const struct ks_backend *be)
 	KS__REQUIRE(write);
 	KS__REQUIRE(txn_next_kid);
 	KS__REQUIRE(txn_put);
+	KS__REQUIRE(txn_import);
 	KS__REQUIRE(txn_update);
 	KS__REQUIRE(txn_delete);
 	KS__REQUIRE(txn_list);
@@ -328,11 +329,6 @@ int ks_txn_import(struct ks_txn *txn, const struct ks_record *rec,
 	if (!rec->blob || !rec->blob_len)
 		return ks_err_set(err, KS_EINVAL,
 				  "ks_txn_import: blob is empty");
-	if (!txn->store->be->txn_import)
-		return ks_err_set(err, KS_EUNSUPPORTED,
-				  "ks_txn_import: backend '%s' cannot import "
-				  "in a transaction",
-				  txn->store->be->name);
 	return txn->store->be->txn_import(txn, rec, err);
 }
 

@@ -32,7 +32,7 @@ static const char ks_sqlite_sql_get[] =
 	"SELECT key, exp FROM keys WHERE kid = ?";
 static const char ks_sqlite_sql_list[] =
 	"SELECT kid, key, exp FROM keys "
-	"WHERE exp > ? AND exp <= ? ORDER BY kid";
+	"WHERE (?1 IS NULL OR exp > ?1) AND exp <= ?2 ORDER BY kid";
 static const char ks_sqlite_sql_data_version[] = "PRAGMA data_version";
 /* Lifecycle entries live in a table of their own; revoked_at NULL: never. */
 static const char ks_sqlite_sql_life_schema[] =
@@ -571,21 +571,30 @@ static int ks_sqlite_put(struct ks_store *store, const unsigned char *blob,
 	return ret;
 }
 
-static int ks_sqlite_import(struct ks_store *store, const struct ks_record *rec,
-			    struct ks_err *err)
+/* Insert a record with its own kid; called with the lock held. */
+static int ks_sqlite_import_locked(struct ks_sqlite_store *s,
+				   const struct ks_record *rec,
+				   const char *func, struct ks_err *err)
 {
-	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
-	int rc, ret;
+	int rc;
 
-	pthread_mutex_lock(&s->lock);
 	rc = sqlite3_bind_int64(s->import, 1, rec->kid);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_blob64(s->import, 2, rec->blob, rec->blob_len,
 					 SQLITE_STATIC);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_int64(s->import, 3, rec->exp);
-	ret = ks_sqlite_insert(s, s->import, rc, rec->kid, "ks_sqlite_import",
-			       err);
+	return ks_sqlite_insert(s, s->import, rc, rec->kid, func, err);
+}
+
+static int ks_sqlite_import(struct ks_store *store, const struct ks_record *rec,
+			    struct ks_err *err)
+{
+	struct ks_sqlite_store *s = ks_sqlite_downcast(store);
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_sqlite_import_locked(s, rec, "ks_sqlite_import", err);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }
@@ -662,7 +671,9 @@ static int ks_sqlite_list_locked(struct ks_sqlite_store *s, int64_t exp_after,
 	struct ks_record rec;
 	int rc, ret = 0;
 
-	rc = sqlite3_bind_int64(s->list, 1, exp_after);
+	/* NULL: exp_after INT64_MIN has no lower bound (keystore.h). */
+	rc = exp_after == INT64_MIN ? sqlite3_bind_null(s->list, 1)
+				    : sqlite3_bind_int64(s->list, 1, exp_after);
 	if (rc == SQLITE_OK)
 		rc = sqlite3_bind_int64(s->list, 2, exp_until);
 	while (!ret && (rc == SQLITE_OK || rc == SQLITE_ROW)) {
@@ -896,6 +907,13 @@ static int ks_sqlite_txn_put(struct ks_txn *txn, const unsigned char *blob,
 	return ret;
 }
 
+static int ks_sqlite_txn_import(struct ks_txn *txn, const struct ks_record *rec,
+				struct ks_err *err)
+{
+	return ks_sqlite_import_locked(ks_sqlite_txn_store(txn), rec,
+				       "ks_sqlite_txn_import", err);
+}
+
 static int ks_sqlite_txn_update(struct ks_txn *txn, const struct ks_record *rec,
 				struct ks_err *err)
 {
@@ -1029,6 +1047,7 @@ const struct ks_backend ks_backend_sqlite = {
 	.write = ks_sqlite_write,
 	.txn_next_kid = ks_sqlite_txn_next_kid,
 	.txn_put = ks_sqlite_txn_put,
+	.txn_import = ks_sqlite_txn_import,
 	.txn_update = ks_sqlite_txn_update,
 	.txn_delete = ks_sqlite_txn_delete,
 	.txn_list = ks_sqlite_txn_list,

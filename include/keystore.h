@@ -156,7 +156,10 @@ typedef int (*ks_list_fn)(const struct ks_record *rec, void *arg);
 
 /*
  * Call fn for every record whose expiry is in (exp_after, exp_until], in
- * increasing kid order. Use INT64_MIN and INT64_MAX for all records.
+ * increasing kid order. exp_after == INT64_MIN means no lower bound: the
+ * range is then [INT64_MIN, exp_until], so INT64_MIN and INT64_MAX walk
+ * every record, those whose exp is INT64_MIN included. Every backend keeps
+ * this rule (ks_txn_list() too).
  *
  * Returns 0, fn's non-zero value, KS_EIO.
  */
@@ -340,15 +343,18 @@ void ks_record_set_release(struct ks_record_set *set);
 /*
  * Copy every record of src into dst (any two backends), keeping each kid,
  * blob and expiry, so that tokens signed before a switch of backend still
- * verify, and the lifecycle entries of the records copied. Without merge,
- * dst must be empty. With merge, a kid already in dst with the same blob
- * and expiry is skipped, and one with other content
- * stops the copy before anything is written. Nothing in dst is ever
- * replaced or removed. *copied_out (may be NULL) receives the number of
- * records written.
+ * verify, and the lifecycle entries of the records copied. src is read
+ * first; then everything is checked and written in one ks_write()
+ * transaction of dst, so that dst either gets every record with its entry
+ * or, on any failure, stays exactly as it was. Without merge, dst must be
+ * empty. With merge, a kid already in dst with the same blob and expiry is
+ * skipped (it gets src's lifecycle entry only when it has none in dst),
+ * and one with other content stops the copy before anything is written.
+ * Nothing in dst is ever replaced or removed. *copied_out (may be NULL)
+ * receives the number of records written (0 on failure).
  *
  * Returns 0, KS_EEXISTS (dst not empty, or a conflicting kid), or the
- * errors of ks_list() and ks_import().
+ * errors of ks_list() and ks_write().
  */
 int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
 	    size_t *copied_out, struct ks_err *err);

@@ -433,7 +433,8 @@ static void check_collected(const struct ctx *c, const char *how, int rc,
 			     "[%s] %s (%lld, %lld]: record %d", c->name, how,
 			     (long long)after, (long long)until, i);
 	for (i = 0; i < col->n && i < 64; i++)
-		CHECK(col->exp[i] > after && col->exp[i] <= until,
+		CHECK((after == INT64_MIN || col->exp[i] > after) &&
+			      col->exp[i] <= until,
 		      "[%s] %s (%lld, %lld]: kid %lld has exp %lld", c->name,
 		      how, (long long)after, (long long)until,
 		      (long long)col->kid[i], (long long)col->exp[i]);
@@ -472,6 +473,85 @@ static void test_list_filter(struct ctx *c)
 	check_list(c, store, 400, INT64_MAX, all, 0);
 	check_list(c, store, 200, 200, all, 0);
 	check_list(c, store, INT64_MIN, 99, all, 0);
+	ks_close(store);
+}
+
+static int write_ok(const struct ctx *c, struct ks_store *store, ks_txn_fn fn,
+		    void *arg, const char *what);
+
+static int min_exp_txn_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	static const int64_t all[] = {1, 2, 3};
+	const struct ctx *c = arg;
+	struct collect col = {c, {0}, {0}, 0, -1, 0, 1};
+	int rc = ks_txn_list(txn, INT64_MIN, INT64_MAX, collect_fn, &col, err);
+
+	check_collected(c, "txn list", rc, err, &col, INT64_MIN, INT64_MAX, all,
+			3);
+	return 0;
+}
+
+/*
+ * exp_after INT64_MIN has no lower bound: a record whose exp is INT64_MIN
+ * is part of every all-records walk (list, txn list, copy), and of
+ * [INT64_MIN, until] ranges; a bound above INT64_MIN excludes it.
+ */
+static void test_list_min_exp(struct ctx *c)
+{
+	static const int64_t all[] = {1, 2, 3};
+	static const int64_t lowest[] = {1};
+	static const int64_t low[] = {1, 3};
+	static const int64_t above[] = {2};
+	const struct ks_backend *const *be;
+	struct ks_store *store = open_store(c);
+
+	if (!store)
+		return;
+	put_str(c, store, "k1", INT64_MIN);
+	put_str(c, store, "k2", 5);
+	put_str(c, store, "k3", INT64_MIN + 1);
+	check_list(c, store, INT64_MIN, INT64_MAX, all, 3);
+	check_list(c, store, INT64_MIN, INT64_MIN, lowest, 1);
+	check_list(c, store, INT64_MIN, 0, low, 2);
+	check_list(c, store, INT64_MIN + 1, INT64_MAX, above, 1);
+	write_ok(c, store, min_exp_txn_fn, c, "txn list with exp INT64_MIN");
+	for (be = ks_backends; *be; be++) {
+		struct ks_options opts = KS_OPTIONS_INIT;
+		char name[64], path[TEST_PATH_MAX], schema[64];
+		struct ks_store *dst = NULL;
+		struct ks_err err = {""};
+		size_t copied = 0;
+		int rc;
+
+		snprintf(name, sizeof(name), "copy-%s", ks_backend_name(*be));
+		if (join(path, sizeof(path), c->dir, name)) {
+			CHECK(0, "[%s] path too long", c->name);
+			continue;
+		}
+		opts.path = path;
+		if (is_network(*be)) {
+			/* A schema of its own beside the test's. */
+			if (!test_pg())
+				continue;
+			opts.path = test_pg();
+			snprintf(schema, sizeof(schema), "t_%ld_%s_min",
+				 (long)getpid(), c->name);
+			opts.pg_schema = schema;
+		}
+		rc = ks_open(&dst, *be, &opts, &err);
+		CHECK(rc == 0, "[%s] open of %s returned %s: %s", c->name, name,
+		      ks_err_name(rc), err.text);
+		if (rc)
+			continue;
+		rc = ks_copy(dst, store, 0, &copied, &err);
+		CHECK(rc == 0, "[%s] copy into %s returned %s: %s", c->name,
+		      name, ks_err_name(rc), err.text);
+		CHECK_EQ_INT(copied, 3, "[%s] records copied into %s", c->name,
+			     name);
+		check_record(c, dst, 1, "k1", 2, INT64_MIN);
+		check_list(c, dst, INT64_MIN, INT64_MAX, all, 3);
+		ks_close(dst);
+	}
 	ks_close(store);
 }
 
@@ -1786,6 +1866,7 @@ static const struct test tests[] = {
 	{"get of an unknown kid", test_get_unknown, ANY},
 	{"list filters by expiry, in kid order", test_list_filter, ANY},
 	{"list callback stops the walk", test_list_stop, ANY},
+	{"exp INT64_MIN is in every all-records walk", test_list_min_exp, ANY},
 	{"data and kids survive a reopen", test_reopen, ANY},
 	{"import", test_import, ANY},
 	{"version", test_version, ANY},

@@ -9,11 +9,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "keystore.h"
@@ -649,6 +652,168 @@ static void test_read_only(struct ctx *c)
 	chmod(c->path, 0600);
 }
 
+static long long ms_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* In the child: say so on the pipe, then stop inside the transaction. */
+static int stop_inside_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	const int *fd = arg;
+
+	(void)txn;
+	(void)err;
+	if (write(*fd, "h", 1) != 1)
+		return 1;
+	raise(SIGSTOP);
+	return 1;
+}
+
+/* One write through a store opened with busy_timeout_ms; its time. */
+static int timed_put(const struct ctx *c, int busy_ms, long long *ms_out)
+{
+	struct ks_options opts = KS_OPTIONS_INIT;
+	struct ks_store *store = NULL;
+	struct ks_err err = {""};
+	long long t0;
+	int rc;
+
+	opts.path = c->path;
+	opts.busy_timeout_ms = busy_ms;
+	rc = ks_open(&store, c->be, &opts, &err);
+	CHECK(rc == 0, "open beside the held writer returned %s: %s",
+	      ks_err_name(rc), err.text);
+	if (rc)
+		return rc;
+	t0 = ms_now();
+	rc = ks_put(store, (const unsigned char *)"x", 1, 1, NULL, &err);
+	*ms_out = ms_now() - t0;
+	if (rc == KS_EBUSY)
+		CHECK(strstr(err.text, "busy timeout") != NULL,
+		      "KS_EBUSY without a clear message: %s", err.text);
+	CHECK_EQ_INT(count_records(store), rc ? 1 : 2,
+		     "reads go on beside the held writer");
+	ks_close(store);
+	return rc;
+}
+
+/*
+ * A writer of another process stopped (SIGSTOP) inside its write
+ * transaction: writes here fail with KS_EBUSY after about busy_timeout_ms
+ * instead of waiting for ever, reads go on, and once it is killed writes
+ * work again. alarm() turns a hang into a failure.
+ */
+static void test_busy_writer(struct ctx *c)
+{
+	struct ks_store *store = open_store(c, 0);
+	int p[2], status = 0;
+	long long ms = 0;
+	char byte = 0;
+	pid_t pid;
+
+	if (!store)
+		return;
+	put_seed(store, 16, 1, 1);
+	ks_close(store);
+	if (pipe(p) != 0) {
+		CHECK(0, "pipe failed: %s", strerror(errno));
+		return;
+	}
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		struct ks_store *own = NULL;
+
+		/* Stopped, it must still die with a test that fails. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(p[0]);
+		if (open_with(c, c->path, 0, 0, &own, NULL) != 0)
+			_exit(10);
+		ks_write(own, stop_inside_fn, &p[1], NULL);
+		_exit(0);
+	}
+	close(p[1]);
+	CHECK(pid > 0 && read(p[0], &byte, 1) == 1 && byte == 'h',
+	      "the child never held the write transaction");
+	close(p[0]);
+	if (pid <= 0 || byte != 'h')
+		return;
+	CHECK(waitpid(pid, &status, WUNTRACED) == pid && WIFSTOPPED(status),
+	      "the child did not stop inside its transaction");
+
+	alarm(30);
+	CHECK_EQ_INT(timed_put(c, 400, &ms), KS_EBUSY,
+		     "a write beside a stopped writer");
+	CHECK(ms >= 350 && ms < 2000,
+	      "KS_EBUSY after %lld ms, want about the 400 ms busy timeout", ms);
+	CHECK_EQ_INT(timed_put(c, 0, &ms), KS_EBUSY,
+		     "a write with busy timeout 0");
+	CHECK(ms < 300, "busy timeout 0 waited %lld ms", ms);
+
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	CHECK_EQ_INT(timed_put(c, 400, &ms), 0,
+		     "a write after the stopped writer was killed");
+	alarm(0);
+}
+
+/* The fault hook of the backends built for this test (JWKS_KS_FAULTS). */
+extern int ks__lmdb_fail_reopens;
+
+/*
+ * A scrub whose reopen fails leaves a store that reports a clear error
+ * (never a NULL environment to dereference), tries the reopen again on the
+ * next call, works once it succeeds, and closes cleanly either way.
+ */
+static void test_scrub_reopen_fails(struct ctx *c)
+{
+	struct ks_store *store = open_store(c, 0);
+	struct ks_record rec;
+	struct ks_err err = {""};
+	uint64_t v = 0;
+	int rc;
+
+	if (!store)
+		return;
+	put_seed(store, 64, 1, 1);
+	put_seed(store, 64, 2, 2);
+	ks__lmdb_fail_reopens = 2;
+	rc = ks_scrub(store, &err);
+	CHECK_EQ_INT(rc, KS_EIO, "a scrub whose reopen fails");
+	CHECK(strstr(err.text, "injected") != NULL,
+	      "the scrub's error names the failed reopen: %s", err.text);
+	memset(&err, 0, sizeof(err));
+	rc = ks_get(store, 1, &rec, &err);
+	CHECK_EQ_INT(rc, KS_EIO, "a get while the reopen still fails");
+	CHECK(strstr(err.text, "mdb_env_open") != NULL,
+	      "the get's error says the store is not open: %s", err.text);
+	CHECK_EQ_INT(ks_version(store, &v, NULL), 0,
+		     "the next call reopens the store");
+	check_seed(store, 1, 64, 1, 1);
+	check_seed(store, 2, 64, 2, 2);
+	CHECK_EQ_INT(put_seed(store, 64, 3, 3), 3, "a put after the reopen");
+	check_ok(store, "after the reopen");
+	ks_close(store);
+
+	store = open_store(c, 0);
+	if (!store)
+		return;
+	CHECK_EQ_INT(count_records(store), 3, "records after a reopen");
+	ks__lmdb_fail_reopens = 1;
+	CHECK_EQ_INT(ks_scrub(store, NULL), KS_EIO, "a second failed scrub");
+	ks_close(store);
+	CHECK_EQ_INT(ks__lmdb_fail_reopens, 0, "the fault was used");
+	store = open_store(c, 0);
+	if (store)
+		CHECK_EQ_INT(count_records(store), 3,
+			     "closing a store without environment");
+	ks_close(store);
+}
+
 struct test {
 	const char *name;
 	void (*fn)(struct ctx *c);
@@ -663,6 +828,9 @@ static const struct test tests[] = {
 	{"version sees other processes' commits", test_version_other_process},
 	{"a full reader table", test_readers_full},
 	{"a read-only data file", test_read_only},
+	{"a stopped writer: KS_EBUSY after the busy timeout", test_busy_writer},
+	{"a failed scrub reopen: clear errors, then a retry",
+	 test_scrub_reopen_fails},
 };
 
 int main(void)

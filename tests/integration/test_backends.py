@@ -174,6 +174,80 @@ class CopyTests(JwksdTestCase):
         self.assertIn("kid", res.stderr, res.describe())
         self.assertEqual(self.sqlite_rows(b), before, "nothing was written")
 
+    def keys_json(self, backend, db):
+        import json
+        res = run_jwksd(["keys", "list", "--json", "--backend", backend,
+                         "--db", str(db)], cwd=self.tmp, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        return {str(e["kid"]): e for e in json.loads(res.stdout)}
+
+    def test_a_failed_lifecycle_write_leaves_the_destination_unchanged(self):
+        """Keys and their lifecycle entries go in together: when the entries
+        cannot be written (a trigger refuses them), no key is copied, and a
+        rerun with --merge copies keys WITH entries (revoked stays revoked)."""
+        src = self.tmp / "a.lmdb"
+        self.stop_server(self.start_server(backend="lmdb", db=src))
+        before = self.keys_json("lmdb", src)
+        self.assertEqual(len(before), 2, before)
+        signing = next(k for k, e in before.items() if e["state"] != "expired")
+        res = run_jwksd(["keys", "revoke", signing, "--backend", "lmdb",
+                         "--db", str(src)], cwd=self.tmp, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertEqual(self.keys_json("lmdb", src)[signing]["state"],
+                         "revoked")
+
+        dst = self.tmp / "b.db"
+        with sqlite3.connect(dst) as db:
+            db.execute("CREATE TABLE keys(kid INTEGER PRIMARY KEY "
+                       "AUTOINCREMENT, key BLOB NOT NULL, exp INTEGER NOT NULL)")
+            db.execute("CREATE TABLE key_lifecycle(kid INTEGER PRIMARY KEY, "
+                       "created INTEGER NOT NULL, activate_at INTEGER NOT NULL, "
+                       "retire_at INTEGER NOT NULL, revoked_at INTEGER)")
+            db.execute("CREATE TRIGGER no_life BEFORE INSERT ON key_lifecycle "
+                       "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+        db.close()
+        res = self.copy(f"lmdb:{src}", f"sqlite:{dst}")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertEqual(self.sqlite_rows(dst), [],
+                         "a failed copy wrote keys without their entries")
+
+        with sqlite3.connect(dst) as db:
+            db.execute("DROP TRIGGER no_life")
+        db.close()
+        res = self.copy(f"lmdb:{src}", f"sqlite:{dst}", "--merge")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 2 keys", res.stdout, res.describe())
+        after = self.keys_json("sqlite", dst)
+        self.assertEqual(set(after), set(before))
+        self.assertEqual(after[signing]["state"], "revoked", after[signing])
+        self.assertIn("revoked_at", after[signing])
+        with sqlite3.connect(dst) as db:
+            n = db.execute("SELECT count(*) FROM key_lifecycle").fetchone()[0]
+        db.close()
+        self.assertEqual(n, 2, "every copied key has its lifecycle entry")
+
+    def test_merge_adds_the_entries_an_earlier_copy_lost(self):
+        """A destination holding the keys without entries (what a copy that
+        failed after its keys left) gets them from a --merge rerun."""
+        src = self.tmp / "a.db"
+        self.stop_server(self.start_server(backend="sqlite", db=src))
+        before = self.keys_json("sqlite", src)
+        signing = next(k for k, e in before.items() if e["state"] != "expired")
+        res = run_jwksd(["keys", "revoke", signing, "--backend", "sqlite",
+                         "--db", str(src)], cwd=self.tmp, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        dst = self.tmp / "b.db"
+        res = self.copy(f"sqlite:{src}", f"sqlite:{dst}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        with sqlite3.connect(dst) as db:
+            db.execute("DELETE FROM key_lifecycle")
+        db.close()
+        res = self.copy(f"sqlite:{src}", f"sqlite:{dst}", "--merge")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 0 keys", res.stdout, res.describe())
+        self.assertEqual(self.keys_json("sqlite", dst)[signing]["state"],
+                         "revoked")
+
     def test_copy_usage_errors_exit_2(self):
         for args in (["copy"], ["copy", "--from", "sqlite:x.db"],
                      ["copy", "--from", "nosuch:x", "--to", "sqlite:y.db"],
