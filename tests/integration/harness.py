@@ -85,9 +85,9 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def can_connect(port, timeout=0.2):
+def can_connect(port, timeout=0.2, host=LOOPBACK):
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -327,9 +327,9 @@ class Response:
 
 
 def http_request(port, method, path, body=None, headers=None,
-                 timeout=HTTP_TIMEOUT):
+                 timeout=HTTP_TIMEOUT, host=LOOPBACK):
     """One request on a new connection; returns a Response."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -396,7 +396,7 @@ class Server:
     """One jwksd process, started on a free loopback port."""
 
     def __init__(self, workdir, db=None, backend=BACKEND, args=(), label="jwksd",
-                 prefix=(), umask=0o022):
+                 prefix=(), umask=0o022, host=LOOPBACK):
         self.workdir = Path(workdir)
         if db is None or isinstance(db, PgStore):
             self.db = db
@@ -409,6 +409,9 @@ class Server:
         # user); the process keeps its pid, so signals still reach jwksd.
         self.prefix = list(prefix)
         self.umask = umask
+        # The address it listens on (another one than loopback when it runs
+        # in a network namespace of its own, see prefix).
+        self.host = host
         self.port = None
         self.proc = None
         self.launches = 0
@@ -418,7 +421,7 @@ class Server:
     # -- lifecycle
 
     def command(self):
-        cmd = self.prefix + [jwksd_bin(), "--listen", f"{LOOPBACK}:{self.port}"]
+        cmd = self.prefix + [jwksd_bin(), "--listen", f"{self.host}:{self.port}"]
         if self.backend is not None:
             cmd += ["--backend", self.backend]
         if self.db is not None:
@@ -453,7 +456,7 @@ class Server:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if can_connect(self.port):
+                if can_connect(self.port, host=self.host):
                     return self
                 time.sleep(0.02)
             else:
@@ -530,10 +533,11 @@ class Server:
     # -- HTTP
 
     def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
-        return http_request(self.port, method, path, body, headers, timeout)
+        return http_request(self.port, method, path, body, headers, timeout,
+                            host=self.host)
 
     def url(self, path):
-        return f"http://{LOOPBACK}:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
 
 @dataclass
