@@ -144,6 +144,9 @@ extern const struct ks_backend ks_backend_sqlite;
 #if defined(JWKS_WITH_LMDB) && JWKS_WITH_LMDB
 extern const struct ks_backend ks_backend_lmdb;
 #endif
+#if defined(JWKS_WITH_POSTGRES) && JWKS_WITH_POSTGRES
+extern const struct ks_backend ks_backend_postgres;
+#endif
 
 /* Abort with a message: a programmer error, never a runtime condition. */
 #define KS_BUG(...)                                                  \

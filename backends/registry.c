@@ -13,6 +13,9 @@ const struct ks_backend *const ks_backends[] = {
 #if defined(JWKS_WITH_LMDB) && JWKS_WITH_LMDB
 	&ks_backend_lmdb,
 #endif
+#if defined(JWKS_WITH_POSTGRES) && JWKS_WITH_POSTGRES
+	&ks_backend_postgres,
+#endif
 	NULL,
 };
 
@@ -140,7 +143,8 @@ int ks_open(struct ks_store **out, const struct ks_backend *be,
 	ks_backend_validate(be);
 	if (!opts)
 		return ks_err_set(err, KS_EINVAL, "ks_open: options are NULL");
-	if (opts->path && !opts->path[0])
+	/* An empty path is a file store's error, a network store's default. */
+	if (opts->path && !opts->path[0] && be->default_path[0])
 		return ks_err_set(err, KS_EINVAL, "ks_open: path is empty");
 	if (opts->busy_timeout_ms < 0)
 		return ks_err_set(err, KS_EINVAL,

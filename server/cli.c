@@ -77,21 +77,38 @@ const struct ks_backend *cli_find_backend(const char *name)
 }
 
 int cli_open_store(struct ks_store **out, const struct ks_backend *be,
-		   const char *path, long long threads, long long map_size)
+		   const char *path, long long threads, long long map_size,
+		   const char *pg_schema)
 {
 	struct ks_options kopts = KS_OPTIONS_INIT;
 	struct ks_err e = {{0}};
+	char shown[512];
 
 	kopts.path = path ? path : ks_backend_default_path(be);
 	kopts.max_readers = (unsigned)threads + 8;
+	kopts.pg_schema = pg_schema;
 	if (map_size)
 		kopts.lmdb_map_size = (size_t)map_size;
 	if (ks_open(out, be, &kopts, &e)) {
+		ks_describe(be, kopts.path, shown, sizeof(shown));
 		fprintf(stderr, "jwksd: cannot open %s store '%s': %s\n",
-			ks_backend_name(be), kopts.path, e.text);
+			ks_backend_name(be), shown, e.text);
 		return 1;
 	}
 	return 0;
+}
+
+int cli_valid_pg_schema(const char *name)
+{
+	size_t i, len = strlen(name);
+
+	if (len < 1 || len > 63 || (name[0] >= '0' && name[0] <= '9'))
+		return 0;
+	for (i = 0; i < len; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') ||
+		      (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
+			return 0;
+	return 1;
 }
 
 int cli_load_kek_file(const char *option, const char *path, struct kek **out)

@@ -32,12 +32,19 @@ int cli_parse_duration(const char *s, long long min, long long max,
 const struct ks_backend *cli_find_backend(const char *name);
 
 /*
- * Open a store (path NULL: the backend's default file), or say which file
- * and why not. threads sizes LMDB's reader table; map_size 0 keeps the
- * default. Returns 0 or 1.
+ * Open a store (path NULL: the backend's default), or say which store and
+ * why not, shown with ks_describe() (never a password). threads sizes
+ * LMDB's reader table; map_size 0 keeps the default; pg_schema NULL is
+ * PostgreSQL's default schema. Returns 0 or 1.
  */
 int cli_open_store(struct ks_store **out, const struct ks_backend *be,
-		   const char *path, long long threads, long long map_size);
+		   const char *path, long long threads, long long map_size,
+		   const char *pg_schema);
+
+/*
+ * A --pg-schema value: [a-z_][a-z0-9_]{0,62}. Returns 1 when it is one.
+ */
+int cli_valid_pg_schema(const char *name);
 
 /*
  * The key-encryption key configured: from the file kek_file when it is not

@@ -30,19 +30,22 @@ static const char keys_usage_text[] =
 	"       jwksd keys scrub\n"
 	"\n"
 	"Every command takes the store options of the server: --backend NAME,\n"
-	"--db PATH, --kek-file PATH (or $NOT_MY_KEY), --lmdb-map-size BYTES;\n"
+	"--db PATH, --pg-schema NAME, --kek-file PATH (or $NOT_MY_KEY),\n"
+	"--lmdb-map-size BYTES;\n"
 	"rotate and export-public also its key schedule: --token-ttl,\n"
 	"--key-ttl, --jwks-max-age, --margin. DURATION: seconds, or a number\n"
 	"with s, m, h or d.\n";
 
 struct keys_cfg {
-	const char *backend, *db, *kek_file, *old_kek, *new_kek;
+	const char *backend, *db, *kek_file, *old_kek, *new_kek, *pg_schema;
 	long long map_size, older_than;
 	int json, have_older_than;
 	struct lc_policy policy;
 	struct ks_store *store;
 	struct kek *kek;
+	/* The store as shown in messages (ks_describe: no password). */
 	const char *path;
+	char shown[512];
 };
 
 #if defined(__GNUC__)
@@ -79,6 +82,7 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 	static const struct option opts[] = {
 		{"backend", required_argument, NULL, 'b'},
 		{"db", required_argument, NULL, 'd'},
+		{"pg-schema", required_argument, NULL, 'P'},
 		{"kek-file", required_argument, NULL, 'K'},
 		{"old-kek-file", required_argument, NULL, 'o'},
 		{"new-kek-file", required_argument, NULL, 'n'},
@@ -103,6 +107,13 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 			break;
 		case 'd':
 			c->db = optarg;
+			break;
+		case 'P':
+			if (!cli_valid_pg_schema(optarg))
+				return keys_usage("invalid --pg-schema '%s': "
+						  "want [a-z_][a-z0-9_]{0,62}",
+						  optarg);
+			c->pg_schema = optarg;
 			break;
 		case 'K':
 			c->kek_file = optarg;
@@ -160,12 +171,15 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 static int keys_open(struct keys_cfg *c, int rewrap, int migrate, int need_keys)
 {
 	const struct ks_backend *be = cli_find_backend(c->backend);
+	const char *path;
 
 	if (!be)
 		return 2;
-	c->path = c->db ? c->db : ks_backend_default_path(be);
+	path = c->db ? c->db : ks_backend_default_path(be);
+	ks_describe(be, path, c->shown, sizeof(c->shown));
+	c->path = c->shown;
 	if ((!rewrap && cli_load_kek(c->kek_file, &c->kek)) ||
-	    cli_open_store(&c->store, be, c->path, 1, c->map_size))
+	    cli_open_store(&c->store, be, path, 1, c->map_size, c->pg_schema))
 		return 1;
 	if (rewrap)
 		return 0;

@@ -32,6 +32,7 @@ struct main_config {
 	const char *listen;
 	const char *db;
 	const char *backend;
+	const char *pg_schema;
 	const char *kek_file;
 	long long token_ttl;
 	long long key_ttl;
@@ -46,12 +47,14 @@ struct main_config {
 
 static const char main_usage_text[] =
 	"usage: jwksd [--listen ADDR:PORT] [--db PATH] [--backend NAME]\n"
+	"             [--pg-schema NAME]\n"
 	"             [--token-ttl SECONDS] [--key-ttl SECONDS]\n"
 	"             [--jwks-max-age SECONDS] [--margin SECONDS]\n"
 	"             [--kek-file PATH] [--threads N] [--lmdb-map-size BYTES]\n"
 	"             [--max-body BYTES] [--request-timeout MS] [--help]\n"
 	"             [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
+	"                  [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
 	"...\n"
 	"\n"
@@ -59,7 +62,11 @@ static const char main_usage_text[] =
 	"127.0.0.1:8080)\n"
 	"  --db PATH              key store (default: the backend's file in\n"
 	"                         the current directory)\n"
-	"  --backend NAME         key store backend (default sqlite)\n"
+	"  --backend NAME         key store backend (default sqlite); for\n"
+	"                         postgres, --db is a libpq connection string\n"
+	"                         or URI (default: libpq's, PG* variables)\n"
+	"  --pg-schema NAME       PostgreSQL schema of the tables (default\n"
+	"                         jwksd)\n"
 	"  --token-ttl SECONDS    lifetime of issued tokens (default 3600)\n"
 	"  --key-ttl SECONDS      how long a key is published in all: ahead "
 	"of\n"
@@ -97,7 +104,9 @@ static void main_usage(FILE *f)
 	fputs(main_usage_text, f);
 	for (i = 0; ks_backends[i]; i++)
 		fprintf(f, " %s (%s)", ks_backend_name(ks_backends[i]),
-			ks_backend_default_path(ks_backends[i]));
+			ks_backend_default_path(ks_backends[i])[0]
+				? ks_backend_default_path(ks_backends[i])
+				: "connection string");
 	fputc('\n', f);
 }
 
@@ -134,6 +143,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"listen", required_argument, NULL, 'l'},
 		{"db", required_argument, NULL, 'd'},
 		{"backend", required_argument, NULL, 'b'},
+		{"pg-schema", required_argument, NULL, 'P'},
 		{"token-ttl", required_argument, NULL, 't'},
 		{"key-ttl", required_argument, NULL, 'k'},
 		{"jwks-max-age", required_argument, NULL, 'A'},
@@ -168,6 +178,14 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 			break;
 		case 'b':
 			cfg->backend = optarg;
+			break;
+		case 'P':
+			if (!cli_valid_pg_schema(optarg))
+				return main_bad_usage(
+					"invalid --pg-schema '%s': want "
+					"[a-z_][a-z0-9_]{0,62}",
+					optarg);
+			cfg->pg_schema = optarg;
 			break;
 		case 't':
 			if (cli_parse_duration(optarg, 1, CLI_MAX_TTL,
@@ -498,8 +516,10 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		{"to", required_argument, NULL, 't'},
 		{"merge", no_argument, NULL, 'M'},
 		{"lmdb-map-size", required_argument, NULL, 'm'},
+		{"pg-schema", required_argument, NULL, 'P'},
 		{NULL, 0, NULL, 0},
 	};
+	char from_shown[512], to_shown[512];
 	const struct ks_backend *from_be = NULL, *to_be = NULL;
 	const char *from_path = NULL, *to_path = NULL;
 	struct ks_store *from = NULL, *to = NULL;
@@ -524,6 +544,12 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 					&c.lmdb_map_size))
 			rc = main_bad_usage("invalid --lmdb-map-size '%s'",
 					    optarg);
+		else if (opt == 'P' && !cli_valid_pg_schema(optarg))
+			rc = main_bad_usage("invalid --pg-schema '%s': want "
+					    "[a-z_][a-z0-9_]{0,62}",
+					    optarg);
+		else if (opt == 'P')
+			c.pg_schema = optarg;
 		else if (opt == ':' || opt == '?')
 			rc = main_bad_usage("copy: bad option '%s'",
 					    argv[optind - 1]);
@@ -533,10 +559,13 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 	if (!from_be || !to_be || optind < argc)
 		return main_bad_usage("copy needs --from NAME:PATH and "
 				      "--to NAME:PATH");
+	ks_describe(from_be, from_path, from_shown, sizeof(from_shown));
+	ks_describe(to_be, to_path, to_shown, sizeof(to_shown));
 	if (cli_open_store(&from, from_be, from_path, c.threads,
-			   c.lmdb_map_size))
+			   c.lmdb_map_size, c.pg_schema))
 		return 1;
-	if (cli_open_store(&to, to_be, to_path, c.threads, c.lmdb_map_size)) {
+	if (cli_open_store(&to, to_be, to_path, c.threads, c.lmdb_map_size,
+			   c.pg_schema)) {
 		ks_close(from);
 		return 1;
 	}
@@ -545,15 +574,15 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		fprintf(stderr,
 			"jwksd: copy from %s '%s' to %s '%s' failed after %zu "
 			"keys: %s (%s)%s\n",
-			ks_backend_name(from_be), from_path,
-			ks_backend_name(to_be), to_path, copied,
+			ks_backend_name(from_be), from_shown,
+			ks_backend_name(to_be), to_shown, copied,
 			ks_strerror(rc), e.text,
 			rc == KS_EEXISTS && !merge ? "; --merge adds to it"
 						   : "");
 	else
 		printf("copied %zu keys from %s '%s' to %s '%s'\n", copied,
-		       ks_backend_name(from_be), from_path,
-		       ks_backend_name(to_be), to_path);
+		       ks_backend_name(from_be), from_shown,
+		       ks_backend_name(to_be), to_shown);
 	ks_close(to);
 	ks_close(from);
 	return rc ? 1 : 0;
@@ -579,6 +608,7 @@ int main(int argc, char **argv)
 	struct mg_context *ctx = NULL;
 	struct ks_err e = {{0}};
 	const char *path;
+	char shown[512];
 	char address[128];
 	size_t nkeys = 0;
 	sigset_t sigs;
@@ -603,10 +633,13 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	path = cfg.db ? cfg.db : ks_backend_default_path(be);
+	/* The store as every message shows it: never with a password. */
+	ks_describe(be, path, shown, sizeof(shown));
 	if (cli_load_kek(cfg.kek_file, &kek))
 		return 1;
-	if (cli_open_store(&store, be, path, cfg.threads, cfg.lmdb_map_size) ||
-	    cli_check_store(store, path, kek, 1, 1))
+	if (cli_open_store(&store, be, path, cfg.threads, cfg.lmdb_map_size,
+			   cfg.pg_schema) ||
+	    cli_check_store(store, shown, kek, 1, 1))
 		goto out;
 	sopts.token_ttl = cfg.token_ttl;
 	sopts.key_ttl = cfg.key_ttl;
@@ -616,7 +649,7 @@ int main(int argc, char **argv)
 	rc = jwks_service_new(&svc, store, &sopts, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot load keys from '%s': %s (%s)\n",
-			path, ks_strerror(rc), e.text);
+			shown, ks_strerror(rc), e.text);
 		goto out;
 	}
 
@@ -629,13 +662,13 @@ int main(int argc, char **argv)
 	rc = jwks_service_start(svc, &nkeys, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot prepare keys in '%s': %s (%s)\n",
-			path, ks_strerror(rc), e.text);
+			shown, ks_strerror(rc), e.text);
 		goto out;
 	}
 	main_bound_address(ctx, cfg.listen, address, sizeof(address));
 	fprintf(stderr,
 		"jwksd: listening on %s, backend %s, store '%s', %zu keys\n",
-		address, ks_backend_name(be), path, nkeys);
+		address, ks_backend_name(be), shown, nkeys);
 
 	while (sigwait(&sigs, &sig) != 0)
 		;
