@@ -4,6 +4,7 @@ Runs against the real jwksd binary (env JWKSD_BIN). Tests that need a backend
 that is not compiled in are skipped with the reason.
 """
 
+import re
 import sqlite3
 import time
 import unittest
@@ -22,7 +23,8 @@ def compiled_backends():
     out = subprocess.run([jwksd_bin(), "--help"], capture_output=True,
                          text=True, timeout=10).stdout
     line = next(l for l in out.splitlines() if l.startswith("backends:"))
-    return [w for w in line.split()[1:] if not w.startswith("(")]
+    # "backends: sqlite (default file) ... postgres (connection string)"
+    return re.sub(r"\([^)]*\)", " ", line).split()[1:]
 
 
 BACKENDS = compiled_backends()
