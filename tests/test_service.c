@@ -7,6 +7,9 @@
  * rewrap, a blob moved to another row, a wrong secret). Tokens are checked
  * against the stored key with the signer; PyJWT checks them independently
  * in the integration suites.
+ *
+ * A network store (PostgreSQL: no default file) lives at the connection
+ * string in JWKS_TEST_PG, a schema of its own per fixture.
  */
 #define _DEFAULT_SOURCE
 
@@ -45,23 +48,52 @@ static void quiet_log(void *arg, const char *line)
 struct fixture {
 	const char *be_name;
 	char dir[64];
-	char path[96];
+	char path[1024];
+	char schema[64];
 	struct ks_store *store;
 	struct jwks_service *svc;
 	const struct kek *kek;
 };
 
-static int fixture_open(struct fixture *f, const struct ks_backend *be)
+/* The options that open the fixture's store (another handle on it). */
+static struct ks_options fixture_options(const struct fixture *f)
 {
 	struct ks_options opts = KS_OPTIONS_INIT;
+
+	opts.path = f->path;
+	if (f->schema[0])
+		opts.pg_schema = f->schema;
+	return opts;
+}
+
+static int fixture_open(struct fixture *f, const struct ks_backend *be)
+{
+	static int schemas;
+	struct ks_options opts;
 
 	memset(f, 0, sizeof(*f));
 	f->be_name = ks_backend_name(be);
 	snprintf(f->dir, sizeof(f->dir), "/tmp/jwksd-svc-XXXXXX");
 	if (!mkdtemp(f->dir))
 		return -1;
-	snprintf(f->path, sizeof(f->path), "%s/store", f->dir);
-	opts.path = f->path;
+	if (ks_backend_default_path(be)[0] == '\0') {
+		const char *conninfo = getenv("JWKS_TEST_PG");
+
+		if (!conninfo || !conninfo[0]) {
+			fprintf(stderr,
+				"[%s] set JWKS_TEST_PG to the connection "
+				"string "
+				"of a scratch database\n",
+				f->be_name);
+			return -1;
+		}
+		snprintf(f->path, sizeof(f->path), "%s", conninfo);
+		snprintf(f->schema, sizeof(f->schema), "svc_%ld_%d",
+			 (long)getpid(), schemas++);
+	} else {
+		snprintf(f->path, sizeof(f->path), "%s/store", f->dir);
+	}
+	opts = fixture_options(f);
 	return ks_open(&f->store, be, &opts, NULL);
 }
 
@@ -633,7 +665,7 @@ static void test_two_services_one_rotation(const struct ks_backend *be)
 {
 	struct jwks_service_options o = policy_options(&rot_policy);
 	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
-	struct ks_options kopts = KS_OPTIONS_INIT;
+	struct ks_options kopts;
 	struct ks_store *store2 = NULL;
 	struct jwks_service *svc2 = NULL;
 	struct doc_copy a, b;
@@ -646,7 +678,7 @@ static void test_two_services_one_rotation(const struct ks_backend *be)
 		CHECK(0, "[%s] setup failed", ks_backend_name(be));
 		return;
 	}
-	kopts.path = f.path;
+	kopts = fixture_options(&f);
 	CHECK(ks_open(&store2, be, &kopts, NULL) == 0 &&
 		      jwks_service_new(&svc2, store2, &o, NULL) == 0 &&
 		      jwks_service_start(svc2, NULL, NULL) == 0,

@@ -73,9 +73,18 @@ def table_kids(store):
 
 def duplicate_slots(store):
     """Lifecycle rows that share an activation time with another key (two
-    successors made for one rotation)."""
+    successors made for one rotation, or two expired keys made at start)."""
     return store.rows("SELECT activate_at, string_agg(kid::text, ',') FROM key_lifecycle "
                       "GROUP BY activate_at HAVING count(*) > 1")
+
+
+def key_table(store):
+    """The keys with their lifecycle, for failure messages."""
+    rows = store.rows("SELECT k.kid, k.exp, l.created, l.activate_at, l.retire_at, "
+                      "l.revoked_at FROM keys k LEFT JOIN key_lifecycle l "
+                      "ON l.kid = k.kid ORDER BY k.kid")
+    return "\n  kid | exp | created | activate_at | retire_at | revoked_at\n" + "".join(
+        f"  {' | '.join(row)}\n" for row in rows)
 
 
 class Load:
@@ -210,6 +219,8 @@ class ThreeInstancesTests(MultiHostCase):
     def test_three_instances_rotate_as_one_key_set(self):
         store = self.fresh_store()
         servers = [self.instance(store, *SHORT, label=f"i{n}").start() for n in range(3)]
+        for server in servers:
+            self.post_auth(server)
         start_kids = table_kids(store)
         top = max(start_kids)
 
@@ -284,7 +295,8 @@ class ThreeInstancesTests(MultiHostCase):
         # most one successor that waits for its turn at the end.
         self.assertIn(len(new_kids) - len(new_signing), (0, 1),
                       f"keys made {new_kids}, keys that signed {new_signing}")
-        self.assertEqual(duplicate_slots(store), [], "two successors for one slot")
+        self.assertEqual(duplicate_slots(store), [],
+                         f"two keys for one slot (time {int(time.time())}):{key_table(store)}")
         if transitions:
             self.assertLessEqual(max(transitions), PROPAGATION + 0.25 + POLL_SLACK,
                                  f"instances disagreed for {max(transitions):.2f} s")
@@ -316,8 +328,8 @@ class SimultaneousStartTests(MultiHostCase):
                     f"SELECT count(*) FILTER (WHERE exp > {now}), "
                     f"count(*) FILTER (WHERE exp <= {now}) FROM keys")
                 self.assertEqual((signing, expired), ("1", "1"),
-                                 f"{self.INSTANCES} instances made keys: "
-                                 f"{store.rows('SELECT kid, exp FROM keys')}")
+                                 f"(signing, expired) keys that {self.INSTANCES} instances "
+                                 f"made (time {now}):{key_table(store)}")
                 self.assertEqual(store.psql("SELECT count(*) FROM change_counter").strip(),
                                  "1", "change_counter has one row")
                 bodies = {self.jwks_raw(s)[0] for s in servers}
@@ -370,9 +382,16 @@ class DatabaseOutageTests(MultiHostCase):
                                     PROPAGATION + POLL_SLACK)
         figure(f"outage: rotation after reconnect published in "
                f"{ {k: ms(v) for k, v in times.items()} }")
+        # One log line when the store goes away and one when it is back.
         for server in servers:
-            lines = [line for line in server.stderr_lines() if "listening on" not in line]
+            lines = [line for line in server.stderr_lines()
+                     if "listening on" not in line and "stored unencrypted" not in line]
             figure(f"outage: {server.label} logged {len(lines)} lines: {lines[:6]}")
+        for server in servers:
+            lines = [line for line in server.stderr_lines()
+                     if "listening on" not in line and "stored unencrypted" not in line]
+            self.assertEqual(len(lines), 2, f"{server.label}: want one line when the "
+                                            f"store went away and one when it came back")
 
 
 # ------------------------------------------------------ kills in rotations
@@ -441,7 +460,8 @@ class KillDuringRotationTests(MultiHostCase):
         self.assertEqual(lost, [], "kids that were served are gone from the table")
         self.assertGreaterEqual(len(made), 5, "hardly any rotation happened: the kills "
                                               "proved nothing")
-        self.assertEqual(duplicate_slots(store), [], "two successors for one slot")
+        self.assertEqual(duplicate_slots(store), [],
+                         f"two keys for one slot (time {int(time.time())}):{key_table(store)}")
         self.assertEqual(store.psql("SELECT count(*) FROM change_counter").strip(), "1")
         orphans = store.psql("SELECT count(*) FROM key_lifecycle l WHERE NOT EXISTS "
                              "(SELECT 1 FROM keys k WHERE k.kid = l.kid)").strip()
@@ -604,6 +624,8 @@ class NetworkNamespaceTests(MultiHostCase):
             def stop_relay():
                 relay.kill()
                 relay.wait()
+                relay.stdout.close()
+                relay.stderr.close()
             self.addCleanup(stop_relay)
             self.assertEqual(relay.stdout.readline().strip(), "ready", "the relay did not start")
             conninfos[1] = pg.tcp_conninfo(net.router_ip(1)).replace(
