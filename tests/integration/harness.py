@@ -184,6 +184,40 @@ class PgStore:
         pgserver.psql(self.server_conninfo,
                       f"DROP SCHEMA IF EXISTS {self.schema} CASCADE", check=False)
 
+    def lock_key(self):
+        """The advisory lock key jwksd's write transactions take on this
+        store (backends/postgres.c ks_pg_lock_key: FNV-1a of "jwksd:" and
+        the schema name, as a signed 64-bit integer)."""
+        h = 14695981039346656037
+        for byte in f"jwksd:{self.schema}".encode():
+            h = ((h ^ byte) * 1099511628211) % (1 << 64)
+        return h - (1 << 64) if h >= 1 << 63 else h
+
+    def hold_write_lock(self, seconds, timeout=10.0):
+        """Another process (psql) holds jwksd's write lock for seconds:
+        returns the Popen once the lock is granted; wait() on it for the
+        release. The caller kills it in cleanup."""
+        key = self.lock_key()
+        proc = subprocess.Popen(
+            [str(pgserver.PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             "-d", self.server_conninfo, "-c",
+             f"BEGIN; SELECT pg_advisory_xact_lock({key}); "
+             f"SELECT pg_sleep({float(seconds)}); COMMIT;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        high, low = (key % (1 << 64)) >> 32, key % (1 << 32)
+        query = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                 f"AND classid::bigint = {high} AND objid::bigint = {low} AND objsubid = 1")
+        deadline = time.monotonic() + timeout
+        while pgserver.psql(self.server_conninfo, query).strip() != "1":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"psql did not get the lock of {self.schema}: "
+                                     f"{proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.02)
+        return proc
+
 
 def pg_store_for(directory, tag=""):
     """The PgStore that belongs to a test directory: the same one every time."""
