@@ -37,9 +37,9 @@ BACKEND = "postgres"
 # The short schedule of the issue: a key signs for a few seconds, the JWKS
 # may be cached for 1 s, clocks may differ by 1 s.
 SHORT = ("--key-ttl", "12", "--token-ttl", "2", "--jwks-max-age", "1", "--margin", "1")
-# A key write about every second (as in test_faults): nothing published
-# ahead, no margin.
-FAST = ("--key-ttl", "2", "--token-ttl", "1", "--jwks-max-age", "0", "--margin", "0")
+# A rotation about every 4 s, each successor published 1 s before it signs
+# (so a successor waits, and `keys rotate` with the same schedule keeps it).
+FAST = ("--key-ttl", "6", "--token-ttl", "2", "--jwks-max-age", "1", "--margin", "0")
 
 MAX_AGE_RE = re.compile(r"max-age=([0-9]+)")
 # A change made through one instance shows on every other within 1 s (the
@@ -71,11 +71,13 @@ def table_kids(store):
     return {int(row[0]) for row in store.rows("SELECT kid FROM keys")}
 
 
-def duplicate_slots(store):
+def duplicate_slots(store, successors_only=False):
     """Lifecycle rows that share an activation time with another key (two
-    successors made for one rotation, or two expired keys made at start)."""
+    successors made for one rotation, or two expired keys made at start).
+    successors_only leaves out keys made expired (retire_at = activate_at)."""
+    where = "WHERE retire_at > activate_at " if successors_only else ""
     return store.rows("SELECT activate_at, string_agg(kid::text, ',') FROM key_lifecycle "
-                      "GROUP BY activate_at HAVING count(*) > 1")
+                      f"{where}GROUP BY activate_at HAVING count(*) > 1")
 
 
 def key_table(store):
@@ -440,7 +442,7 @@ class KillDuringRotationTests(MultiHostCase):
             else:
                 proc = subprocess.Popen(
                     [jwksd_bin(), "keys", "rotate", "--backend", BACKEND,
-                     *store.args()], cwd=self.tmp, stdin=subprocess.DEVNULL,
+                     *store.args(), *FAST], cwd=self.tmp, stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(rng.uniform(0.0, 0.3))
                 proc.kill()
@@ -452,15 +454,19 @@ class KillDuringRotationTests(MultiHostCase):
         self.stop_server(steady)
 
         kids = table_kids(store)
-        made = sorted(kids - before)
+        successors = {int(row[0]) for row in store.rows(
+            "SELECT kid FROM key_lifecycle WHERE retire_at > activate_at")}
+        made = sorted((kids - before) & successors)
         figure(f"kills: {self.KILLS} SIGKILLs ({kinds.count('server')} servers, "
                f"{kinds.count('keys rotate')} keys rotate; seed {seed}); "
-               f"{len(made)} keys made, {len(seen)} kids seen by clients")
+               f"{len(made)} successor keys made ({len(kids - before)} keys in all), "
+               f"{len(seen)} kids seen by clients")
         lost = sorted(int(k) for k in seen if int(k) not in kids)
         self.assertEqual(lost, [], "kids that were served are gone from the table")
-        self.assertGreaterEqual(len(made), 5, "hardly any rotation happened: the kills "
+        self.assertGreaterEqual(len(made), 3, "hardly any rotation happened: the kills "
                                               "proved nothing")
-        self.assertEqual(duplicate_slots(store), [],
+        # (Expired keys made at start are SimultaneousStartTests' subject.)
+        self.assertEqual(duplicate_slots(store, successors_only=True), [],
                          f"two keys for one slot (time {int(time.time())}):{key_table(store)}")
         self.assertEqual(store.psql("SELECT count(*) FROM change_counter").strip(), "1")
         orphans = store.psql("SELECT count(*) FROM key_lifecycle l WHERE NOT EXISTS "
