@@ -496,9 +496,12 @@ class Net:
     DB_IP = "10.199.1.2"
     CIDR = "10.199.0.0/16"
 
+    NAME_RE = re.compile(r"jw([0-9]+)(?:r|d|i[0-9]|c[0-9])")
+
     def __init__(self, case, instances=3):
         self.case = case
-        tag = os.getpid() % 100000
+        self.remove_stale()
+        tag = os.getpid()
         self.router = f"jw{tag}r"
         self.db = f"jw{tag}d"
         self.hosts = [f"jw{tag}i{k}" for k in range(1, instances + 1)]
@@ -568,6 +571,22 @@ class Net:
     def cut(self, k, up):
         """Take instance k's database link down (at the router) or up."""
         self.ip("-n", self.router, "link", "set", f"i{k}", "up" if up else "down")
+
+    def remove_stale(self):
+        """Remove namespaces and links an earlier run left behind (a test
+        process killed before its cleanup): names with a pid no longer alive."""
+        def stale(name):
+            match = self.NAME_RE.fullmatch(name)
+            return match and not Path(f"/proc/{match.group(1)}").exists()
+        for line in self.ip("netns", "list", check=False).stdout.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if stale(name):
+                self.ip("netns", "del", name, check=False)
+        for line in self.ip("-o", "link", "show", check=False).stdout.splitlines():
+            fields = line.split(":")
+            name = fields[1].strip().split("@")[0] if len(fields) > 1 else ""
+            if stale(name):
+                self.ip("link", "del", name, check=False)
 
     def remove(self):
         for ns in reversed(self.created):
