@@ -121,6 +121,21 @@ def new_pem():
                              serialization.NoEncryption())
 
 
+def sqlite_store_with_one_expired_key(db):
+    """A SQLite store (WAL mode) whose only key expired 10 minutes ago."""
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE IF NOT EXISTS keys(kid INTEGER PRIMARY KEY "
+                    "AUTOINCREMENT, key BLOB NOT NULL, exp INTEGER NOT NULL)")
+        con.execute("INSERT INTO keys (key, exp) VALUES (?, ?)",
+                    (new_pem(), int(time.time()) - 600))
+        con.commit()
+    finally:
+        con.close()
+    os.chmod(db, 0o600)
+
+
 def mentions(line, number):
     """Whether a log line names the integer number (not as part of another)."""
     return re.search(rf"(?<![0-9]){number}(?![0-9])", line) is not None
@@ -547,17 +562,7 @@ class SqliteWriteLockTests(FaultTestCase):
     BUSY_TIMEOUT = 5.0
 
     def precreate_expired(self, db):
-        con = sqlite3.connect(db)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("CREATE TABLE IF NOT EXISTS keys(kid INTEGER PRIMARY KEY "
-                        "AUTOINCREMENT, key BLOB NOT NULL, exp INTEGER NOT NULL)")
-            con.execute("INSERT INTO keys (key, exp) VALUES (?, ?)",
-                        (new_pem(), int(time.time()) - 600))
-            con.commit()
-        finally:
-            con.close()
-        os.chmod(db, 0o600)
+        sqlite_store_with_one_expired_key(db)
 
     def hold_write_lock(self, db):
         con = sqlite3.connect(db, isolation_level=None, timeout=0)
@@ -612,6 +617,76 @@ class SqliteWriteLockTests(FaultTestCase):
         self.assertEqual(sqlite_records(db), before, "the store changed while locked")
         lock.rollback()
         self.assertGreater(rounds, 3)
+
+
+@unittest.skipUnless(BACKEND == "postgres", "jwksd's advisory write lock on PostgreSQL "
+                     "(SQLite: SqliteWriteLockTests)")
+class PgWriteLockTests(FaultTestCase):
+    """Another session holds the advisory lock that jwksd's write
+    transactions take (harness.PgStore.hold_write_lock)."""
+
+    BUSY_TIMEOUT = 5.0
+
+    def hold(self, store, seconds):
+        proc = store.hold_write_lock(seconds)
+
+        def release():
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        self.addCleanup(release)
+        return release
+
+    def test_lock_held_at_start_when_a_key_must_be_written(self):
+        """The only key is expired (copied in from SQLite), so jwksd must
+        write one at start: with the lock held it waits the busy timeout,
+        then exits 1 with one line naming the store; the store is unchanged."""
+        src = self.tmp / "expired.db"
+        sqlite_store_with_one_expired_key(src)
+        store = self.store_path()
+        res = run_jwksd(["copy", "--from", f"sqlite:{src}", "--to", f"postgres:{store}"],
+                        cwd=self.tmp, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        before = self.records(store)
+        self.assertEqual(len(before), 1, before)
+        release = self.hold(store, 60)
+        server = self.new_server(db=store)
+        launched = time.monotonic()
+        rc = self.settle(server, timeout=self.BUSY_TIMEOUT + 10)
+        waited = time.monotonic() - launched
+        self.assertEqual(self.records(store), before, "the store changed while locked")
+        release()
+        if rc is not None:
+            self.assertClearFailure(rc, server, store.schema, "write lock held at start")
+            self.assertGreaterEqual(waited, self.BUSY_TIMEOUT - 1.0,
+                                    f"gave up after {waited:.1f} s, before the busy "
+                                    f"timeout of {self.BUSY_TIMEOUT} s")
+            return
+        self.failure(f"jwksd logged its start line after {waited:.1f} s although the "
+                     "only key is expired and the store is locked")
+
+    def test_reads_keep_working_while_the_lock_is_held(self):
+        server = self.start_server()
+        _, token = self.post_auth(server)
+        store = server.db
+        before = self.records(store)
+        release = self.hold(store, 60)
+        deadline = time.monotonic() + 2.0
+        rounds, slowest = 0, 0.0
+        while time.monotonic() < deadline:
+            rounds += 1
+            started = time.monotonic()
+            self.verify_with_served_jwks(server, token)
+            _, fresh = self.post_auth(server)
+            self.verify_with_served_jwks(server, fresh)
+            _, expired = self.post_auth(server, query="expired=true")
+            self.assertLess(split_jwt(expired)[1]["exp"], time.time())
+            slowest = max(slowest, time.monotonic() - started)
+        self.assertTrue(server.running, "the server died while the store was locked")
+        self.assertEqual(self.records(store), before, "the store changed while locked")
+        release()
+        self.assertGreater(rounds, 3)
+        self.assertLess(slowest, 1.0, "a round of requests waited on the locked store")
 
 
 # --------------------------------------------------------- undecodable record
