@@ -152,6 +152,7 @@ struct ks_pg_store {
 	PGconn *listener;
 	int64_t listen_next_ms;
 	int listen_backoff_ms;
+	unsigned listen_seed;
 };
 
 static struct ks_pg_store *ks_pg_downcast(struct ks_store *store)
@@ -843,6 +844,7 @@ static int ks_pg_open(struct ks_store **out, const struct ks_options *opts,
 	s->base.be = &ks_backend_postgres;
 	s->timeout_ms = opts->busy_timeout_ms;
 	s->seed = (unsigned)ks_pg_now_ms() ^ (unsigned)(uintptr_t)s;
+	s->listen_seed = s->seed * 2654435761u + 1;
 	snprintf(s->lock_key, sizeof(s->lock_key), "%lld",
 		 ks_pg_lock_key(schema));
 	s->lock_ready = pthread_mutex_init(&s->lock, NULL) == 0;
@@ -1396,7 +1398,7 @@ static int ks_pg_listen(struct ks_pg_store *s, int64_t deadline)
 			PQfinish(s->listener);
 		s->listener = NULL;
 		s->listen_next_ms =
-			ks_pg_backoff(&s->listen_backoff_ms, &s->seed);
+			ks_pg_backoff(&s->listen_backoff_ms, &s->listen_seed);
 		return ret;
 	}
 	s->listen_backoff_ms = 0;

@@ -106,7 +106,7 @@ static void main_usage(FILE *f)
 		fprintf(f, " %s (%s)", ks_backend_name(ks_backends[i]),
 			ks_backend_default_path(ks_backends[i])[0]
 				? ks_backend_default_path(ks_backends[i])
-				: "connection string");
+				: "conninfo");
 	fputc('\n', f);
 }
 

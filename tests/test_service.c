@@ -7,9 +7,6 @@
  * rewrap, a blob moved to another row, a wrong secret). Tokens are checked
  * against the stored key with the signer; PyJWT checks them independently
  * in the integration suites.
- *
- * A network store (PostgreSQL: no default file) lives at the connection
- * string in JWKS_TEST_PG, a schema of its own per fixture.
  */
 #define _DEFAULT_SOURCE
 
@@ -45,55 +42,42 @@ static void quiet_log(void *arg, const char *line)
 	(void)line;
 }
 
+/*
+ * A network store (PostgreSQL: no default file) is the scratch database
+ * JWKS_TEST_PG names, in a fresh schema per fixture; dir is made anyway.
+ */
 struct fixture {
 	const char *be_name;
 	char dir[64];
-	char path[1024];
+	char path[512];
 	char schema[64];
 	struct ks_store *store;
 	struct jwks_service *svc;
 	const struct kek *kek;
 };
 
-/* The options that open the fixture's store (another handle on it). */
-static struct ks_options fixture_options(const struct fixture *f)
-{
-	struct ks_options opts = KS_OPTIONS_INIT;
-
-	opts.path = f->path;
-	if (f->schema[0])
-		opts.pg_schema = f->schema;
-	return opts;
-}
-
 static int fixture_open(struct fixture *f, const struct ks_backend *be)
 {
-	static int schemas;
-	struct ks_options opts;
+	struct ks_options opts = KS_OPTIONS_INIT;
 
 	memset(f, 0, sizeof(*f));
 	f->be_name = ks_backend_name(be);
 	snprintf(f->dir, sizeof(f->dir), "/tmp/jwksd-svc-XXXXXX");
 	if (!mkdtemp(f->dir))
 		return -1;
-	if (ks_backend_default_path(be)[0] == '\0') {
-		const char *conninfo = getenv("JWKS_TEST_PG");
+	snprintf(f->path, sizeof(f->path), "%s/store", f->dir);
+	if (!ks_backend_default_path(be)[0]) {
+		static unsigned counter;
+		const char *pg = getenv("JWKS_TEST_PG");
 
-		if (!conninfo || !conninfo[0]) {
-			fprintf(stderr,
-				"[%s] set JWKS_TEST_PG to the connection "
-				"string "
-				"of a scratch database\n",
-				f->be_name);
+		if (!pg || !pg[0] || strlen(pg) >= sizeof(f->path))
 			return -1;
-		}
-		snprintf(f->path, sizeof(f->path), "%s", conninfo);
-		snprintf(f->schema, sizeof(f->schema), "svc_%ld_%d",
-			 (long)getpid(), schemas++);
-	} else {
-		snprintf(f->path, sizeof(f->path), "%s/store", f->dir);
+		snprintf(f->path, sizeof(f->path), "%s", pg);
+		snprintf(f->schema, sizeof(f->schema), "svc_%ld_%u",
+			 (long)getpid(), ++counter);
+		opts.pg_schema = f->schema;
 	}
-	opts = fixture_options(f);
+	opts.path = f->path;
 	return ks_open(&f->store, be, &opts, NULL);
 }
 
@@ -665,7 +649,7 @@ static void test_two_services_one_rotation(const struct ks_backend *be)
 {
 	struct jwks_service_options o = policy_options(&rot_policy);
 	int64_t t0 = 1800000000, due = t0 + 3600 - 330 - 90 - 10;
-	struct ks_options kopts;
+	struct ks_options kopts = KS_OPTIONS_INIT;
 	struct ks_store *store2 = NULL;
 	struct jwks_service *svc2 = NULL;
 	struct doc_copy a, b;
@@ -678,7 +662,8 @@ static void test_two_services_one_rotation(const struct ks_backend *be)
 		CHECK(0, "[%s] setup failed", ks_backend_name(be));
 		return;
 	}
-	kopts = fixture_options(&f);
+	kopts.path = f.path;
+	kopts.pg_schema = f.schema[0] ? f.schema : NULL;
 	CHECK(ks_open(&store2, be, &kopts, NULL) == 0 &&
 		      jwks_service_new(&svc2, store2, &o, NULL) == 0 &&
 		      jwks_service_start(svc2, NULL, NULL) == 0,
@@ -769,6 +754,15 @@ int main(int argc, char **argv)
 
 		if (argc > 1 && strcmp(argv[1], ks_backend_name(be)))
 			continue;
+		/*
+		 * A network store runs as `test_service postgres`, registered
+		 * with the scratch server it needs (service_postgres).
+		 */
+		if (argc == 1 && !ks_backend_default_path(be)[0]) {
+			printf("[%s] not run here: see service_%s\n",
+			       ks_backend_name(be), ks_backend_name(be));
+			continue;
+		}
 		test_first_start_and_claims(be);
 		test_rotation_relying_party(be);
 		test_jwks_caching(be);
