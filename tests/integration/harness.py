@@ -9,6 +9,7 @@ Only the standard library, PyJWT (python3-jwt) and cryptography are used.
 """
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -32,11 +34,14 @@ AUTH_PATH = "/auth"
 # The backend the generic suite runs against (one CTest entry per backend).
 BACKEND = os.environ.get("KS_TEST_BACKEND", "sqlite")
 
-# The store name each backend uses when --db is not given.
+# The store name each backend uses when --db is not given (file backends).
 DEFAULT_STORE_NAMES = {
     "sqlite": "totally_not_my_privateKeys.db",
     "lmdb": "totally_not_my_privateKeys.lmdb",
 }
+
+# Backends whose store is a file or directory on this host.
+FILE_BACKENDS = frozenset(DEFAULT_STORE_NAMES)
 
 # Members a JWK may carry only for a private key (RFC 7518 section 6.3.2).
 PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi"})
@@ -49,6 +54,9 @@ BASIC_AUTH = "Basic dXNlckFCQzpwYXNzd29yZDEyMw=="
 ASSIGNMENT_CREDENTIALS = {"username": "userABC", "password": "password123"}
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "pg"))
+import pgserver  # noqa: E402  (tests/pg/pgserver.py: the throwaway PostgreSQL)
 
 HTTP_TIMEOUT = 30.0   # generous: the first request may wait for key generation
 START_TIMEOUT = 10.0  # until the server accepts TCP connections
@@ -77,12 +85,209 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def can_connect(port, timeout=0.2):
+def can_connect(port, timeout=0.2, host=LOOPBACK):
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
+
+
+# ------------------------------------------------------------- PostgreSQL
+
+_own_pg = None
+
+
+def pg_conninfo():
+    """The conninfo of the shared test PostgreSQL server.
+
+    From env JWKS_TEST_PG, else the file named by env JWKS_TEST_PG_FILE (the
+    CTest fixture pg_start writes it), else (a suite run by hand) a server
+    of this process's own, started once and removed at exit.
+    """
+    global _own_pg
+    conninfo = os.environ.get("JWKS_TEST_PG")
+    if conninfo:
+        return conninfo
+    path = os.environ.get("JWKS_TEST_PG_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise RuntimeError(
+                f"JWKS_TEST_PG_FILE={path} is unreadable ({exc}): the CTest "
+                f"fixture pg_start did not run or failed") from None
+    if _own_pg is None:
+        _own_pg = pgserver.PgServer(label="suite").start()
+    return _own_pg.conninfo
+
+
+# Every PgStore made in this process, by the conninfo string it shows, so
+# that a `--db CONNINFO` built from str(store) gets its --pg-schema.
+_PG_STORES = {}
+
+
+class PgStore:
+    """A PostgreSQL store for one test: a server's conninfo and a schema of its
+    own (created by jwksd on first open, dropped in cleanup).
+
+    str() is a conninfo that names the schema in application_name, so that
+    it is unique: jwksd_args() adds `--pg-schema SCHEMA` to any command line
+    that passes it as --db (or as postgres:CONNINFO to copy) without one.
+    """
+
+    def __init__(self, schema, conninfo=None):
+        self.schema = schema
+        self.server_conninfo = conninfo or pg_conninfo()
+        self.conninfo = f"{self.server_conninfo} application_name={schema}"
+        _PG_STORES[self.conninfo] = self
+
+    def __str__(self):
+        return self.conninfo
+
+    def __repr__(self):
+        return f"PgStore(schema={self.schema!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, PgStore) and other.conninfo == self.conninfo
+
+    def __hash__(self):
+        return hash(self.conninfo)
+
+    @property
+    def name(self):
+        return self.schema
+
+    def args(self):
+        return ["--db", self.conninfo, "--pg-schema", self.schema]
+
+    def psql(self, sql, check=True):
+        """Run SQL on this store's database (search_path = the schema);
+        returns psql's unaligned, tuples-only output."""
+        return pgserver.psql(self.server_conninfo,
+                             f"SET search_path TO {self.schema}; {sql}",
+                             check=check)
+
+    def rows(self, sql):
+        """The rows of a query as lists of strings (| separated by psql)."""
+        out = self.psql(sql)
+        return [line.split("|") for line in out.splitlines() if line]
+
+    def exists(self):
+        """Whether jwksd created the schema (the store) yet."""
+        out = pgserver.psql(
+            self.server_conninfo,
+            f"SELECT count(*) FROM pg_namespace WHERE nspname = '{self.schema}'")
+        return out.strip() == "1"
+
+    def drop(self):
+        pgserver.psql(self.server_conninfo,
+                      f"DROP SCHEMA IF EXISTS {self.schema} CASCADE", check=False)
+
+    def lock_key(self):
+        """The advisory lock key jwksd's write transactions take on this
+        store (backends/postgres.c ks_pg_lock_key: FNV-1a of "jwksd:" and
+        the schema name, as a signed 64-bit integer)."""
+        h = 14695981039346656037
+        for byte in f"jwksd:{self.schema}".encode():
+            h = ((h ^ byte) * 1099511628211) % (1 << 64)
+        return h - (1 << 64) if h >= 1 << 63 else h
+
+    def hold_write_lock(self, seconds, timeout=10.0):
+        """Another process (psql) holds jwksd's write lock for seconds:
+        returns the Popen once the lock is granted; wait() on it for the
+        release. The caller kills it in cleanup."""
+        key = self.lock_key()
+        proc = subprocess.Popen(
+            [str(pgserver.PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+             "-d", self.server_conninfo, "-c",
+             f"BEGIN; SELECT pg_advisory_xact_lock({key}); "
+             f"SELECT pg_sleep({float(seconds)}); COMMIT;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        high, low = (key % (1 << 64)) >> 32, key % (1 << 32)
+        query = ("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                 f"AND classid::bigint = {high} AND objid::bigint = {low} AND objsubid = 1")
+        deadline = time.monotonic() + timeout
+        while pgserver.psql(self.server_conninfo, query).strip() != "1":
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError(f"psql did not get the lock of {self.schema}: "
+                                     f"{proc.stderr.read().decode(errors='replace')}")
+            time.sleep(0.02)
+        return proc
+
+
+def pg_store_for(directory, tag=""):
+    """The PgStore that belongs to a test directory: the same one every time."""
+    digest = hashlib.sha1(f"{Path(directory).resolve()}|{tag}".encode()).hexdigest()
+    return PgStore(f"t_{digest[:20]}")
+
+
+def store_for(directory, backend=BACKEND):
+    """The store a test keeps in a directory: the backend's default file name
+    there, or for postgres a schema derived from the directory's path."""
+    if backend == "postgres":
+        return pg_store_for(directory)
+    return Path(directory) / DEFAULT_STORE_NAMES.get(backend, "store")
+
+
+def db_args(db):
+    """The --db flags for a store (a path, a PgStore)."""
+    if isinstance(db, PgStore):
+        return db.args()
+    return ["--db", str(db)]
+
+
+def jwksd_args(args):
+    """A jwksd command line with every PgStore expanded to its flags.
+
+    A PgStore object in args becomes its conninfo; if a conninfo of a
+    PgStore appears (bare after --db, or as postgres:CONNINFO) and no
+    --pg-schema is given, `--pg-schema SCHEMA` is added after the
+    subcommand's arguments.
+    """
+    out = []
+    schema = None
+    for arg in args:
+        if isinstance(arg, PgStore):
+            store = arg
+            arg = arg.conninfo
+        else:
+            arg = str(arg)
+            key = arg[len("postgres:"):] if arg.startswith("postgres:") else arg
+            store = _PG_STORES.get(key)
+        if store is not None and schema is None:
+            schema = store.schema
+        out.append(arg)
+    if schema is not None and "--pg-schema" not in out:
+        out += ["--pg-schema", schema]
+    return out
+
+
+def store_display(db):
+    """Text that jwksd's description of the store must contain: the path,
+    or for postgres the schema's name (it is also in application_name)."""
+    if isinstance(db, PgStore):
+        return db.schema
+    return str(db)
+
+
+def strip_store(text, db):
+    """text without the store's description (so numbers in it do not count):
+    the path, or every keyword=value pair of a conninfo and the schema."""
+    if isinstance(db, PgStore):
+        text = re.sub(r"\S*=\S*", " ", text)
+        return text.replace(db.server_conninfo, " ").replace(db.schema, " ")
+    return text.replace(str(db), " ")
+
+
+def file_backends_only(reason):
+    """Declare a test that applies to file-backed stores only (a file mode,
+    a corrupt file, a path): it does not run on postgres, with the reason."""
+    return unittest.skipIf(BACKEND not in FILE_BACKENDS,
+                           f"applies to file-backed stores only: {reason}")
 
 
 # ---------------------------------------------------------------- base64url, JWT
@@ -156,9 +361,9 @@ class Response:
 
 
 def http_request(port, method, path, body=None, headers=None,
-                 timeout=HTTP_TIMEOUT):
+                 timeout=HTTP_TIMEOUT, host=LOOPBACK):
     """One request on a new connection; returns a Response."""
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -225,9 +430,12 @@ class Server:
     """One jwksd process, started on a free loopback port."""
 
     def __init__(self, workdir, db=None, backend=BACKEND, args=(), label="jwksd",
-                 prefix=(), umask=0o022):
+                 prefix=(), umask=0o022, host=LOOPBACK):
         self.workdir = Path(workdir)
-        self.db = None if db is None else Path(db)
+        if db is None or isinstance(db, PgStore):
+            self.db = db
+        else:
+            self.db = Path(db)
         self.backend = backend
         self.args = list(args)
         self.label = label
@@ -235,6 +443,9 @@ class Server:
         # user); the process keeps its pid, so signals still reach jwksd.
         self.prefix = list(prefix)
         self.umask = umask
+        # The address it listens on (another one than loopback when it runs
+        # in a network namespace of its own, see prefix).
+        self.host = host
         self.port = None
         self.proc = None
         self.launches = 0
@@ -244,12 +455,12 @@ class Server:
     # -- lifecycle
 
     def command(self):
-        cmd = self.prefix + [jwksd_bin(), "--listen", f"{LOOPBACK}:{self.port}"]
+        cmd = self.prefix + [jwksd_bin(), "--listen", f"{self.host}:{self.port}"]
         if self.backend is not None:
             cmd += ["--backend", self.backend]
         if self.db is not None:
-            cmd += ["--db", str(self.db)]
-        return cmd + self.args
+            cmd += db_args(self.db)
+        return jwksd_args(cmd + self.args)
 
     def launch(self):
         """Start the process on a new free port; returns the monotonic launch time."""
@@ -279,7 +490,7 @@ class Server:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if can_connect(self.port):
+                if can_connect(self.port, host=self.host):
                     return self
                 time.sleep(0.02)
             else:
@@ -356,10 +567,11 @@ class Server:
     # -- HTTP
 
     def request(self, method, path, body=None, headers=None, timeout=HTTP_TIMEOUT):
-        return http_request(self.port, method, path, body, headers, timeout)
+        return http_request(self.port, method, path, body, headers, timeout,
+                            host=self.host)
 
     def url(self, path):
-        return f"http://{LOOPBACK}:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
 
 @dataclass
@@ -385,7 +597,7 @@ def run_jwksd(args, cwd, timeout=10.0, watch_port=None, prefix=()):
     A process still running after timeout is killed and reported with
     returncode None. prefix is a command that execs jwksd (e.g. setpriv).
     """
-    cmd = list(prefix) + [jwksd_bin()] + list(args)
+    cmd = list(prefix) + [jwksd_bin()] + jwksd_args(args)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL,
@@ -425,15 +637,23 @@ class JwksdTestCase(unittest.TestCase):
     def make_tmpdir(self):
         tmp = tempfile.TemporaryDirectory(prefix="jwksd-test-")
         self.addCleanup(tmp.cleanup)
+        if BACKEND == "postgres":
+            # Registered before any server of the test: runs after they stop.
+            self.addCleanup(pg_store_for(tmp.name).drop)
         return Path(tmp.name)
 
     def default_store_name(self, backend=BACKEND):
         if backend not in DEFAULT_STORE_NAMES:
-            self.skipTest(f"no default store name known for backend {backend}")
+            self.skipTest(f"no default store file for backend {backend}: "
+                          f"a test of default file names applies to file "
+                          f"backends only")
         return DEFAULT_STORE_NAMES[backend]
 
     def store_path(self, directory=None, backend=BACKEND):
-        return Path(directory or self.tmp) / self.default_store_name(backend)
+        """The test's store in directory (default: the test's directory): a
+        file path, or for postgres a PgStore (a schema of its own, dropped
+        when the directory's cleanup runs)."""
+        return store_for(directory or self.tmp, backend)
 
     # -- diagnostics on failure
 
@@ -598,7 +818,9 @@ class SharedServerTestCase(JwksdTestCase):
         tmp = tempfile.TemporaryDirectory(prefix="jwksd-shared-")
         cls.addClassCleanup(tmp.cleanup)
         workdir = Path(tmp.name)
-        store = workdir / DEFAULT_STORE_NAMES.get(cls.server_backend, "store")
+        store = store_for(workdir, cls.server_backend)
+        if isinstance(store, PgStore):
+            cls.addClassCleanup(store.drop)
         cls.server = Server(workdir, db=store, backend=cls.server_backend,
                             args=cls.server_args, label=f"shared-{cls.__name__}")
         cls.addClassCleanup(cls._stop_shared_server)

@@ -4,6 +4,7 @@ Runs against the real jwksd binary (env JWKSD_BIN). Tests that need a backend
 that is not compiled in are skipped with the reason.
 """
 
+import re
 import sqlite3
 import time
 import unittest
@@ -11,7 +12,7 @@ import unittest
 import jwt
 
 from harness import (
-    JwksdTestCase, jwks_kids, jwk_for_kid, run_jwksd, split_jwt,
+    BACKEND, JwksdTestCase, jwks_kids, jwk_for_kid, run_jwksd, split_jwt,
 )
 
 
@@ -22,7 +23,8 @@ def compiled_backends():
     out = subprocess.run([jwksd_bin(), "--help"], capture_output=True,
                          text=True, timeout=10).stdout
     line = next(l for l in out.splitlines() if l.startswith("backends:"))
-    return [w for w in line.split()[1:] if not w.startswith("(")]
+    # "backends: sqlite (default file) ... postgres (connection string)"
+    return re.sub(r"\([^)]*\)", " ", line).split()[1:]
 
 
 BACKENDS = compiled_backends()
@@ -254,6 +256,89 @@ class CopyTests(JwksdTestCase):
                      ["copy", "--from", "x.db", "--to", "sqlite:y.db"]):
             res = run_jwksd(args, cwd=self.tmp)
             self.assertEqual(res.returncode, 2, res.describe())
+
+
+def blob_hex(value):
+    """A key blob as hex, whether SQLite returns it as bytes or text."""
+    if isinstance(value, str):
+        value = value.encode()
+    return bytes(value).hex()
+
+
+@needs("sqlite", "postgres")
+@unittest.skipUnless(BACKEND == "postgres",
+                     "copies to PostgreSQL run in the postgres run of this "
+                     "suite, which has the test server")
+class PostgresCopyTests(JwksdTestCase):
+    """jwksd copy between SQLite and PostgreSQL, both ways."""
+
+    def copy(self, src, dst, *extra):
+        return run_jwksd(["copy", "--from", src, "--to", dst, *extra],
+                         cwd=self.tmp, timeout=60)
+
+    def sqlite_rows(self, path):
+        with sqlite3.connect(path) as db:
+            return [(kid, blob_hex(key), exp) for kid, key, exp in db.execute(
+                "SELECT kid, key, exp FROM keys ORDER BY kid")]
+
+    def pg_rows(self, store):
+        return [(int(kid), key, int(exp)) for kid, key, exp in store.rows(
+            "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")]
+
+    def test_sqlite_to_postgres_and_back_keeps_kids_expiries_and_tokens(self):
+        src = self.tmp / "a.db"
+        first = self.start_server(backend="sqlite", db=src, label="sqlite")
+        _, token = self.post_auth(first)
+        _, expired = self.post_auth(first, "expired=true")
+        kids = jwks_kids(self.get_jwks(first))
+        self.stop_server(first)
+        before = self.sqlite_rows(src)
+        self.assertEqual(len(before), 2, before)
+
+        store = self.store_path()
+        res = self.copy(f"sqlite:{src}", f"postgres:{store}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 2 keys", res.stdout, res.describe())
+        self.assertEqual(self.pg_rows(store), before,
+                         "kid, key bytes and exp in the PostgreSQL table")
+
+        second = self.start_server(db=store, label="postgres")
+        self.assertEqual(jwks_kids(self.get_jwks(second)), kids)
+        self.verify_with_served_jwks(second, token)
+        _, expired2 = self.post_auth(second, "expired=true")
+        self.assertEqual(split_jwt(expired2)[0]["kid"],
+                         split_jwt(expired)[0]["kid"],
+                         "the expired key kept its kid")
+        self.stop_server(second)
+
+        res = self.copy(f"postgres:{store}", f"sqlite:{self.tmp / 'c.db'}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertEqual(self.sqlite_rows(self.tmp / "c.db"), before,
+                         "kid, key bytes and exp survive the round trip")
+
+        # New keys after a copy get kids above the copied ones.
+        third = self.start_server("--margin", "90000", "--key-ttl", "200000",
+                                  db=store, label="postgres2")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now_kids = jwks_kids(self.get_jwks(third))
+            if len(now_kids) > len(kids):
+                break
+            time.sleep(0.05)
+        self.assertGreater(max(int(k) for k in now_kids),
+                           max(row[0] for row in before), now_kids)
+
+    def test_copy_refuses_a_non_empty_postgres_store_unless_merging(self):
+        src = self.tmp / "a.db"
+        self.stop_server(self.start_server(backend="sqlite", db=src))
+        store = self.store_path()
+        self.assertEqual(self.copy(f"sqlite:{src}", f"postgres:{store}").returncode, 0)
+        res = self.copy(f"sqlite:{src}", f"postgres:{store}")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertIn("not empty", res.stderr, res.describe())
+        res = self.copy(f"sqlite:{src}", f"postgres:{store}", "--merge")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 0 keys", res.stdout, res.describe())
 
 
 @needs("lmdb")

@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import (
     AUTH_PATH, BACKEND, DEFAULT_STORE_NAMES, JWKS_PATH, LOOPBACK, JwksdTestCase,
-    Server, free_port, http_request, int_from_b64url, jwks_kids, jwksd_bin,
-    raw_exchange, run_jwksd, split_jwt,
+    PgStore, Server, file_backends_only, free_port, http_request, int_from_b64url,
+    jwks_kids, jwksd_bin, raw_exchange, run_jwksd, split_jwt, store_for,
 )
 
 STORE_NAME = DEFAULT_STORE_NAMES.get(BACKEND, "store")
@@ -121,6 +121,21 @@ def new_pem():
                              serialization.NoEncryption())
 
 
+def sqlite_store_with_one_expired_key(db):
+    """A SQLite store (WAL mode) whose only key expired 10 minutes ago."""
+    con = sqlite3.connect(db)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE IF NOT EXISTS keys(kid INTEGER PRIMARY KEY "
+                    "AUTOINCREMENT, key BLOB NOT NULL, exp INTEGER NOT NULL)")
+        con.execute("INSERT INTO keys (key, exp) VALUES (?, ?)",
+                    (new_pem(), int(time.time()) - 600))
+        con.commit()
+    finally:
+        con.close()
+    os.chmod(db, 0o600)
+
+
 def mentions(line, number):
     """Whether a log line names the integer number (not as part of another)."""
     return re.search(rf"(?<![0-9]){number}(?![0-9])", line) is not None
@@ -159,6 +174,9 @@ class FaultTestCase(JwksdTestCase):
         """{kid: (blob, exp)} of a stopped store."""
         if backend == "sqlite":
             return sqlite_records(db)
+        if isinstance(db, PgStore):
+            return {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in db.rows(
+                "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
         copy, res = self.lmdb_as_sqlite(db)
         if copy is None:
             self.failure(f"reading the LMDB store through jwksd copy failed:\n"
@@ -169,6 +187,8 @@ class FaultTestCase(JwksdTestCase):
         """What a possibly damaged store still yields, without touching it."""
         if backend == "sqlite":
             return sqlite_readable_rows(db, kids)
+        if isinstance(db, PgStore):
+            return self.records(db)
         copy, _ = self.lmdb_as_sqlite(db)
         try:
             return {} if copy is None else sqlite_records(copy)
@@ -178,12 +198,14 @@ class FaultTestCase(JwksdTestCase):
     def make_store(self, directory, *args, expired_token=True, label="maker"):
         """A store made by jwksd itself (first start: one unexpired and one
         expired key), stopped cleanly. Returns its path."""
-        db = Path(directory) / STORE_NAME
+        db = store_for(directory)
         server = self.start_server(*args, db=db, workdir=directory, label=label)
         self.post_auth(server)
         if expired_token:
             self.post_auth(server, query="expired=true")
         self.stop_server(server)
+        if isinstance(db, PgStore):
+            return db
         for extra in companions(db)[1:]:
             if extra.name.endswith("-wal") and extra.exists():
                 self.assertEqual(extra.stat().st_size, 0,
@@ -239,6 +261,7 @@ class FaultTestCase(JwksdTestCase):
 
 # ------------------------------------------------------------ store location
 
+@file_backends_only("store files in missing, unwritable or wrong paths")
 class StoreLocationTests(FaultTestCase):
 
     def run_failing(self, db, prefix=(), cwd=None):
@@ -280,8 +303,56 @@ class StoreLocationTests(FaultTestCase):
         self.assertEqual(list(directory.iterdir()), [], "created files in the directory")
 
 
+# ------------------------------------------------------ unreachable database
+
+@unittest.skipUnless(BACKEND == "postgres", "a database server that is not there: "
+                     "postgres only (the file backends have StoreLocationTests)")
+class UnreachableDatabaseTests(FaultTestCase):
+    """No server at the conninfo: one clear line, exit 1, before listening,
+    and a password in the conninfo never shows."""
+
+    PASSWORD = "s3cr3t-pw-zz91"
+
+    def run_failing(self, conninfo):
+        port = free_port()
+        started = time.monotonic()
+        res = run_jwksd(["--listen", f"{LOOPBACK}:{port}", "--backend", BACKEND,
+                         "--db", conninfo, "--pg-schema", "nowhere"],
+                        cwd=self.tmp, timeout=20.0, watch_port=port)
+        took = time.monotonic() - started
+        self.assertIsNotNone(res.returncode, f"jwksd did not exit:\n{res.describe()}")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertFalse(res.listened, f"listened without a database:\n{res.describe()}")
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, f"want one clear stderr line:\n{res.describe()}")
+        self.assertNotIn(self.PASSWORD, res.stderr + res.stdout, "the password leaked")
+        print(f"\nunreachable database: exit 1 after {took:.2f} s", flush=True)
+        return res, lines[0]
+
+    def test_missing_socket_directory_exits_1_without_the_password(self):
+        missing = self.tmp / "no-server-here"
+        res, line = self.run_failing(
+            f"host={missing} user=jwksd password={self.PASSWORD} dbname=postgres")
+        self.assertIn(str(missing), line, f"the line must name the store:\n{res.describe()}")
+
+    def test_uri_with_password_to_a_closed_port_exits_1_without_the_password(self):
+        port = free_port()  # nothing listens there
+        res, line = self.run_failing(
+            f"postgresql://jwksd:{self.PASSWORD}@{LOOPBACK}:{port}/postgres"
+            f"?connect_timeout=2")
+        self.assertIn(str(port), line, f"the line must name the store:\n{res.describe()}")
+
+    def test_keys_list_on_an_unreachable_database_exits_1_without_the_password(self):
+        res = run_jwksd(["keys", "list", "--backend", BACKEND, "--db",
+                         f"host={self.tmp / 'none'} user=x password={self.PASSWORD}",
+                         "--pg-schema", "nowhere"], cwd=self.tmp, timeout=20.0)
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertNotIn(self.PASSWORD, res.stderr + res.stdout, "the password leaked")
+
+
 # ------------------------------------------------------------- damaged store
 
+@file_backends_only("truncated and corrupted store files")
 class DamagedStoreTests(FaultTestCase):
     """Truncated and corrupted store files.
 
@@ -414,6 +485,7 @@ class DamagedStoreTests(FaultTestCase):
 
 # ------------------------------------------------------------ read-only store
 
+@file_backends_only("a store file of mode 0400")
 @needs_setpriv
 class ReadOnlyStoreTests(FaultTestCase):
     """The store file is mode 0400 and jwksd runs as nobody (as root, file
@@ -490,17 +562,7 @@ class SqliteWriteLockTests(FaultTestCase):
     BUSY_TIMEOUT = 5.0
 
     def precreate_expired(self, db):
-        con = sqlite3.connect(db)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("CREATE TABLE IF NOT EXISTS keys(kid INTEGER PRIMARY KEY "
-                        "AUTOINCREMENT, key BLOB NOT NULL, exp INTEGER NOT NULL)")
-            con.execute("INSERT INTO keys (key, exp) VALUES (?, ?)",
-                        (new_pem(), int(time.time()) - 600))
-            con.commit()
-        finally:
-            con.close()
-        os.chmod(db, 0o600)
+        sqlite_store_with_one_expired_key(db)
 
     def hold_write_lock(self, db):
         con = sqlite3.connect(db, isolation_level=None, timeout=0)
@@ -557,6 +619,76 @@ class SqliteWriteLockTests(FaultTestCase):
         self.assertGreater(rounds, 3)
 
 
+@unittest.skipUnless(BACKEND == "postgres", "jwksd's advisory write lock on PostgreSQL "
+                     "(SQLite: SqliteWriteLockTests)")
+class PgWriteLockTests(FaultTestCase):
+    """Another session holds the advisory lock that jwksd's write
+    transactions take (harness.PgStore.hold_write_lock)."""
+
+    BUSY_TIMEOUT = 5.0
+
+    def hold(self, store, seconds):
+        proc = store.hold_write_lock(seconds)
+
+        def release():
+            proc.kill()
+            proc.wait()
+            proc.stderr.close()
+        self.addCleanup(release)
+        return release
+
+    def test_lock_held_at_start_when_a_key_must_be_written(self):
+        """The only key is expired (copied in from SQLite), so jwksd must
+        write one at start: with the lock held it waits the busy timeout,
+        then exits 1 with one line naming the store; the store is unchanged."""
+        src = self.tmp / "expired.db"
+        sqlite_store_with_one_expired_key(src)
+        store = self.store_path()
+        res = run_jwksd(["copy", "--from", f"sqlite:{src}", "--to", f"postgres:{store}"],
+                        cwd=self.tmp, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        before = self.records(store)
+        self.assertEqual(len(before), 1, before)
+        release = self.hold(store, 60)
+        server = self.new_server(db=store)
+        launched = time.monotonic()
+        rc = self.settle(server, timeout=self.BUSY_TIMEOUT + 10)
+        waited = time.monotonic() - launched
+        self.assertEqual(self.records(store), before, "the store changed while locked")
+        release()
+        if rc is not None:
+            self.assertClearFailure(rc, server, store.schema, "write lock held at start")
+            self.assertGreaterEqual(waited, self.BUSY_TIMEOUT - 1.0,
+                                    f"gave up after {waited:.1f} s, before the busy "
+                                    f"timeout of {self.BUSY_TIMEOUT} s")
+            return
+        self.failure(f"jwksd logged its start line after {waited:.1f} s although the "
+                     "only key is expired and the store is locked")
+
+    def test_reads_keep_working_while_the_lock_is_held(self):
+        server = self.start_server()
+        _, token = self.post_auth(server)
+        store = server.db
+        before = self.records(store)
+        release = self.hold(store, 60)
+        deadline = time.monotonic() + 2.0
+        rounds, slowest = 0, 0.0
+        while time.monotonic() < deadline:
+            rounds += 1
+            started = time.monotonic()
+            self.verify_with_served_jwks(server, token)
+            _, fresh = self.post_auth(server)
+            self.verify_with_served_jwks(server, fresh)
+            _, expired = self.post_auth(server, query="expired=true")
+            self.assertLess(split_jwt(expired)[1]["exp"], time.time())
+            slowest = max(slowest, time.monotonic() - started)
+        self.assertTrue(server.running, "the server died while the store was locked")
+        self.assertEqual(self.records(store), before, "the store changed while locked")
+        release()
+        self.assertGreater(rounds, 3)
+        self.assertLess(slowest, 1.0, "a round of requests waited on the locked store")
+
+
 # --------------------------------------------------------- undecodable record
 
 class UndecodableKeyTests(FaultTestCase):
@@ -580,7 +712,7 @@ class UndecodableKeyTests(FaultTestCase):
             con.close()
         if BACKEND == "sqlite":
             return src, original, str(bad)
-        db = self.tmp / STORE_NAME
+        db = self.store_path()
         res = run_jwksd(["copy", "--from", f"sqlite:{src}", "--to", f"{BACKEND}:{db}"],
                         cwd=self.tmp, timeout=30)
         self.assertEqual(res.returncode, 0, res.describe())
@@ -740,8 +872,9 @@ class KillDuringWritesTests(FaultTestCase):
     def test_sigkill_during_key_writes_loses_nothing_seen(self):
         seed = int(time.time())
         rng = random.Random(seed)
-        main_store = self.tmp / "main" / STORE_NAME
-        main_store.parent.mkdir()
+        (self.tmp / "main").mkdir()
+        main_store = store_for(self.tmp / "main")
+        workdirs = {main_store: self.tmp / "main"}
         stores = [main_store]
         seen = {}    # store -> {kid: modulus or None}
         tokens = {}  # store -> {kid: token}
@@ -754,12 +887,13 @@ class KillDuringWritesTests(FaultTestCase):
             if iterations % self.FRESH_EVERY == 0:
                 fresh_dir = self.tmp / f"fresh{iterations}"
                 fresh_dir.mkdir()
-                db = fresh_dir / STORE_NAME
+                db = store_for(fresh_dir)
+                workdirs[db] = fresh_dir
                 stores.append(db)
             else:
                 db = main_store
             # Keys that live 2 s and sign for 1 s: a key write about every second.
-            server = Server(db.parent, db=db,
+            server = Server(workdirs[db], db=db,
                             args=["--key-ttl", "2", "--token-ttl", "1", *NO_PREPUBLICATION],
                             label=f"kill{iterations}")
             stop = threading.Event()
@@ -805,17 +939,24 @@ class KillDuringWritesTests(FaultTestCase):
                                                "loop proved nothing")
 
         # A normal start on the main store works and keeps every kid seen.
-        server = self.start_server(db=main_store, workdir=main_store.parent, label="after")
+        server = self.start_server(db=main_store, workdir=workdirs[main_store],
+                                   label="after")
         self.get_jwks(server)
         _, token = self.post_auth(server)
         self.verify_with_served_jwks(server, token)
         self.stop_server(server)
 
         for db in stores:
-            with self.subTest(store=str(db.relative_to(self.tmp))):
+            with self.subTest(store=str(workdirs[db].relative_to(self.tmp))):
                 self.check_store(db, seen.get(db, {}), tokens.get(db, {}), what)
 
     def check_store(self, db, seen, tokens, what):
+        if isinstance(db, PgStore):
+            has_table = db.exists() and db.psql(
+                "SELECT to_regclass('keys') IS NOT NULL").strip() == "t"
+            if not has_table:
+                self.assertEqual(seen, {}, f"no keys table but kids were seen {what}")
+                return
         if BACKEND == "sqlite" and db.exists():
             # Read-write: a WAL left by a killed writer needs recovery,
             # which any next opener (jwksd included) performs; a read-only
@@ -854,6 +995,7 @@ class KillDuringWritesTests(FaultTestCase):
 
 class SecretsTests(FaultTestCase):
 
+    @file_backends_only("modes of store files")
     def test_store_files_are_0600_even_with_umask_0(self):
         server = self.new_server()
         server.umask = 0

@@ -21,7 +21,8 @@ from harness import (
     DEFAULT_STORE_NAMES, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK, PRIVATE_JWK_MEMBERS,
     PUBLIC_JWK_MEMBERS, START_ATTEMPTS, JwksdTestCase, SharedServerTestCase,
     b64url_decode, free_port, header_of, jwk_for_kid, jwks_kids,
-    parse_raw_response, raw_exchange, rsa_public_key_from_jwk, run_jwksd,
+    file_backends_only, parse_raw_response, raw_exchange, rsa_public_key_from_jwk,
+    run_jwksd, store_display, strip_store,
 )
 
 DEFAULT_TOKEN_TTL = 3600
@@ -594,8 +595,8 @@ class RestartTests(JwksdTestCase):
         # The start line names address, backend, store and the number of keys (2).
         line = self.wait_for_start_line(second)
         self.assertIn(BACKEND, line, "start line lacks the backend")
-        self.assertIn(str(db), line, "start line lacks the store path")
-        rest = line.replace(f"{LOOPBACK}:{second.port}", " ").replace(str(db), " ")
+        self.assertIn(store_display(db), line, "start line lacks the store")
+        rest = strip_store(line.replace(f"{LOOPBACK}:{second.port}", " "), db)
         self.assertRegex(rest, r"(?<![0-9.])2(?![0-9])",
                          f"start line does not give the key count 2: {line!r}")
 
@@ -696,6 +697,7 @@ class CommandLineTests(JwksdTestCase):
         self.assertIn(BACKEND, result.stderr, result.describe())
         self.assertEqual(list(cwd.iterdir()), [])
 
+    @file_backends_only("a store file in a directory that does not exist")
     def test_store_in_missing_directory_exits_1_before_listening(self):
         port = free_port()
         missing = self.tmp / "no-such-dir"
@@ -707,6 +709,7 @@ class CommandLineTests(JwksdTestCase):
         self.assertFalse(result.listened, "listened although the store cannot be opened")
         self.assertFalse(missing.exists(), "created the missing directory")
 
+    @file_backends_only("a store file of random bytes")
     def test_store_of_random_bytes_exits_1(self):
         port = free_port()
         db = self.tmp / self.default_store_name()
@@ -719,6 +722,8 @@ class CommandLineTests(JwksdTestCase):
         self.assertFalse(result.listened)
         self.assertEqual(db.read_bytes(), content, "the unreadable store was modified")
 
+    @file_backends_only("the default store file name in the working directory "
+                        "(postgres: --db defaults to libpq's own defaults)")
     def test_default_store_name_in_working_directory(self):
         server = self.new_server()
         server.db = None  # no --db flag: the backend's default name in the cwd

@@ -28,8 +28,9 @@ from pathlib import Path
 import jwt
 
 from harness import (
-    BACKEND, CLOCK_SLACK, DEFAULT_STORE_NAMES, JwksdTestCase, free_port,
-    jwk_for_kid, jwks_kids, run_jwksd, split_jwt,
+    BACKEND, CLOCK_SLACK, DEFAULT_STORE_NAMES, JwksdTestCase, PgStore,
+    file_backends_only, free_port, jwk_for_kid, jwks_kids, run_jwksd, split_jwt,
+    store_display,
 )
 
 SECRET_ENV = "NOT_MY_KEY"
@@ -69,6 +70,26 @@ def sqlite_state(path):
         return records, life
     finally:
         con.close()
+
+
+def pg_state(store):
+    """({kid: (blob, exp)}, [lifecycle rows]) of a PostgreSQL store (psql)."""
+    records = {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in store.rows(
+        "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
+    life = [tuple(int(v) for v in row)
+            for row in store.rows("SELECT * FROM key_lifecycle ORDER BY kid")]
+    return records, life
+
+
+def pg_table_files(store):
+    """The data files of the keys table and its TOAST table on the (local)
+    server, after a CHECKPOINT wrote every dirty page to them."""
+    store.psql("CHECKPOINT")
+    datadir = store.psql("SHOW data_directory").strip()
+    rels = store.rows(
+        "SELECT pg_relation_filepath(c.oid), pg_relation_filepath(c.reltoastrelid) "
+        "FROM pg_class c WHERE c.oid = 'keys'::regclass")
+    return [Path(datadir) / rel for rel in rels[0] if rel]
 
 
 class KeysTestCase(JwksdTestCase):
@@ -152,7 +173,10 @@ class KeysTestCase(JwksdTestCase):
 
     def state(self, db=None, backend=BACKEND):
         """({kid: (blob, exp)}, [lifecycle rows]) of the store."""
-        db = self.store_path() if db is None else Path(db)
+        db = self.store_path() if db is None else db
+        if isinstance(db, PgStore):
+            return pg_state(db)
+        db = Path(db)
         if backend == "sqlite":
             return sqlite_state(db)
         return sqlite_state(self.lmdb_as_sqlite(db))
@@ -160,14 +184,17 @@ class KeysTestCase(JwksdTestCase):
     def fingerprint(self, db=None):
         """Everything a failed start must leave as it was: the records, the
         lifecycle rows and the store file's bytes."""
-        db = self.store_path() if db is None else Path(db)
+        db = self.store_path() if db is None else db
         records, life = self.state(db)
+        if isinstance(db, PgStore):
+            # Every write bumps the change counter in its transaction.
+            return records, life, db.psql("SELECT * FROM change_counter")
         return records, life, sha256(db)
 
     def assertNoPem(self, db=None, what="", raw=(BACKEND == "lmdb")):
         """No stored value holds a PEM header and each one is sealed; with
         raw (the default for LMDB) no PEM header anywhere in the files."""
-        db = self.store_path() if db is None else Path(db)
+        db = self.store_path() if db is None else db
         records, _ = self.state(db)
         self.assertTrue(records, f"{what}: the store is empty")
         for kid, (blob, _) in records.items():
@@ -181,7 +208,12 @@ class KeysTestCase(JwksdTestCase):
     def assertNoPemOnDisk(self, db, what=""):
         """No PEM header in the bytes of the store's files (SQLite: the
         database and its -wal; LMDB: the data file)."""
-        files = [db] + ([Path(f"{db}-wal")] if BACKEND == "sqlite" else [])
+        if isinstance(db, PgStore):
+            # The table's heap and TOAST files (the WAL is outside jwksd's
+            # reach, as a backup is).
+            files = pg_table_files(db)
+        else:
+            files = [db] + ([Path(f"{db}-wal")] if BACKEND == "sqlite" else [])
         for path in files:
             if not path.exists():
                 continue
@@ -314,7 +346,7 @@ class EncryptionTests(KeysTestCase):
         res = self.run_server_to_exit()
         self.assertEqual(res.returncode, 1, res.describe())
         self.assertIn("wrong secret", res.stderr, res.describe())
-        self.assertIn(str(self.store_path()), res.stderr, res.describe())
+        self.assertIn(store_display(self.store_path()), res.stderr, res.describe())
         self.assertEqual(self.fingerprint(), before, "the store changed")
 
         # The commands that need the private keys refuse too, and change nothing.
@@ -349,6 +381,10 @@ class EncryptionTests(KeysTestCase):
         """Put the sealed blob of src_kid into the row of dst_kid (for LMDB:
         in a SQLite copy, copied back into a fresh LMDB store)."""
         db = self.store_path()
+        if isinstance(db, PgStore):
+            db.psql(f"UPDATE keys SET key = (SELECT key FROM keys WHERE kid = {int(src_kid)}) "
+                    f"WHERE kid = {int(dst_kid)}")
+            return
         if BACKEND == "sqlite":
             with sqlite3.connect(db) as con:
                 con.execute("UPDATE keys SET key=(SELECT key FROM keys WHERE kid=?) "
@@ -679,6 +715,8 @@ class KeysCommandTests(KeysTestCase):
         res = self.keys_ok("purge", "--older-than", "0s")
         self.assertIn("purged 0 keys", res.stdout, res.describe())
 
+    @file_backends_only("a missing directory and a garbage file "
+                        "(postgres: test_faults.UnreachableDatabaseTests)")
     def test_store_that_cannot_be_opened_exits_1_with_a_clear_message(self):
         missing = self.tmp / "missing" / STORE_NAME
         garbage = self.tmp / ("garbage-" + STORE_NAME)

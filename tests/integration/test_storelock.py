@@ -39,6 +39,7 @@ from harness import (
     AUTH_PATH, BACKEND, JWKS_PATH, JwksdTestCase, http_request, jwks_kids,
     run_jwksd,
 )
+import pgserver  # noqa: E402  (on the path harness sets)
 
 HOLD = 10.0          # seconds the other process holds the write lock
 MAX_LATENCY = 2.0    # the slowest answer allowed, far below HOLD
@@ -79,9 +80,19 @@ def hold_with_program(case, server, seconds):
 
 
 def hold_postgres(case, server, seconds):
-    """Hook: a PostgreSQL transaction holding jwksd's lock (the PostgreSQL
-    backend adds it)."""
-    case.failure("no lock holder for postgres yet: fill in hold_postgres")
+    """psql in a transaction holding jwksd's advisory write lock of the
+    server's schema (server.db is the test's PgStore)."""
+    store = server.db
+    script = (f"\\o /dev/null\nBEGIN;\n"
+              f"SELECT pg_advisory_xact_lock({store.lock_key()});\n"
+              f"\\echo held\nSELECT pg_sleep({float(seconds)});\nCOMMIT;\n")
+    proc = subprocess.Popen(
+        [str(pgserver.PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+         "-d", store.server_conninfo], cwd=case.tmp, stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write(script)
+    proc.stdin.close()
+    return proc
 
 
 LOCK_HOLDERS = {
