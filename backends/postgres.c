@@ -676,6 +676,43 @@ static long long ks_pg_lock_key(const char *schema)
 	return (long long)h;
 }
 
+/*
+ * Whether the schema has every migration already: 0 yes, 1 no (or it does
+ * not exist yet), or an error. Reads without a lock.
+ */
+static int ks_pg_current(struct ks_pg_store *s, const char *quoted,
+			 struct ks_err *err)
+{
+	static const char func[] = "ks_pg_open";
+	char *table = ks_pg_format("{s}.schema_version", quoted);
+	const char *values[1] = {table};
+	PGresult *res = NULL;
+	int ret, gone, exists = 0;
+
+	if (!table)
+		return ks_err_set(err, KS_ENOMEM, "%s: out of memory", func);
+	ret = ks_pg_run(s, s->conn, ks_pg_deadline(s), func, "to_regclass",
+			"SELECT (to_regclass($1::text) IS NOT NULL)::int4", 1,
+			NULL, values, NULL, NULL, &res, &gone, err);
+	if (!ret && PQntuples(res) == 1)
+		exists = ks_pg_int(res, 0, 0) == 1;
+	PQclear(res);
+	free(table);
+	if (ret || !exists)
+		return ret ? ret : 1;
+	res = NULL;
+	ret = ks_pg_run(s, s->conn, ks_pg_deadline(s), func,
+			"SELECT schema_version", s->sql[KS_PG_SQL_VERSION], 0,
+			NULL, NULL, NULL, NULL, &res, &gone, err);
+	if (!ret)
+		ret = PQntuples(res) == 1 &&
+				      ks_pg_int(res, 0, 0) == KS_PG_VERSIONS
+			      ? 0
+			      : 1;
+	PQclear(res);
+	return ret;
+}
+
 /* Run the migrations this store lacks, once across every instance. */
 static int ks_pg_migrate(struct ks_pg_store *s, const char *quoted,
 			 struct ks_err *err)
@@ -687,6 +724,13 @@ static int ks_pg_migrate(struct ks_pg_store *s, const char *quoted,
 	int64_t have = 0;
 	int ret, gone, v;
 
+	/*
+	 * A store that is up to date needs no lock: opening it (a new
+	 * instance, `jwksd keys list`) never waits behind a writer.
+	 */
+	ret = ks_pg_current(s, quoted, err);
+	if (ret <= 0)
+		return ret;
 	ret = ks_pg_run(s, s->conn, ks_pg_deadline(s), func, "BEGIN", "BEGIN",
 			0, NULL, NULL, NULL, NULL, NULL, &gone, err);
 	/* The lock comes first: CREATE SCHEMA IF NOT EXISTS races. */
@@ -1369,13 +1413,38 @@ static int ks_pg_scrub(struct ks_store *store, struct ks_err *err)
 {
 	static const char func[] = "ks_pg_scrub";
 	struct ks_pg_store *s = ks_pg_downcast(store);
-	int ret;
+	PGresult *res = NULL;
+	int64_t others = 0;
+	int ret, gone = 0;
 
 	pthread_mutex_lock(&s->lock);
 	ret = ks_pg_ensure(s, func, err);
+	/*
+	 * VACUUM FULL keeps the row versions that an open transaction of
+	 * another session may still see: count those sessions first.
+	 */
+	if (!ret)
+		ret = ks_pg_run(s, s->conn, ks_pg_deadline(s), func,
+				"pg_stat_activity",
+				"SELECT count(*) FROM pg_stat_activity "
+				"WHERE datname = current_database() "
+				"AND pid <> pg_backend_pid() "
+				"AND backend_xmin IS NOT NULL",
+				0, NULL, NULL, NULL, NULL, &res, &gone, err);
+	if (!ret && PQntuples(res) == 1)
+		others = ks_pg_int(res, 0, 0);
+	else if (ret && gone)
+		ks_pg_drop(s);
+	PQclear(res);
 	if (!ret)
 		ret = ks_pg_exec(s, func, "VACUUM FULL", KS_PG_SQL_SCRUB, NULL,
 				 0, -1, NULL, 0, NULL, err);
+	if (!ret && others > 0)
+		ret = ks_err_set(err, KS_EBUSY,
+				 "%s: %lld other session(s) of the database "
+				 "had a transaction open, whose view VACUUM "
+				 "FULL had to keep",
+				 func, (long long)others);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
 }

@@ -92,6 +92,7 @@ def hold_postgres(case, server, seconds):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write(script)
     proc.stdin.close()
+    proc.stdin = None  # communicate() in the cleanup must not flush it
     return proc
 
 
