@@ -842,24 +842,6 @@ static int ks_pg_setup(struct ks_pg_store *s, struct ks_err *err)
 	return ret;
 }
 
-/*
- * A schema name of lower-case letters, digits and underscores, not
- * starting with a digit: it needs no quoting anywhere (also inside the
- * sequence's name, a string literal).
- */
-static int ks_pg_schema_ok(const char *name)
-{
-	size_t i, len = strlen(name);
-
-	if (len < 1 || len > 63 || (name[0] >= '0' && name[0] <= '9'))
-		return 0;
-	for (i = 0; i < len; i++)
-		if (!((name[i] >= 'a' && name[i] <= 'z') ||
-		      (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
-			return 0;
-	return 1;
-}
-
 static int ks_pg_open(struct ks_store **out, const struct ks_options *opts,
 		      struct ks_err *err)
 {
@@ -869,7 +851,7 @@ static int ks_pg_open(struct ks_store **out, const struct ks_options *opts,
 	int ret;
 
 	ks_pg_describe(opts->path, shown, sizeof(shown));
-	if (!ks_pg_schema_ok(schema))
+	if (!ks_valid_schema_name(schema))
 		return ks_err_set(err, KS_EINVAL,
 				  "ks_pg_open: schema name '%.64s' is not "
 				  "[a-z_][a-z0-9_]{0,62}",

@@ -247,6 +247,19 @@ int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err)
 	return store->be->version(store, out, err);
 }
 
+int ks_valid_schema_name(const char *name)
+{
+	size_t i, len = name ? strlen(name) : 0;
+
+	if (len < 1 || len > 63 || (name[0] >= '0' && name[0] <= '9'))
+		return 0;
+	for (i = 0; i < len; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') ||
+		      (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
+			return 0;
+	return 1;
+}
+
 int ks_wait(struct ks_store *store, unsigned timeout_ms, struct ks_err *err)
 {
 	if (!store)

@@ -89,6 +89,13 @@ const char *ks_backend_name(const struct ks_backend *be);
 const char *ks_backend_default_path(const struct ks_backend *be);
 
 /*
+ * Whether name may be a ks_options.pg_schema: 1 to 63 lower-case letters,
+ * digits and underscores, not starting with a digit (it then needs no
+ * quoting anywhere, also inside a string literal).
+ */
+int ks_valid_schema_name(const char *name);
+
+/*
  * Write into buf (capacity cap, always NUL-terminated when cap > 0) how
  * the store at path is shown to people: in log lines, errors, `keys list`.
  * For a file store that is the path; for a network store its connection

@@ -98,19 +98,6 @@ int cli_open_store(struct ks_store **out, const struct ks_backend *be,
 	return 0;
 }
 
-int cli_valid_pg_schema(const char *name)
-{
-	size_t i, len = strlen(name);
-
-	if (len < 1 || len > 63 || (name[0] >= '0' && name[0] <= '9'))
-		return 0;
-	for (i = 0; i < len; i++)
-		if (!((name[i] >= 'a' && name[i] <= 'z') ||
-		      (name[i] >= '0' && name[i] <= '9') || name[i] == '_'))
-			return 0;
-	return 1;
-}
-
 int cli_load_kek_file(const char *option, const char *path, struct kek **out)
 {
 	struct ks_err e = {{0}};

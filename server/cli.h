@@ -42,11 +42,6 @@ int cli_open_store(struct ks_store **out, const struct ks_backend *be,
 		   const char *pg_schema);
 
 /*
- * A --pg-schema value: [a-z_][a-z0-9_]{0,62}. Returns 1 when it is one.
- */
-int cli_valid_pg_schema(const char *name);
-
-/*
  * The key-encryption key configured: from the file kek_file when it is not
  * NULL, else from $NOT_MY_KEY when set and not empty, else none (*out
  * NULL). Both at once is refused, so that it is always clear which secret

@@ -109,7 +109,7 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 			c->db = optarg;
 			break;
 		case 'P':
-			if (!cli_valid_pg_schema(optarg))
+			if (!ks_valid_schema_name(optarg))
 				return keys_usage("invalid --pg-schema '%s': "
 						  "want [a-z_][a-z0-9_]{0,62}",
 						  optarg);

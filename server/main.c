@@ -180,7 +180,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 			cfg->backend = optarg;
 			break;
 		case 'P':
-			if (!cli_valid_pg_schema(optarg))
+			if (!ks_valid_schema_name(optarg))
 				return main_bad_usage(
 					"invalid --pg-schema '%s': want "
 					"[a-z_][a-z0-9_]{0,62}",
@@ -544,7 +544,7 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 					&c.lmdb_map_size))
 			rc = main_bad_usage("invalid --lmdb-map-size '%s'",
 					    optarg);
-		else if (opt == 'P' && !cli_valid_pg_schema(optarg))
+		else if (opt == 'P' && !ks_valid_schema_name(optarg))
 			rc = main_bad_usage("invalid --pg-schema '%s': want "
 					    "[a-z_][a-z0-9_]{0,62}",
 					    optarg);
