@@ -67,6 +67,8 @@ static long ks_copy_find(const struct ks_copy_set *dst,
 {
 	const struct ks_record *have;
 
+	if (!dst->recs.n)
+		return 0;
 	have = bsearch(&rec->kid, dst->recs.rec, dst->recs.n,
 		       sizeof(*dst->recs.rec), ks_kid_cmp);
 	if (!have)
