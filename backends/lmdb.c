@@ -266,6 +266,19 @@ static int ks_lmdb_wfd_lock(int fd, short type)
 	return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
 }
 
+/* Sleep min(*pause_ms, left) ms; the next pause doubles, up to 16 ms. */
+static void ks_lmdb_pause(long *pause_ms, long left)
+{
+	struct timespec pause = {0, 0};
+
+	if (*pause_ms > left)
+		*pause_ms = left;
+	pause.tv_nsec = *pause_ms * 1000000;
+	nanosleep(&pause, NULL);
+	if (*pause_ms < 16)
+		*pause_ms *= 2;
+}
+
 /*
  * Take the writer lock (see struct ks_lmdb_env), waiting up to the busy
  * timeout on CLOCK_MONOTONIC. Returns 0 or KS_EBUSY; nothing is held then.
@@ -285,18 +298,24 @@ static int ks_lmdb_wlock(struct ks_lmdb_store *s, const char *func,
 		deadline.tv_sec++;
 		deadline.tv_nsec -= 1000000000;
 	}
-	rc = pthread_mutex_clocklock(&e->wlock, CLOCK_MONOTONIC, &deadline);
-	if (rc == ETIMEDOUT)
-		return ks_err_set(err, KS_EBUSY,
-				  "%s: '%s' is being written by another thread "
-				  "past the busy timeout of %d ms",
-				  func, s->path, s->busy_timeout_ms);
+	/*
+	 * Polled rather than pthread_mutex_clocklock(): ThreadSanitizer does
+	 * not see that call take the mutex.
+	 */
+	while ((rc = pthread_mutex_trylock(&e->wlock)) == EBUSY) {
+		left = ks_lmdb_ms_left(&deadline);
+		if (!left)
+			return ks_err_set(err, KS_EBUSY,
+					  "%s: '%s' is being written by "
+					  "another thread past the busy "
+					  "timeout of %d ms",
+					  func, s->path, s->busy_timeout_ms);
+		ks_lmdb_pause(&pause_ms, left);
+	}
 	if (rc)
-		return ks_lmdb_error(s, rc, func, "pthread_mutex_clocklock",
-				     err);
+		return ks_lmdb_error(s, rc, func, "pthread_mutex_trylock", err);
+	pause_ms = 1;
 	while (e->wfd >= 0) {
-		struct timespec pause;
-
 		rc = ks_lmdb_wfd_lock(e->wfd, F_WRLCK);
 		if (!rc)
 			break;
@@ -312,13 +331,7 @@ static int ks_lmdb_wlock(struct ks_lmdb_store *s, const char *func,
 					  "timeout of %d ms",
 					  func, s->path, s->busy_timeout_ms);
 		}
-		if (pause_ms > left)
-			pause_ms = left;
-		pause.tv_sec = 0;
-		pause.tv_nsec = pause_ms * 1000000;
-		nanosleep(&pause, NULL);
-		if (pause_ms < 16)
-			pause_ms *= 2;
+		ks_lmdb_pause(&pause_ms, left);
 	}
 	return 0;
 }
