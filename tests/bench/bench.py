@@ -24,6 +24,7 @@ Only loopback traffic; every run is bounded by --duration.
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -217,6 +218,11 @@ def etag(server):
         return r.headers["ETag"]
 
 
+def kids(server):
+    with urllib.request.urlopen(server.url(JWKS), timeout=10) as r:
+        return [k["kid"] for k in json.load(r)["keys"]]
+
+
 def postgres_figures(args, work, lua):
     """/auth and JWKS on the postgres backend, and how soon a change made in
     the database shows on another instance."""
@@ -230,18 +236,24 @@ def postgres_figures(args, work, lua):
                                str(lua)),
                "jwks": measure(server.proc.pid, server.url(JWKS), args)}
         other = Jwksd(args.jwksd, work, pg.conninfo, args.threads, pg_args)
-        lat = []
-        for _ in range(args.changes):
-            before = etag(other)
-            subprocess.run([args.jwksd, "keys", "rotate", "--db", pg.conninfo]
+        # Alternately `keys rotate` (a successor appears, published before
+        # it signs) and `keys revoke` of that successor (it leaves): each
+        # one a change of the key set made through another process.
+        lat, added = [], None
+        for i in range(args.changes):
+            before_tag, before = etag(other), kids(other)
+            cmd = (["keys", "revoke", added] if i % 2 else ["keys", "rotate"])
+            subprocess.run([args.jwksd] + cmd + ["--db", pg.conninfo]
                            + pg_args, check=True, capture_output=True,
                            timeout=60)
             t0 = time.monotonic()
-            while etag(other) == before:
+            while etag(other) == before_tag:
                 if time.monotonic() - t0 > 10:
-                    raise RuntimeError("a change did not show within 10 s")
+                    raise RuntimeError(f"{cmd} did not show within 10 s")
                 time.sleep(0.002)
             lat.append(time.monotonic() - t0)
+            new = sorted(set(kids(other)) - set(before), key=int)
+            added = new[-1] if new else added
         res["change_ms"] = [x * 1000 for x in lat]
         other.stop()
         server.stop()
