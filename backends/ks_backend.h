@@ -89,8 +89,8 @@ struct ks_backend {
 
 	/*
 	 * Optional (NULL: ks_wait() returns KS_EUNSUPPORTED). See ks_wait():
-	 * block up to timeout_ms, returning early only on a change
-	 * notification. Must not hold the lock the other slots use while it
+	 * block up to timeout_ms, returning 1 early on a change
+	 * notification, 0 after the timeout. Must not hold the lock the other slots use while it
 	 * waits (it runs beside them on another thread).
 	 */
 	int (*wait)(struct ks_store *store, unsigned timeout_ms,

@@ -1074,43 +1074,24 @@ static int ks_pg_txn_import(struct ks_txn *base, const struct ks_record *rec,
 	return ret;
 }
 
-static int ks_pg_txn_update(struct ks_txn *base, const struct ks_record *rec,
-			    struct ks_err *err)
+/*
+ * Run a write that must touch exactly one row of kid (an update, a delete,
+ * a lifecycle entry); KS_ENOTFOUND when it touched none.
+ */
+static int ks_pg_txn_one_row(struct ks_pg_txn *txn, const char *func,
+			     const char *what, int sql, const int64_t *ints,
+			     int n, const struct ks_record *blob_of,
+			     int64_t kid, struct ks_err *err)
 {
-	static const char func[] = "ks_pg_txn_update";
-	struct ks_pg_txn *txn = ks_pg_txn(base);
-	int64_t ints[2] = {rec->exp, rec->kid};
 	PGresult *res = NULL;
 	int ret;
 
 	ret = ks_pg_txn_live(txn->s, func, err);
 	if (!ret)
-		ret = ks_pg_exec(txn->s, func, "UPDATE keys", KS_PG_SQL_UPDATE,
-				 ints, 2, 0, rec->blob, rec->blob_len, &res,
-				 err);
-	if (!ret && strcmp(PQcmdTuples(res), "1") != 0)
-		ret = ks_err_set(err, KS_ENOTFOUND,
-				 "%s: kid %lld not found in '%s'", func,
-				 (long long)rec->kid, txn->s->shown);
-	PQclear(res);
-	if (!ret)
-		txn->wrote = 1;
-	return ret;
-}
-
-static int ks_pg_txn_delete(struct ks_txn *base, int64_t kid,
-			    struct ks_err *err)
-{
-	static const char func[] = "ks_pg_txn_delete";
-	struct ks_pg_txn *txn = ks_pg_txn(base);
-	PGresult *res = NULL;
-	int ret;
-
-	/* The lifecycle entry goes with it (ON DELETE CASCADE). */
-	ret = ks_pg_txn_live(txn->s, func, err);
-	if (!ret)
-		ret = ks_pg_exec(txn->s, func, "DELETE keys", KS_PG_SQL_DELETE,
-				 &kid, 1, -1, NULL, 0, &res, err);
+		ret = ks_pg_exec(txn->s, func, what, sql, ints, n,
+				 blob_of ? 0 : -1,
+				 blob_of ? blob_of->blob : NULL,
+				 blob_of ? blob_of->blob_len : 0, &res, err);
 	if (!ret && strcmp(PQcmdTuples(res), "1") != 0)
 		ret = ks_err_set(err, KS_ENOTFOUND,
 				 "%s: kid %lld not found in '%s'", func,
@@ -1121,30 +1102,35 @@ static int ks_pg_txn_delete(struct ks_txn *base, int64_t kid,
 	return ret;
 }
 
+static int ks_pg_txn_update(struct ks_txn *base, const struct ks_record *rec,
+			    struct ks_err *err)
+{
+	int64_t ints[2] = {rec->exp, rec->kid};
+
+	return ks_pg_txn_one_row(ks_pg_txn(base), "ks_pg_txn_update",
+				 "UPDATE keys", KS_PG_SQL_UPDATE, ints, 2, rec,
+				 rec->kid, err);
+}
+
+static int ks_pg_txn_delete(struct ks_txn *base, int64_t kid,
+			    struct ks_err *err)
+{
+	/* The lifecycle entry goes with it (ON DELETE CASCADE). */
+	return ks_pg_txn_one_row(ks_pg_txn(base), "ks_pg_txn_delete",
+				 "DELETE keys", KS_PG_SQL_DELETE, &kid, 1, NULL,
+				 kid, err);
+}
+
 static int ks_pg_txn_life_put(struct ks_txn *base, const struct ks_life *life,
 			      struct ks_err *err)
 {
-	static const char func[] = "ks_pg_txn_life_put";
-	struct ks_pg_txn *txn = ks_pg_txn(base);
 	int64_t ints[5] = {life->kid, life->created, life->activate_at,
 			   life->retire_at, life->revoked_at};
-	PGresult *res = NULL;
-	int ret;
 
-	ret = ks_pg_txn_live(txn->s, func, err);
 	/* The entry belongs to a record: no row is written without one. */
-	if (!ret)
-		ret = ks_pg_exec(txn->s, func, "INSERT key_lifecycle",
-				 KS_PG_SQL_LIFE_PUT, ints, 5, -1, NULL, 0, &res,
-				 err);
-	if (!ret && strcmp(PQcmdTuples(res), "1") != 0)
-		ret = ks_err_set(err, KS_ENOTFOUND,
-				 "%s: kid %lld not found in '%s'", func,
-				 (long long)life->kid, txn->s->shown);
-	PQclear(res);
-	if (!ret)
-		txn->wrote = 1;
-	return ret;
+	return ks_pg_txn_one_row(ks_pg_txn(base), "ks_pg_txn_life_put",
+				 "INSERT key_lifecycle", KS_PG_SQL_LIFE_PUT,
+				 ints, 5, NULL, life->kid, err);
 }
 
 /* put() and import() are one-statement write transactions. */
@@ -1478,6 +1464,7 @@ static int ks_pg_wait(struct ks_store *store, unsigned timeout_ms,
 {
 	struct ks_pg_store *s = ks_pg_downcast(store);
 	int64_t deadline = ks_pg_now_ms() + timeout_ms;
+	int announced = 0;
 
 	(void)err;
 	pthread_mutex_lock(&s->wait_lock);
@@ -1486,7 +1473,7 @@ static int ks_pg_wait(struct ks_store *store, unsigned timeout_ms,
 	while (s->listener) {
 		int p;
 
-		if (ks_pg_notified(s->listener))
+		if ((announced = ks_pg_notified(s->listener)))
 			break;
 		p = ks_pg_poll(PQsocket(s->listener), POLLIN, deadline);
 		if (p == 0)
@@ -1501,7 +1488,7 @@ static int ks_pg_wait(struct ks_store *store, unsigned timeout_ms,
 	if (!s->listener)
 		ks_pg_sleep_until(deadline);
 	pthread_mutex_unlock(&s->wait_lock);
-	return 0;
+	return announced;
 }
 
 const struct ks_backend ks_backend_postgres = {

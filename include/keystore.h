@@ -192,8 +192,9 @@ int ks_version(struct ks_store *store, uint64_t *out, struct ks_err *err);
  * way, which stays the truth (notifications are lost across reconnects).
  * A store that cannot listen right now still waits the whole timeout.
  *
- * Returns 0 (a sign, or the timeout passed), KS_EUNSUPPORTED at once (the
- * backend has no notifications: the caller sleeps itself).
+ * Returns 1 (a change was announced), 0 (the timeout passed),
+ * KS_EUNSUPPORTED at once (the backend has no notifications: the caller
+ * sleeps itself).
  */
 int ks_wait(struct ks_store *store, unsigned timeout_ms, struct ks_err *err);
 

@@ -1118,7 +1118,7 @@ static int svc_wait_next(struct jwks_service *svc, int *listen)
 	struct timespec until;
 
 	while (*listen && !svc->stopping) {
-		int64_t left = due - svc_mono_ms(), t0;
+		int64_t left = due - svc_mono_ms();
 		unsigned slice;
 		int rc;
 
@@ -1127,15 +1127,12 @@ static int svc_wait_next(struct jwks_service *svc, int *listen)
 		slice = left < SVC_WAIT_SLICE_MS ? (unsigned)left
 						 : SVC_WAIT_SLICE_MS;
 		pthread_mutex_unlock(&svc->stop_lock);
-		t0 = svc_mono_ms();
 		rc = ks_wait(svc->store, slice, NULL);
-		/* Back well before the slice ended: a change was announced. */
-		left = (int64_t)slice - (svc_mono_ms() - t0);
 		pthread_mutex_lock(&svc->stop_lock);
 		if (rc == KS_EUNSUPPORTED)
 			*listen = 0;
-		else if (left > 5)
-			return svc->stopping;
+		else if (rc == 1)
+			return svc->stopping; /* a change was announced */
 	}
 	if (!svc->stopping) {
 		until = svc_deadline(svc->opts.poll_ms);
