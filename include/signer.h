@@ -2,10 +2,18 @@
  * The signer: every cryptographic operation jwksd performs.
  *
  * A struct signer_key is an opaque private key for one JWS algorithm
- * (RFC 7518): "RS256" today. It is generated here, saved to and loaded from
- * the blob the key store keeps (RS256: PKCS#1 PEM, "-----BEGIN RSA PRIVATE
- * KEY-----"), exports its public JWK members, and signs. The algorithm of a
- * key comes from the key itself, never from a request.
+ * (RFC 7518, RFC 8037): "RS256", "PS256", "ES256" or "EdDSA" (Ed25519). It
+ * is generated here, saved to and loaded from the blob the key store keeps,
+ * exports its public JWK members, and signs. The algorithm of a key comes
+ * from the key itself, never from a request: one key, one algorithm.
+ *
+ * Blobs: RS256 keys are PKCS#1 PEM ("-----BEGIN RSA PRIVATE KEY-----"), the
+ * form the assignment's tools write and read. Every other algorithm is
+ * PKCS#8 PEM ("-----BEGIN PRIVATE KEY-----"), whose key type names the
+ * algorithm: PS256 keys are RSASSA-PSS keys (OID 1.2.840.113549.1.1.10)
+ * restricted to SHA-256, MGF1-SHA-256 and a 32-byte salt; ES256 keys are
+ * EC keys on P-256; EdDSA keys are Ed25519 keys. An RSA key in PKCS#8
+ * (rsaEncryption) is an RS256 key.
  *
  * Only crypto/ includes OpenSSL; nothing here exposes its types.
  *
@@ -26,18 +34,30 @@ struct signer_key;
 #define SIGNER_SIG_MAX 1024
 
 /*
- * Whether alg ("RS256") names an algorithm this build can generate.
- * Returns 1 or 0.
+ * Whether alg ("RS256") names an algorithm this build can generate: exact,
+ * case-sensitive comparison (RFC 7515 §4.1.1). Returns 1 or 0.
  */
 int signer_alg_supported(const char *alg);
 
 /*
- * Generate a new private key for alg. *out is the caller's, freed with
- * signer_key_free(); NULL on failure.
- * Returns 0, KS_EUNSUPPORTED (unknown alg), KS_ECRYPTO, KS_ENOMEM.
+ * The i-th algorithm of the table (0, 1, ...), or NULL past the last: for
+ * listing the supported names. Ownership: borrowed, static.
+ */
+const char *signer_alg_at(size_t i);
+
+/* The RSA modulus sizes signer_generate() makes (RS256, PS256). */
+#define SIGNER_RSA_BITS_DEFAULT 2048
+
+/*
+ * Generate a new private key for alg. rsa_bits is the modulus size of an
+ * RSA key (RS256, PS256): 2048, 3072 or 4096, or 0 for
+ * SIGNER_RSA_BITS_DEFAULT; other algorithms have one size and ignore it.
+ * *out is the caller's, freed with signer_key_free(); NULL on failure.
+ * Returns 0, KS_EUNSUPPORTED (unknown alg), KS_EINVAL (rsa_bits),
+ * KS_ECRYPTO, KS_ENOMEM.
  */
 int signer_generate(struct signer_key **out, const char *alg,
-		    struct ks_err *err);
+		    unsigned rsa_bits, struct ks_err *err);
 
 /*
  * Parse a stored blob (as signer_save() produced it) into a key. The
@@ -66,23 +86,29 @@ const char *signer_key_alg(const struct signer_key *key);
 
 /*
  * Called by signer_public_jwk() once per public JWK member, in a fixed order
- * (RSA: "kty", "n", "e"). name and value are borrowed for the call. Return 0
- * to go on, non-zero to stop (that value is returned).
+ * (RSA: "kty", "n", "e"; EC: "kty", "crv", "x", "y"; OKP: "kty", "crv",
+ * "x"). name and value are borrowed for the call. Return 0 to go on,
+ * non-zero to stop (that value is returned).
  */
 typedef int (*signer_jwk_fn)(const char *name, const char *value, void *arg);
 
 /*
- * Report the key's public JWK members (RFC 7517/7518 §6): RSA "kty":"RSA",
- * "n" and "e" as unpadded base64url of their big-endian bytes. Never a
- * private member.
+ * Report the key's public JWK members (RFC 7518 §6, RFC 8037 §2): RSA
+ * "kty":"RSA", "n" and "e" as unpadded base64url of their big-endian bytes
+ * (no leading zero bytes); EC "kty":"EC", "crv":"P-256", "x" and "y" each
+ * exactly 32 bytes; OKP "kty":"OKP", "crv":"Ed25519", "x" the 32-byte
+ * public key. Never a private member.
  * Returns 0, fn's non-zero value, KS_ECRYPTO, KS_ENOMEM.
  */
 int signer_public_jwk(const struct signer_key *key, signer_jwk_fn fn,
 		      void *arg);
 
 /*
- * Sign data with the key's algorithm (RS256: RSASSA-PKCS1-v1_5 over SHA-256)
- * into sig, whose capacity is *sig_len on entry (SIGNER_SIG_MAX always
+ * Sign data with the key's algorithm into sig, in the JWS form (RFC 7518
+ * §3): RS256 RSASSA-PKCS1-v1_5 with SHA-256; PS256 RSASSA-PSS with SHA-256,
+ * MGF1-SHA-256 and a 32-byte salt; ES256 the 64 bytes R || S (each
+ * big-endian, 32 bytes), never DER; EdDSA the 64-byte Ed25519 signature.
+ * sig has capacity *sig_len on entry (SIGNER_SIG_MAX always
  * suffices); *sig_len is the signature's length on return, 0 on failure.
  * Returns 0, KS_EINVAL (buffer too small), KS_ECRYPTO.
  */
@@ -95,6 +121,12 @@ int signer_sign(const struct signer_key *key, const void *data, size_t data_len,
  */
 int signer_verify(const struct signer_key *key, const void *data,
 		  size_t data_len, const unsigned char *sig, size_t sig_len);
+
+/*
+ * Fill buf with n bytes from the CSPRNG (OpenSSL's DRBG): for token ids.
+ * Returns 0 or KS_ECRYPTO (buf is then zeroed).
+ */
+int signer_random(void *buf, size_t n);
 
 /*
  * Unpadded base64url (RFC 4648 §5, RFC 7515 §2).
