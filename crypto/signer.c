@@ -10,6 +10,7 @@
 
 #include <openssl/decoder.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 
 /*
  * A stored blob larger than this is not a key: an 8192-bit RSA key in PEM
@@ -71,8 +72,23 @@ int signer_alg_supported(const char *alg)
 	return alg && signer_impl_from_name(alg) ? 1 : 0;
 }
 
+const char *signer_alg_at(size_t i)
+{
+	return i < sizeof(signer_impls) / sizeof(signer_impls[0]) - 1
+		       ? signer_impls[i]->name
+		       : NULL;
+}
+
+int signer_random(void *buf, size_t n)
+{
+	if (RAND_bytes(buf, (int)n) == 1)
+		return 0;
+	memset(buf, 0, n);
+	return KS_ECRYPTO;
+}
+
 int signer_generate(struct signer_key **out, const char *alg,
-		    struct ks_err *err)
+		    unsigned rsa_bits, struct ks_err *err)
 {
 	const struct signer__impl *impl;
 	struct signer_key *key = NULL;
@@ -83,6 +99,7 @@ int signer_generate(struct signer_key **out, const char *alg,
 	if (!out || !alg)
 		return ks_err_set(err, KS_EINVAL, "signer_generate: no %s",
 				  out ? "algorithm" : "out-param");
+	(void)rsa_bits; /* TEMPORARY stub until the crypto branch lands */
 	impl = signer_impl_from_name(alg);
 	if (!impl)
 		return ks_err_set(err, KS_EUNSUPPORTED,

@@ -75,32 +75,42 @@ int ka_add_key(struct ks_store *store, const struct kek *kek,
 	       struct ks_err *err);
 
 /*
- * Store key as an expired key (exp an hour before now, for
- * `?expired=true`), in one transaction that first checks the store has
- * no record expired at now: of several servers starting on one empty
- * store, exactly one adds it. Returns 0, KS_EEXISTS (the store has an
- * expired record: nothing written), or the errors of ka_add_key().
+ * The algorithm of key kid as the caller knows it (a server knows the keys
+ * it loaded): a signer algorithm name, "" for a key known not to load, or
+ * NULL when the caller does not know; such a record is then loaded (with
+ * the kek) inside the transaction to find out.
+ */
+typedef const char *(*ka_alg_fn)(int64_t kid, void *arg);
+
+/*
+ * Store key as an expired key of its algorithm (exp an hour before now,
+ * for `?expired=true`), in one transaction that first checks the store
+ * has no record of that algorithm expired at now: of several servers
+ * starting on one store without one, exactly one adds it. alg_of (may be
+ * NULL) tells the algorithm of known records. Returns 0, KS_EEXISTS (the
+ * store has such a record: nothing written), or the errors of
+ * ka_add_key().
  */
 int ka_add_expired_key(struct ks_store *store, const struct kek *kek,
 		       const struct signer_key *key, int64_t now,
-		       int64_t *kid_out, struct ks_err *err);
-
-/* Whether the key kid is known not to load, for ka_rotate(). */
-typedef int (*ka_unusable_fn)(int64_t kid, void *arg);
+		       ka_alg_fn alg_of, void *arg, int64_t *kid_out,
+		       struct ks_err *err);
 
 /*
- * Carry out the rotation policy at now with key as the new key, in one
- * transaction that first re-reads the store: when another process already
- * did what the plan asks, nothing is written and KS_EEXISTS is returned.
- * force: an operator's rotation (see lc_plan_at()). unusable (may be NULL)
- * names keys that do not load. *out receives the plan carried out and
- * out_kid the new key's kid.
+ * Carry out the rotation policy of key's algorithm at now with key as the
+ * new key, in one transaction that first re-reads the store: every
+ * algorithm has a schedule of its own, made of the records of that
+ * algorithm (alg_of, may be NULL, tells known ones; records that do not
+ * load belong to none). When another process already did what the plan
+ * asks, nothing is written and KS_EEXISTS is returned. force: an
+ * operator's rotation (see lc_plan_at()). *out receives the plan carried
+ * out and out_kid the new key's kid.
  * Returns 0, KS_EEXISTS (nothing to do: out->pending_kid says which key
  * is waiting, if one is), or the store's errors.
  */
 int ka_rotate(struct ks_store *store, const struct kek *kek,
 	      const struct lc_policy *p, const struct signer_key *key,
-	      int64_t now, int force, ka_unusable_fn unusable, void *arg,
+	      int64_t now, int force, ka_alg_fn alg_of, void *arg,
 	      struct lc_plan *out, int64_t *kid_out, struct ks_err *err);
 
 /*

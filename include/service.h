@@ -54,12 +54,27 @@ typedef void (*jwks_log_fn)(void *arg, const char *line);
  * margin: safety margin for caches and clocks, seconds.
  * rotation_lead: how much earlier than needed a successor is made.
  * kek: the key-encryption key (borrowed), or NULL to store keys as PEM.
- * alg: the JWS algorithm of generated keys ("RS256").
+ * algs: the JWS algorithms to sign with, NULL-terminated, at most
+ *       JWKS_MAX_ALGS, no repeats (NULL: RS256 alone). Each has its own key
+ *       schedule; tokens are signed with the first unless asked otherwise.
+ * rsa_bits: modulus size of generated RSA keys (0: 2048).
+ * issuer: the "iss" claim and the discovery documents' issuer, checked
+ *       with jose rules (https, or http on loopback); NULL for none.
+ * audiences: the "aud" claim, NULL-terminated, at most JWKS_MAX_AUDIENCES
+ *       (NULL or empty: none).
+ * token_type: the "typ" header: "JWT" (NULL too) or "at+jwt" (RFC 9068,
+ *       which needs an issuer and an audience).
  * poll_ms: how often the store's change counter is checked.
  * ready_timeout_ms: how long a request waits for the first keys.
  * clock, clock_arg: the time source; NULL means time(NULL).
  * log, log_arg: background log lines; NULL means stderr.
+ *
+ * Everything is copied by jwks_service_new(): the strings need not outlive
+ * the call (kek does).
  */
+#define JWKS_MAX_ALGS 4
+#define JWKS_MAX_AUDIENCES 16
+
 struct jwks_service_options {
 	int64_t token_ttl;
 	int64_t key_ttl;
@@ -67,7 +82,11 @@ struct jwks_service_options {
 	int64_t margin;
 	int64_t rotation_lead;
 	const struct kek *kek;
-	const char *alg;
+	const char *const *algs;
+	unsigned rsa_bits;
+	const char *issuer;
+	const char *const *audiences;
+	const char *token_type;
 	unsigned poll_ms;
 	unsigned ready_timeout_ms;
 	jwks_clock_fn clock;
@@ -76,13 +95,14 @@ struct jwks_service_options {
 	void *log_arg;
 };
 
-#define JWKS_SERVICE_OPTIONS_INIT                                          \
-	{                                                                  \
-		.token_ttl = 3600, .key_ttl = 86400, .jwks_max_age = 300,  \
-		.margin = 300, .rotation_lead = 60, .kek = NULL,           \
-		.alg = "RS256", .poll_ms = 250, .ready_timeout_ms = 10000, \
-		.clock = NULL, .clock_arg = NULL, .log = NULL,             \
-		.log_arg = NULL,                                           \
+#define JWKS_SERVICE_OPTIONS_INIT                                              \
+	{                                                                      \
+		.token_ttl = 3600, .key_ttl = 86400, .jwks_max_age = 300,      \
+		.margin = 300, .rotation_lead = 60, .kek = NULL, .algs = NULL, \
+		.rsa_bits = 0, .issuer = NULL, .audiences = NULL,              \
+		.token_type = NULL, .poll_ms = 250, .ready_timeout_ms = 10000, \
+		.clock = NULL, .clock_arg = NULL, .log = NULL,                 \
+		.log_arg = NULL,                                               \
 	}
 
 /*
@@ -127,20 +147,47 @@ void jwks_service_tick(struct jwks_service *svc);
 void jwks_service_free(struct jwks_service *svc);
 
 /*
+ * What a token is asked for. alg: one of the configured algorithms (NULL:
+ * the first). expired: signed with an expired key, for testing relying
+ * parties. sub, preferred_username: the authenticated subject's claims
+ * (NULL: none; accounts set them).
+ */
+struct jwks_issue_request {
+	const char *alg;
+	int expired;
+	const char *sub;
+	const char *preferred_username;
+};
+
+#define JWKS_ISSUE_REQUEST_INIT     \
+	{                           \
+		NULL, 0, NULL, NULL \
+	}
+
+/*
  * Issue a signed JWT (compact serialization) into out, capacity cap
  * (JWKS_TOKEN_MAX suffices), NUL-terminated; *len_out is its length.
- * expired = 0: signed with the key lc_choose_signer() picks, exp =
- * min(now + token_ttl, lc_token_cap()). expired = 1: signed with the most
- * recently expired key that is not revoked, exp in the past.
+ * Claims: iss and aud as configured, sub and preferred_username as asked,
+ * iat, nbf (= iat), exp and jti (128 random bits, base64url).
+ * Not expired: signed with the key lc_choose_signer() picks among the
+ * algorithm's keys, exp = min(now + token_ttl, lc_token_cap()). Expired:
+ * signed with the algorithm's most recently expired key that is not
+ * revoked, exp in the past. The header's alg is always the key's.
  *
- * Returns 0, KS_ENOKEY (no unexpired key: the store could not be written),
- * KS_ENOTFOUND (expired asked for and the store has no expired key),
- * KS_EIO/KS_EBUSY (the store could not be read for an expired key),
- * KS_ECRYPTO.
+ * Returns 0, KS_EUNSUPPORTED (alg is not configured), KS_ENOKEY (no key
+ * can sign: the store could not be written), KS_ENOTFOUND (expired asked
+ * for and the store has no expired key of the algorithm), KS_ECRYPTO,
+ * KS_EINVAL (a sub too long for a token).
  */
-#define JWKS_TOKEN_MAX 2048
-int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
+#define JWKS_TOKEN_MAX 4096
+int jwks_service_issue(struct jwks_service *svc,
+		       const struct jwks_issue_request *req, char *out,
 		       size_t cap, size_t *len_out, struct ks_err *err);
+
+/*
+ * Whether alg is one the service signs with (exact comparison): 1 or 0.
+ */
+int jwks_service_has_alg(const struct jwks_service *svc, const char *alg);
 
 /*
  * The published key set, as served: the serialized body ({"keys":[...]}),
@@ -166,6 +213,16 @@ typedef int (*jwks_doc_fn)(const struct jwks_doc *doc, void *arg);
 int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
 
 /*
+ * The issuer's discovery metadata (see jose_metadata()), the same document
+ * for /.well-known/openid-configuration and
+ * /.well-known/oauth-authorization-server, with its ETag and the time the
+ * service started as its last change; max_age is jwks_max_age. fn is
+ * called with it as for jwks_service_jwks(). Returns fn's value, or
+ * KS_ENOTFOUND when no issuer is configured.
+ */
+int jwks_service_metadata(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
+
+/*
  * Publish a snapshot of the keys the store holds now, without generating
  * any and without a background thread: for a program that only reads the
  * key set (`jwksd keys export-public`). Returns 0 or the store's errors.
@@ -173,7 +230,8 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
 int jwks_service_publish(struct jwks_service *svc, struct ks_err *err);
 
 /*
- * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json) on a
+ * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json,
+ * and with an issuer the two discovery documents) on a
  * running CivetWeb context. With catch_all set, every other path answers a
  * JSON 404, and CivetWeb's per-directory .htpasswd lookup is turned off (for
  * a program that serves nothing else). svc is borrowed and

@@ -15,6 +15,8 @@
 
 #define HTTP_AUTH_PATH "/auth"
 #define HTTP_JWKS_PATH "/.well-known/jwks.json"
+#define HTTP_OIDC_PATH "/.well-known/openid-configuration"
+#define HTTP_OAUTH_PATH "/.well-known/oauth-authorization-server"
 
 /*
  * Copy at most cap - 1 bytes of in, printable ones only, for a log line.
@@ -235,25 +237,56 @@ int jwks_http__parse_expired(const char *query)
 	return -1;
 }
 
-/* POST /auth: a signed token. Any Authorization header and body. */
+int jwks_http__parse_alg(const char *query, char *alg, size_t cap)
+{
+	int n;
+
+	alg[0] = '\0';
+	if (!query)
+		return 0;
+	n = mg_get_var(query, strlen(query), "alg", alg, cap);
+	if (n == -1) {
+		alg[0] = '\0';
+		return 0;
+	}
+	/* Too long (-2), empty, or a decoded NUL ("ES256%00"). */
+	if (n <= 0 || strlen(alg) != (size_t)n) {
+		alg[0] = '\0';
+		return -1;
+	}
+	return 1;
+}
+
+/*
+ * POST /auth: a signed token. Any Authorization header and body.
+ * ?alg=NAME picks one of the configured algorithms; anything else (none,
+ * HS256, an unconfigured one, odd bytes) is refused, never echoed.
+ */
 static int http_auth(struct mg_connection *conn, void *cbdata)
 {
 	static const char *const methods[] = {"POST", NULL};
-	char body[JWKS_TOKEN_MAX + 16];
+	struct jwks_issue_request req = JWKS_ISSUE_REQUEST_INIT;
+	const char *query;
+	char body[JWKS_TOKEN_MAX + 16], alg[16];
 	struct ks_err e = {{0}};
 	size_t len;
-	int status, expired, rc;
+	int status, rc;
 
 	if (!http_route(conn, HTTP_AUTH_PATH, methods, "POST", &status))
 		return status;
-	expired = jwks_http__parse_expired(
-		mg_get_request_info(conn)->query_string);
-	if (expired < 0)
+	query = mg_get_request_info(conn)->query_string;
+	req.expired = jwks_http__parse_expired(query);
+	if (req.expired < 0)
 		return http_error(conn, 400, "expired must be true or false",
 				  NULL, NULL);
+	rc = jwks_http__parse_alg(query, alg, sizeof(alg));
+	if (rc < 0 || (rc > 0 && !jwks_service_has_alg(cbdata, alg)))
+		return http_error(conn, 400, "algorithm not available", NULL,
+				  NULL);
+	req.alg = rc > 0 ? alg : NULL;
 	memcpy(body, "{\"token\":\"", 10);
-	rc = jwks_service_issue(cbdata, expired, body + 10, JWKS_TOKEN_MAX,
-				&len, &e);
+	rc = jwks_service_issue(cbdata, &req, body + 10, JWKS_TOKEN_MAX, &len,
+				&e);
 	if (rc)
 		return http_service_error(conn, rc, &e);
 	/* A JWT is base64url and dots: nothing in it needs JSON escaping. */
@@ -303,6 +336,29 @@ static int http_jwks(struct mg_connection *conn, void *cbdata)
 	if (!http_route(conn, HTTP_JWKS_PATH, methods, "GET, HEAD", &status))
 		return status;
 	status = jwks_service_jwks(cbdata, http_jwks_write, conn);
+	if (status < 0)
+		return http_service_error(conn, status, NULL);
+	return status;
+}
+
+/*
+ * GET or HEAD of the discovery metadata (both paths, one document): 404
+ * as for any unknown path when no issuer is configured.
+ */
+static int http_metadata(struct mg_connection *conn, void *cbdata)
+{
+	static const char *const methods[] = {"GET", "HEAD", NULL};
+	const char *uri = mg_get_request_info(conn)->local_uri;
+	int status;
+
+	if (!http_route(conn,
+			uri && !strcmp(uri, HTTP_OAUTH_PATH) ? HTTP_OAUTH_PATH
+							     : HTTP_OIDC_PATH,
+			methods, "GET, HEAD", &status))
+		return status;
+	status = jwks_service_metadata(cbdata, http_jwks_write, conn);
+	if (status == KS_ENOTFOUND)
+		return http_not_found(conn);
 	if (status < 0)
 		return http_service_error(conn, status, NULL);
 	return status;
@@ -419,11 +475,23 @@ int jwks_http_error_page(struct mg_connection *conn, int status)
 	return 0;
 }
 
+static int http_doc_exists(const struct jwks_doc *doc, void *arg)
+{
+	(void)doc;
+	(void)arg;
+	return 0;
+}
+
 void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
 			int catch_all)
 {
 	mg_set_request_handler(ctx, HTTP_AUTH_PATH, http_auth, svc);
 	mg_set_request_handler(ctx, HTTP_JWKS_PATH, http_jwks, svc);
+	if (jwks_service_metadata(svc, http_doc_exists, NULL) == 0) {
+		mg_set_request_handler(ctx, HTTP_OIDC_PATH, http_metadata, svc);
+		mg_set_request_handler(ctx, HTTP_OAUTH_PATH, http_metadata,
+				       svc);
+	}
 	if (catch_all) {
 		mg_set_request_handler(ctx, "/", http_catch_all, NULL);
 		/*

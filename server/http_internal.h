@@ -14,4 +14,10 @@
  */
 int jwks_http__parse_expired(const char *query);
 
+/*
+ * The alg parameter of a query string into alg (capacity cap): 1 when
+ * given, 0 when absent, -1 when empty, too long or holding a NUL.
+ */
+int jwks_http__parse_alg(const char *query, char *alg, size_t cap);
+
 #endif /* JWKS_HTTP_INTERNAL_H */

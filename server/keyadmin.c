@@ -197,24 +197,49 @@ int ka_add_key(struct ks_store *store, const struct kek *kek,
 	return rc;
 }
 
-static int ka_stop_at_first(const struct ks_record *rec, void *arg)
+/*
+ * The algorithm of a record: as the caller knows it, else by loading it.
+ * "" when it does not load.
+ */
+static const char *ka_record_alg(const struct ks_record *rec,
+				 const struct kek *kek, ka_alg_fn alg_of,
+				 void *arg)
 {
-	(void)rec;
-	(void)arg;
-	return 1;
+	struct signer_key *key = NULL;
+	const char *alg = alg_of ? alg_of(rec->kid, arg) : NULL;
+
+	if (alg)
+		return alg;
+	if (ka_load_key(rec, kek, &key, NULL))
+		return "";
+	/* Static storage of the signer. */
+	alg = signer_key_alg(key);
+	signer_key_free(key);
+	return alg;
 }
 
 struct ka_expired_ctx {
 	struct ka_add_ctx add;
 	int64_t now;
+	ka_alg_fn alg_of;
+	void *arg;
+	const char *alg;
 };
+
+static int ka_expired_match(const struct ks_record *rec, void *arg)
+{
+	struct ka_expired_ctx *ctx = arg;
+
+	return !strcmp(ka_record_alg(rec, ctx->add.kek, ctx->alg_of, ctx->arg),
+		       ctx->alg);
+}
 
 static int ka_add_expired_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
 {
 	struct ka_expired_ctx *ctx = arg;
 	int rc;
 
-	rc = ks_txn_list(txn, INT64_MIN, ctx->now, ka_stop_at_first, NULL, err);
+	rc = ks_txn_list(txn, INT64_MIN, ctx->now, ka_expired_match, ctx, err);
 	if (rc == 1)
 		return KS_EEXISTS;
 	if (rc)
@@ -224,11 +249,16 @@ static int ka_add_expired_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
 
 int ka_add_expired_key(struct ks_store *store, const struct kek *kek,
 		       const struct signer_key *key, int64_t now,
-		       int64_t *kid_out, struct ks_err *err)
+		       ka_alg_fn alg_of, void *arg, int64_t *kid_out,
+		       struct ks_err *err)
 {
 	int64_t exp = now - 3600;
 	struct ka_expired_ctx ctx = {
-		{kek, key, exp, {0, now, exp, exp, KS_NEVER}}, now};
+		{kek, key, exp, {0, now, exp, exp, KS_NEVER}},
+		now,
+		alg_of,
+		arg,
+		signer_key_alg(key)};
 	int rc = ks_write(store, ka_add_expired_txn, &ctx, err);
 
 	if (kid_out)
@@ -236,12 +266,17 @@ int ka_add_expired_key(struct ks_store *store, const struct kek *kek,
 	return rc;
 }
 
-/* The store's keys as the policy sees them, read in one transaction. */
+/*
+ * The store's keys as the policy sees them, read in one transaction: with
+ * alg set, only the records of that algorithm (the others are released).
+ */
 struct ka_view {
 	struct ks_record_set recs;
 	struct lc_key *keys;
 	size_t n;
-	ka_unusable_fn unusable;
+	const char *alg;
+	const struct kek *kek;
+	ka_alg_fn alg_of;
 	void *arg;
 };
 
@@ -269,6 +304,8 @@ static int ka_view_read(struct ks_txn *txn, struct ka_view *v, int64_t after,
 	size_t i;
 	int rc;
 
+	size_t n = 0;
+
 	rc = ks_txn_list(txn, after, INT64_MAX, ks_record_set_add, &v->recs,
 			 err);
 	if (rc)
@@ -276,13 +313,28 @@ static int ka_view_read(struct ks_txn *txn, struct ka_view *v, int64_t after,
 	v->keys = calloc(v->recs.n ? v->recs.n : 1, sizeof(*v->keys));
 	if (!v->keys)
 		return KS_ENOMEM;
-	v->n = v->recs.n;
-	for (i = 0; i < v->n; i++) {
-		v->keys[i].kid = v->recs.rec[i].kid;
-		v->keys[i].exp = v->recs.rec[i].exp;
-		v->keys[i].usable =
-			!v->unusable || !v->unusable(v->keys[i].kid, v->arg);
+	for (i = 0; i < v->recs.n; i++) {
+		struct ks_record *rec = &v->recs.rec[i];
+		const char *alg = NULL;
+
+		if (v->alg) {
+			alg = ka_record_alg(rec, v->kek, v->alg_of, v->arg);
+			if (strcmp(alg, v->alg)) {
+				ks_record_release(rec);
+				continue;
+			}
+		}
+		/* Kept in kid order: ka_view_find() searches both. */
+		if (n != i) {
+			v->recs.rec[n] = *rec;
+			memset(rec, 0, sizeof(*rec));
+		}
+		v->keys[n].kid = v->recs.rec[n].kid;
+		v->keys[n].exp = v->recs.rec[n].exp;
+		v->keys[n].usable = 1;
+		n++;
 	}
+	v->n = v->recs.n = n;
 	return ks_txn_life_list(txn, ka_view_life, v, err);
 }
 
@@ -298,7 +350,7 @@ struct ka_rotate_ctx {
 	const struct signer_key *key;
 	int64_t now;
 	int force;
-	ka_unusable_fn unusable;
+	ka_alg_fn alg_of;
 	void *arg;
 	struct lc_plan plan;
 	int64_t kid;
@@ -331,7 +383,10 @@ static int ka_extend(struct ks_txn *txn, struct ka_view *v,
 static int ka_rotate_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
 {
 	struct ka_rotate_ctx *ctx = arg;
-	struct ka_view v = {.unusable = ctx->unusable, .arg = ctx->arg};
+	struct ka_view v = {.alg = signer_key_alg(ctx->key),
+			    .kek = ctx->kek,
+			    .alg_of = ctx->alg_of,
+			    .arg = ctx->arg};
 	struct ks_life life;
 	int rc;
 
@@ -359,11 +414,11 @@ static int ka_rotate_txn(struct ks_txn *txn, void *arg, struct ks_err *err)
 
 int ka_rotate(struct ks_store *store, const struct kek *kek,
 	      const struct lc_policy *p, const struct signer_key *key,
-	      int64_t now, int force, ka_unusable_fn unusable, void *arg,
+	      int64_t now, int force, ka_alg_fn alg_of, void *arg,
 	      struct lc_plan *out, int64_t *kid_out, struct ks_err *err)
 {
-	struct ka_rotate_ctx ctx = {kek,      p,   key, now, force,
-				    unusable, arg, {0}, 0};
+	struct ka_rotate_ctx ctx = {kek,    p,	 key, now, force,
+				    alg_of, arg, {0}, 0};
 	int rc = ks_write(store, ka_rotate_txn, &ctx, err);
 
 	if (out)

@@ -22,7 +22,7 @@
 
 static const char keys_usage_text[] =
 	"usage: jwksd keys list [--json]\n"
-	"       jwksd keys rotate\n"
+	"       jwksd keys rotate [--alg ALG] [--rsa-bits N]\n"
 	"       jwksd keys revoke KID\n"
 	"       jwksd keys export-public\n"
 	"       jwksd keys purge --older-than DURATION\n"
@@ -34,11 +34,14 @@ static const char keys_usage_text[] =
 	"--lmdb-map-size BYTES;\n"
 	"rotate and export-public also its key schedule: --token-ttl,\n"
 	"--key-ttl, --jwks-max-age, --margin. DURATION: seconds, or a number\n"
-	"with s, m, h or d.\n";
+	"with s, m, h or d. rotate --alg: the algorithm whose schedule\n"
+	"rotates (RS256, PS256, ES256 or EdDSA; default RS256); --rsa-bits:\n"
+	"2048, 3072 or 4096 (default 2048).\n";
 
 struct keys_cfg {
 	const char *backend, *db, *kek_file, *old_kek, *new_kek, *pg_schema;
-	long long map_size, older_than;
+	const char *alg;
+	long long map_size, older_than, rsa_bits;
 	int json, have_older_than;
 	struct lc_policy policy;
 	struct ks_store *store;
@@ -93,6 +96,8 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 		{"jwks-max-age", required_argument, NULL, 'A'},
 		{"margin", required_argument, NULL, 'M'},
 		{"json", no_argument, NULL, 'j'},
+		{"alg", required_argument, NULL, 'a'},
+		{"rsa-bits", required_argument, NULL, 'r'},
 		{NULL, 0, NULL, 0},
 	};
 	long long v;
@@ -126,6 +131,20 @@ static int keys_parse(int argc, char **argv, struct keys_cfg *c)
 			break;
 		case 'j':
 			c->json = 1;
+			break;
+		case 'a':
+			if (!signer_alg_supported(optarg))
+				return keys_usage("unsupported --alg; use "
+						  "RS256, PS256, ES256 or "
+						  "EdDSA");
+			c->alg = optarg;
+			break;
+		case 'r':
+			if (cli_parse_int(optarg, 2048, 4096, &c->rsa_bits) ||
+			    c->rsa_bits % 1024)
+				return keys_usage("invalid --rsa-bits '%s': "
+						  "2048, 3072 or 4096",
+						  optarg);
 			break;
 		case 'm':
 			if (cli_parse_size(optarg, 1LL << 16, 1LL << 40,
@@ -263,7 +282,8 @@ static int keys_rotate(struct keys_cfg *c)
 		fprintf(stderr, "jwksd: %s\n", why);
 		return 2;
 	}
-	rc = signer_generate(&key, "RS256", &e);
+	rc = signer_generate(&key, c->alg ? c->alg : "RS256",
+			     (unsigned)c->rsa_bits, &e);
 	if (!rc)
 		rc = ka_rotate(c->store, c->kek, &c->policy, key, now, 1, NULL,
 			       NULL, &plan, &kid, &e);
@@ -279,7 +299,8 @@ static int keys_rotate(struct keys_cfg *c)
 			c->path, ks_strerror(rc), e.text);
 		return 1;
 	}
-	printf("key %" PRId64 " published now, signs from %s", kid,
+	printf("%s key %" PRId64 " published now, signs from %s",
+	       c->alg ? c->alg : "RS256", kid,
 	       keys_time(plan.activate_at, t, sizeof(t)));
 	if (plan.extend_kid > 0)
 		printf("; key %" PRId64 " signs until then", plan.extend_kid);

@@ -19,10 +19,12 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "jose.h"
 #include "keys_cmd.h"
 #include "keystore.h"
 #include "lifecycle.h"
 #include "service.h"
+#include "signer.h"
 
 #ifndef JWKSD_VERSION
 #define JWKSD_VERSION "unknown"
@@ -43,6 +45,14 @@ struct main_config {
 	long long max_body;
 	long long request_timeout_ms;
 	char timeout_text[24];
+	/* --alg, split; alg_text holds the names. */
+	char alg_text[64];
+	const char *algs[JWKS_MAX_ALGS + 1];
+	long long rsa_bits;
+	const char *issuer;
+	const char *audiences[JWKS_MAX_AUDIENCES + 1];
+	size_t n_audiences;
+	const char *token_type;
 };
 
 static const char main_usage_text[] =
@@ -51,8 +61,10 @@ static const char main_usage_text[] =
 	"             [--token-ttl SECONDS] [--key-ttl SECONDS]\n"
 	"             [--jwks-max-age SECONDS] [--margin SECONDS]\n"
 	"             [--kek-file PATH] [--threads N] [--lmdb-map-size BYTES]\n"
-	"             [--max-body BYTES] [--request-timeout MS] [--help]\n"
-	"             [--version]\n"
+	"             [--max-body BYTES] [--request-timeout MS]\n"
+	"             [--alg LIST] [--rsa-bits N] [--issuer URL]\n"
+	"             [--audience AUD]... [--token-type JWT|at+jwt]\n"
+	"             [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
 	"                  [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
@@ -88,6 +100,23 @@ static const char main_usage_text[] =
 	"and\n"
 	"                         body, and idle time on a kept-alive\n"
 	"                         connection (default 2000)\n"
+	"  --alg LIST             signing algorithms, comma-separated, from\n"
+	"                         RS256, PS256, ES256, EdDSA; each has its "
+	"own\n"
+	"                         keys; tokens use the first unless POST\n"
+	"                         /auth?alg=NAME asks (default RS256)\n"
+	"  --rsa-bits N           size of new RSA keys: 2048, 3072 or 4096\n"
+	"                         (default 2048)\n"
+	"  --issuer URL           the iss claim, and serve discovery metadata\n"
+	"                         at /.well-known/openid-configuration and\n"
+	"                         /.well-known/oauth-authorization-server;\n"
+	"                         https (http only for localhost/loopback),\n"
+	"                         no query or fragment (default: none)\n"
+	"  --audience AUD         the aud claim; repeat for several (default:\n"
+	"                         none)\n"
+	"  --token-type TYPE      JWT, or at+jwt for RFC 9068 access tokens\n"
+	"                         (needs --issuer and --audience; default "
+	"JWT)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry from\n"
@@ -137,6 +166,38 @@ static int main_valid_listen(const char *s)
 	       cli_parse_int(colon + 1, 0, 65535, &port) == 0;
 }
 
+/*
+ * --alg LIST: comma-separated names from the signer's table, each once.
+ * Returns 0, or 2 after a message.
+ */
+static int main_parse_algs(const char *list, struct main_config *cfg)
+{
+	char *save = NULL, *name;
+	size_t n = 0, i;
+
+	if (strlen(list) >= sizeof(cfg->alg_text))
+		return main_bad_usage("--alg list too long");
+	strcpy(cfg->alg_text, list);
+	for (name = strtok_r(cfg->alg_text, ",", &save); name;
+	     name = strtok_r(NULL, ",", &save)) {
+		if (!signer_alg_supported(name))
+			return main_bad_usage("unsupported --alg '%s': use "
+					      "RS256, PS256, ES256 or EdDSA",
+					      name);
+		for (i = 0; i < n; i++)
+			if (!strcmp(cfg->algs[i], name))
+				return main_bad_usage("--alg '%s' given twice",
+						      name);
+		if (n == JWKS_MAX_ALGS)
+			return main_bad_usage("too many --alg names");
+		cfg->algs[n++] = name;
+	}
+	if (!n)
+		return main_bad_usage("empty --alg");
+	cfg->algs[n] = NULL;
+	return 0;
+}
+
 static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 {
 	static const struct option opts[] = {
@@ -153,6 +214,11 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"lmdb-map-size", required_argument, NULL, 'm'},
 		{"max-body", required_argument, NULL, 'B'},
 		{"request-timeout", required_argument, NULL, 'T'},
+		{"alg", required_argument, NULL, 'a'},
+		{"rsa-bits", required_argument, NULL, 'R'},
+		{"issuer", required_argument, NULL, 'I'},
+		{"audience", required_argument, NULL, 'u'},
+		{"token-type", required_argument, NULL, 'y'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -240,6 +306,41 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 					"invalid --request-timeout '%s'",
 					optarg);
 			break;
+		case 'a':
+			if (main_parse_algs(optarg, cfg))
+				return 2;
+			break;
+		case 'R':
+			if (cli_parse_int(optarg, 2048, 4096, &cfg->rsa_bits) ||
+			    cfg->rsa_bits % 1024)
+				return main_bad_usage(
+					"invalid --rsa-bits '%s': "
+					"2048, 3072 or 4096",
+					optarg);
+			break;
+		case 'I':
+			if (jose_issuer_check(optarg, why, sizeof(why)))
+				return main_bad_usage("invalid --issuer: %s",
+						      why);
+			cfg->issuer = optarg;
+			break;
+		case 'u':
+			if (!*optarg)
+				return main_bad_usage("empty --audience");
+			if (cfg->n_audiences == JWKS_MAX_AUDIENCES)
+				return main_bad_usage(
+					"more than %d --audience values",
+					JWKS_MAX_AUDIENCES);
+			cfg->audiences[cfg->n_audiences++] = optarg;
+			break;
+		case 'y':
+			if (strcmp(optarg, JOSE_TYP_JWT) &&
+			    strcmp(optarg, JOSE_TYP_AT_JWT))
+				return main_bad_usage("invalid --token-type "
+						      "'%s': JWT or at+jwt",
+						      optarg);
+			cfg->token_type = optarg;
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -257,6 +358,10 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 	}
 	if (optind < argc)
 		return main_bad_usage("unexpected argument '%s'", argv[optind]);
+	if (cfg->token_type && !strcmp(cfg->token_type, JOSE_TYP_AT_JWT) &&
+	    (!cfg->issuer || !cfg->n_audiences))
+		return main_bad_usage("--token-type at+jwt (RFC 9068) needs "
+				      "--issuer and --audience");
 	/* Before any file is touched: a schedule that leaves no time. */
 	policy = (struct lc_policy){cfg->key_ttl, cfg->token_ttl,
 				    cfg->jwks_max_age, cfg->margin, 60};
@@ -646,6 +751,11 @@ int main(int argc, char **argv)
 	sopts.jwks_max_age = cfg.jwks_max_age;
 	sopts.margin = cfg.margin;
 	sopts.kek = kek;
+	sopts.algs = cfg.algs[0] ? cfg.algs : NULL;
+	sopts.rsa_bits = (unsigned)cfg.rsa_bits;
+	sopts.issuer = cfg.issuer;
+	sopts.audiences = cfg.audiences;
+	sopts.token_type = cfg.token_type;
 	rc = jwks_service_new(&svc, store, &sopts, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot load keys from '%s': %s (%s)\n",

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "jose.h"
 #include "keyadmin.h"
 #include "lifecycle.h"
 #include "service.h"
@@ -32,12 +33,13 @@
 
 /*
  * One parsed key, reference-counted: the key array holds one reference,
- * and each snapshot one per key it signs with. kid, key and header never
- * change; exp, has_life and life change under build_lock.
+ * and each snapshot one per key it signs with. kid, key, alg_ix and header
+ * never change; exp, has_life and life change under build_lock.
  */
 struct svc_key {
 	atomic_uint refs;
 	int64_t kid;
+	int alg_ix; /* index of its algorithm in the service's, or -1 */
 	int64_t exp;
 	int has_life;
 	struct ks_life life;
@@ -46,25 +48,45 @@ struct svc_key {
 	size_t header_len;
 };
 
-/* What requests read. Immutable once published. */
+/*
+ * What requests read. Immutable once published. Per configured algorithm
+ * (in the order of the options): the key that signs, the latest exp it
+ * may give a token, and the key for ?expired=true with its exp.
+ */
 struct svc_snapshot {
 	atomic_uint refs;
-	int64_t valid_until; /* when the signer or the published set changes */
+	int64_t valid_until; /* when a signer or the published set changes */
 	int64_t next_change; /* when the published set changes */
 	int64_t last_modified;
-	struct svc_key *signing; /* referenced, or NULL */
-	int64_t sign_cap; /* the latest exp of a token signing may make */
-	struct svc_key *expired; /* for ?expired=true: referenced, or NULL */
-	int64_t expired_exp;
+	struct svc_key *signing[JWKS_MAX_ALGS]; /* referenced, or NULL */
+	int64_t sign_cap[JWKS_MAX_ALGS];
+	struct svc_key *expired[JWKS_MAX_ALGS]; /* referenced, or NULL */
+	int64_t expired_exp[JWKS_MAX_ALGS];
 	char *body;
 	size_t body_len;
 	char etag[24];
 };
 
+/* The kid and algorithm of an expired record loaded once. */
+struct svc_kid_alg {
+	int64_t kid;
+	const char *alg; /* static storage of the signer */
+};
+
 struct jwks_service {
 	struct ks_store *store;
-	struct jwks_service_options opts;
+	struct jwks_service_options opts; /* its pointers not to be used */
 	struct lc_policy policy;
+
+	/* Configuration, fixed at creation. */
+	const char *algs[JWKS_MAX_ALGS]; /* static storage of the signer */
+	size_t n_algs;
+	const char *typ;
+	char *fixed_claims; /* "iss" and "aud", from jose_fixed_claims() */
+	char *metadata;	    /* the discovery document, or NULL */
+	size_t metadata_len;
+	char metadata_etag[24];
+	int64_t started;
 
 	/* snap_lock guards cur; held only for a swap or a reference. */
 	pthread_mutex_t snap_lock;
@@ -79,13 +101,15 @@ struct jwks_service {
 	pthread_mutex_t build_lock;
 	struct svc_key **keys;
 	size_t n_keys;
-	struct svc_key *store_expired;
-	int64_t store_expired_exp;
+	struct svc_key *store_expired[JWKS_MAX_ALGS];
+	int64_t store_expired_exp[JWKS_MAX_ALGS];
 
 	/* work_lock: the background work's state. */
 	pthread_mutex_t work_lock;
 	int64_t *bad; /* kids of records that do not load, sorted */
 	size_t n_bad, cap_bad;
+	struct svc_kid_alg *expired_algs; /* expired records loaded, by kid */
+	size_t n_expired_algs;
 	int64_t foreign_kid; /* a key sealed under another secret, or 0 */
 	uint64_t version;
 	int have_version;
@@ -169,28 +193,38 @@ static void svc_key_unref(struct svc_key *k)
 	free(k);
 }
 
+/* The index of alg among the service's algorithms, or -1. */
+static int svc_alg_index(const struct jwks_service *svc, const char *alg)
+{
+	size_t i;
+
+	for (i = 0; alg && i < svc->n_algs; i++)
+		if (!strcmp(svc->algs[i], alg))
+			return (int)i;
+	return -1;
+}
+
 /*
  * Wrap a parsed key (taking ownership of key, also on failure) in an entry
  * with its JWS header pre-encoded, holding one reference.
  */
-static int svc_key_new(struct svc_key **out, int64_t kid, int64_t exp,
-		       struct signer_key *key)
+static int svc_key_new(const struct jwks_service *svc, struct svc_key **out,
+		       int64_t kid, int64_t exp, struct signer_key *key)
 {
-	char header[128];
+	char header[256];
 	struct svc_key *k;
-	int n;
+	size_t n;
 
 	*out = NULL;
-	n = snprintf(header, sizeof(header),
-		     "{\"alg\":\"%s\",\"typ\":\"JWT\",\"kid\":\"%" PRId64 "\"}",
-		     signer_key_alg(key), kid);
 	k = calloc(1, sizeof(*k));
-	if (!k || n < 0 || (size_t)n >= sizeof(header))
+	if (!k || jose_header_b64(header, sizeof(header), &n,
+				  signer_key_alg(key), svc->typ, kid))
 		goto fail;
-	k->header_b64 = malloc(B64URL_ENCODED_LEN((size_t)n) + 1);
+	k->header_b64 = strdup(header);
 	if (!k->header_b64)
 		goto fail;
-	k->header_len = b64url_encode(k->header_b64, header, (size_t)n);
+	k->header_len = n;
+	k->alg_ix = svc_alg_index(svc, signer_key_alg(key));
 	k->kid = kid;
 	k->exp = exp;
 	k->key = key;
@@ -242,10 +276,8 @@ static void svc_foreign(struct jwks_service *svc, int64_t kid)
 		kid);
 }
 
-static int svc_is_bad(int64_t kid, void *arg)
+static int svc_is_bad(const struct jwks_service *svc, int64_t kid)
 {
-	const struct jwks_service *svc = arg;
-
 	return svc->n_bad && bsearch(&kid, svc->bad, svc->n_bad,
 				     sizeof(*svc->bad), ks_kid_cmp) != NULL;
 }
@@ -283,7 +315,7 @@ static int svc_load_record(struct jwks_service *svc,
 	int rc;
 
 	*out = NULL;
-	if (svc_is_bad(rec->kid, svc))
+	if (svc_is_bad(svc, rec->kid))
 		return KS_ECORRUPT;
 	rc = ka_load_key(rec, svc->opts.kek, &key, &e);
 	if (rc) {
@@ -295,15 +327,25 @@ static int svc_load_record(struct jwks_service *svc,
 			svc_foreign(svc, rec->kid);
 		return rc;
 	}
-	return svc_key_new(out, rec->kid, rec->exp, key);
+	return svc_key_new(svc, out, rec->kid, rec->exp, key);
+}
+
+/* Drop the keys a snapshot references and its body (not s itself). */
+static void svc_snapshot_clear(struct svc_snapshot *s)
+{
+	size_t i;
+
+	for (i = 0; i < JWKS_MAX_ALGS; i++) {
+		svc_key_unref(s->signing[i]);
+		svc_key_unref(s->expired[i]);
+	}
+	free(s->body);
 }
 
 static void svc_snapshot_release(struct svc_snapshot *s)
 {
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-		svc_key_unref(s->signing);
-		svc_key_unref(s->expired);
-		free(s->body);
+		svc_snapshot_clear(s);
 		free(s);
 	}
 }
@@ -331,51 +373,47 @@ static struct svc_snapshot *svc_acquire(struct jwks_service *svc)
 	pthread_mutex_unlock(&svc->snap_lock);
 	return s;
 }
-/* Collects a signer's public members into a JSON object, allowlisted. */
+/* A key's public members as the signer reports them, copied. */
+#define SVC_JWK_MEMBERS 8
+struct svc_members {
+	struct jose_member m[SVC_JWK_MEMBERS];
+	char *text[2 * SVC_JWK_MEMBERS]; /* what m points to */
+	size_t n;
+};
+
 static int svc_jwk_member(const char *name, const char *value, void *arg)
 {
-	static const char *const allowed[] = {"kty", "n", "e", "crv", "x", "y"};
-	size_t i;
+	struct svc_members *ms = arg;
+	char *n, *v;
 
-	for (i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
-		if (!strcmp(name, allowed[i]))
-			return json_object_set_new((json_t *)arg, name,
-						   json_string(value))
-				       ? KS_ENOMEM
-				       : 0;
+	if (ms->n == SVC_JWK_MEMBERS)
+		return KS_ECRYPTO;
+	n = strdup(name);
+	v = strdup(value);
+	if (!n || !v) {
+		free(n);
+		free(v);
+		return KS_ENOMEM;
+	}
+	ms->text[2 * ms->n] = n;
+	ms->text[2 * ms->n + 1] = v;
+	ms->m[ms->n].name = n;
+	ms->m[ms->n++].value = v;
 	return 0;
 }
 
-/* One JWK: kid, kty, use, alg, then the key's own public members. */
+/* One JWK, through jose_jwk()'s allow-list. Ownership: new, or NULL. */
 static json_t *svc_jwk(const struct svc_key *k)
 {
-	json_t *members = json_object(), *jwk = json_object();
-	const char *name;
-	json_t *value;
-	char kid[24];
+	struct svc_members ms = {.n = 0};
+	json_t *jwk = NULL;
+	size_t i;
 
-	if (!members || !jwk ||
-	    signer_public_jwk(k->key, svc_jwk_member, members) ||
-	    !json_object_get(members, "kty"))
-		goto fail;
-	snprintf(kid, sizeof(kid), "%" PRId64, k->kid);
-	if (json_object_set_new(jwk, "kid", json_string(kid)) ||
-	    json_object_set(jwk, "kty", json_object_get(members, "kty")) ||
-	    json_object_set_new(jwk, "use", json_string("sig")) ||
-	    json_object_set_new(jwk, "alg",
-				json_string(signer_key_alg(k->key))))
-		goto fail;
-	json_object_foreach(members, name, value)
-	{
-		if (strcmp(name, "kty") && json_object_set(jwk, name, value))
-			goto fail;
-	}
-	json_decref(members);
+	if (signer_public_jwk(k->key, svc_jwk_member, &ms) == 0)
+		jwk = jose_jwk(k->kid, signer_key_alg(k->key), ms.m, ms.n);
+	for (i = 0; i < 2 * ms.n; i++)
+		free(ms.text[i]);
 	return jwk;
-fail:
-	json_decref(members);
-	json_decref(jwk);
-	return NULL;
 }
 
 static uint64_t svc_fnv1a(const char *p, size_t n)
@@ -398,18 +436,36 @@ static struct lc_key svc_lc_key(const struct svc_key *k)
 }
 
 /*
- * The key array as the policy sees it, in kid order (build_lock or
- * work_lock held); the caller frees it. Returns NULL when out of memory.
+ * The keys of algorithm a (index into svc->algs; -1: every key) as the
+ * policy sees them, in kid order (build_lock or work_lock held), with
+ * their positions in the key array in pos (may be NULL); the caller frees
+ * both. Returns the count, or -1 when out of memory.
  */
-static struct lc_key *svc_view(const struct jwks_service *svc)
+static long svc_view(const struct jwks_service *svc, int a,
+		     struct lc_key **view_out, size_t **pos_out)
 {
 	struct lc_key *view =
 		calloc(svc->n_keys ? svc->n_keys : 1, sizeof(*view));
-	size_t i;
+	size_t *pos = calloc(svc->n_keys ? svc->n_keys : 1, sizeof(*pos));
+	size_t i, n = 0;
 
-	for (i = 0; view && i < svc->n_keys; i++)
-		view[i] = svc_lc_key(svc->keys[i]);
-	return view;
+	if (!view || !pos) {
+		free(view);
+		free(pos);
+		return -1;
+	}
+	for (i = 0; i < svc->n_keys; i++) {
+		if (a >= 0 && svc->keys[i]->alg_ix != a)
+			continue;
+		pos[n] = i;
+		view[n++] = svc_lc_key(svc->keys[i]);
+	}
+	*view_out = view;
+	if (pos_out)
+		*pos_out = pos;
+	else
+		free(pos);
+	return (long)n;
 }
 
 static void svc_earliest(int64_t *t, int64_t cand, int64_t now)
@@ -426,20 +482,21 @@ static int svc_expired_ok(const struct svc_key *k, int64_t now)
 }
 
 /*
- * The key that signs ?expired=true at now: the most recently expired one
- * of the array and the store's (latest exp first, then the newest kid).
+ * The key of algorithm a that signs ?expired=true at now: the most
+ * recently expired one of the array and the store's (latest exp first,
+ * then the newest kid).
  */
-static struct svc_key *svc_pick_expired(const struct jwks_service *svc,
+static struct svc_key *svc_pick_expired(const struct jwks_service *svc, int a,
 					int64_t now, int64_t *exp_out)
 {
-	struct svc_key *best = svc->store_expired;
-	int64_t best_exp = svc->store_expired_exp;
+	struct svc_key *best = svc->store_expired[a];
+	int64_t best_exp = svc->store_expired_exp[a];
 	size_t i;
 
 	for (i = 0; i < svc->n_keys; i++) {
 		struct svc_key *k = svc->keys[i];
 
-		if (svc_expired_ok(k, now) &&
+		if (k->alg_ix == a && svc_expired_ok(k, now) &&
 		    (!best || k->exp > best_exp ||
 		     (k->exp == best_exp && k->kid > best->kid))) {
 			best = k;
@@ -451,6 +508,46 @@ static struct svc_key *svc_pick_expired(const struct jwks_service *svc,
 }
 
 /*
+ * The signer, token cap and plan of algorithm a at now, into s (build_lock
+ * held). Returns 0 or KS_ENOMEM.
+ */
+static int svc_schedule(struct jwks_service *svc, struct svc_snapshot *s, int a,
+			int64_t now)
+{
+	struct lc_key *view = NULL;
+	size_t *pos = NULL;
+	const struct lc_key *signer;
+	struct lc_plan plan;
+	long n = svc_view(svc, a, &view, &pos);
+
+	if (n < 0)
+		return KS_ENOMEM;
+	signer = lc_choose_signer(view, (size_t)n, now, &svc->policy);
+	s->signing[a] =
+		signer ? svc_key_ref(svc->keys[pos[signer - view]]) : NULL;
+	s->sign_cap[a] = signer ? lc_token_cap(signer, &svc->policy) : 0;
+	s->expired[a] =
+		svc_key_ref(svc_pick_expired(svc, a, now, &s->expired_exp[a]));
+	lc_plan_at(view, (size_t)n, now, &svc->policy, 0, &plan);
+	/*
+	 * The set also changes when the next key is made. While that is
+	 * overdue (a store that fails), caches must not keep the set.
+	 */
+	svc_earliest(&s->next_change, plan.due, now);
+	if (plan.action != LC_NOTHING || plan.due <= now)
+		s->next_change = now;
+	free(view);
+	free(pos);
+	return 0;
+}
+
+/* A strong ETag for body: its 64-bit FNV-1a, quoted. */
+static void svc_etag(char *out, size_t cap, const char *body, size_t len)
+{
+	snprintf(out, cap, "\"%016" PRIx64 "\"", svc_fnv1a(body, len));
+}
+
+/*
  * Build a snapshot of the key array as published at now, and publish it
  * (build_lock held; memory only, never the store).
  */
@@ -458,22 +555,21 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 {
 	struct svc_snapshot *s = NULL, *old;
 	struct lc_key *view = NULL;
-	const struct lc_key *signer;
-	struct lc_plan plan;
 	json_t *root = NULL, *arr = NULL;
-	size_t n = svc->n_keys, i;
+	size_t i, a;
+	long n;
 	int rc = KS_ENOMEM;
 
 	s = calloc(1, sizeof(*s));
 	root = json_object();
 	arr = json_array();
 	if (!s || !root || !arr || json_object_set(root, "keys", arr) ||
-	    !(view = svc_view(svc)))
+	    (n = svc_view(svc, -1, &view, NULL)) < 0)
 		goto out;
 
 	s->valid_until = INT64_MAX;
 	s->next_change = INT64_MAX;
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < (size_t)n; i++) {
 		const struct lc_key *v = &view[i];
 
 		svc_earliest(&s->valid_until, lc_activate_at(v), now);
@@ -485,29 +581,19 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 		if (lc_published(v, now))
 			svc_earliest(&s->next_change, v->exp, now);
 	}
-	for (i = 0; i < n; i++)
+	for (i = 0; i < (size_t)n; i++)
 		if (lc_published(&view[i], now) &&
 		    json_array_append_new(arr, svc_jwk(svc->keys[i])))
 			goto out;
-	signer = lc_choose_signer(view, n, now, &svc->policy);
-	s->signing = signer ? svc_key_ref(svc->keys[signer - view]) : NULL;
-	s->sign_cap = signer ? lc_token_cap(signer, &svc->policy) : 0;
-	s->expired = svc_key_ref(svc_pick_expired(svc, now, &s->expired_exp));
-	lc_plan_at(view, n, now, &svc->policy, 0, &plan);
-	/*
-	 * The set also changes when the next key is made. While that is
-	 * overdue (a store that fails), caches must not keep the set.
-	 */
-	svc_earliest(&s->next_change, plan.due, now);
-	if (plan.action != LC_NOTHING || plan.due <= now)
-		s->next_change = now;
+	for (a = 0; a < svc->n_algs; a++)
+		if (svc_schedule(svc, s, (int)a, now))
+			goto out;
 
 	s->body = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	if (!s->body)
 		goto out;
 	s->body_len = strlen(s->body);
-	snprintf(s->etag, sizeof(s->etag), "\"%016" PRIx64 "\"",
-		 svc_fnv1a(s->body, s->body_len));
+	svc_etag(s->etag, sizeof(s->etag), s->body, s->body_len);
 	atomic_init(&s->refs, 1);
 
 	pthread_mutex_lock(&svc->snap_lock);
@@ -523,11 +609,8 @@ static int svc_rebuild(struct jwks_service *svc, int64_t now)
 out:
 	if (rc)
 		svc_log(svc, "snapshot rebuild failed: %s", ks_strerror(rc));
-	if (s) {
-		svc_key_unref(s->signing);
-		svc_key_unref(s->expired);
-		free(s->body);
-	}
+	if (s)
+		svc_snapshot_clear(s);
 	free(s);
 	free(view);
 	json_decref(arr);
@@ -671,20 +754,64 @@ static const struct ks_life *svc_listing_life(const struct svc_listing *l,
 	return bsearch(&kid, l->life, l->n_life, sizeof(*l->life), ks_kid_cmp);
 }
 
+static int svc_cmp_kid_alg(const void *a, const void *b)
+{
+	return ks_kid_cmp(a, b);
+}
+
 /*
- * The most recently expired record that may sign for ?expired=true: not
- * revoked, and loads (work_lock held). *out is referenced, or NULL when
- * the store has none.
+ * The algorithm of record kid when it is known without loading it: a key
+ * of the array, a store expired key, an expired record loaded before
+ * (work_lock held). "" for a record that does not load; NULL unknown.
  */
-static int svc_listing_expired(struct svc_listing *l, struct svc_key **out,
-			       int64_t *exp_out, struct ks_err *err)
+static const char *svc_known_alg(const struct jwks_service *svc, int64_t kid)
+{
+	const struct svc_kid_alg *hit;
+	const struct svc_key *k = svc_find_key(svc, kid);
+	size_t a;
+
+	if (k)
+		return signer_key_alg(k->key);
+	for (a = 0; a < svc->n_algs; a++)
+		if (svc->store_expired[a] && svc->store_expired[a]->kid == kid)
+			return svc->algs[a];
+	if (svc->n_expired_algs) {
+		hit = bsearch(&kid, svc->expired_algs, svc->n_expired_algs,
+			      sizeof(*svc->expired_algs), svc_cmp_kid_alg);
+		if (hit)
+			return hit->alg;
+	}
+	return svc_is_bad(svc, kid) ? "" : NULL;
+}
+
+/* For ka_rotate() and ka_add_expired_key(). */
+static const char *svc_alg_of(int64_t kid, void *arg)
+{
+	return svc_known_alg(arg, kid);
+}
+
+/*
+ * For each configured algorithm, the most recently expired record that
+ * may sign for ?expired=true: not revoked, and loads (work_lock held).
+ * out[a] is referenced, or NULL when the store has none of algorithm a.
+ * The records loaded to find them are remembered by kid, so that the next
+ * listing loads none of them again. Returns 0 or the store's errors.
+ */
+static int svc_listing_expired(struct svc_listing *l,
+			       struct svc_key *out[JWKS_MAX_ALGS],
+			       int64_t exp_out[JWKS_MAX_ALGS],
+			       struct ks_err *err)
 {
 	struct jwks_service *svc = l->svc;
-	size_t i, n = 0;
+	struct svc_kid_alg *known = NULL;
+	size_t i, n = 0, n_known = 0, filled = 0;
 	int rc = 0;
 
-	*out = NULL;
-	*exp_out = 0;
+	memset(out, 0, JWKS_MAX_ALGS * sizeof(*out));
+	memset(exp_out, 0, JWKS_MAX_ALGS * sizeof(*exp_out));
+	known = calloc(l->n_expired ? l->n_expired : 1, sizeof(*known));
+	if (!known)
+		return KS_ENOMEM;
 	/* A revoked key never signs again, ?expired=true included. */
 	for (i = 0; i < l->n_expired; i++) {
 		const struct ks_life *life =
@@ -695,36 +822,72 @@ static int svc_listing_expired(struct svc_listing *l, struct svc_key **out,
 	}
 	if (n)
 		qsort(l->expired, n, sizeof(*l->expired), svc_cmp_expired);
-	for (i = 0; !rc && !*out && i < n; i++) {
+	for (i = 0; !rc && i < n; i++) {
 		const struct svc_kid_exp *c = &l->expired[i];
+		const char *alg = svc_known_alg(svc, c->kid);
+		struct svc_key *k = NULL;
 		struct ks_record rec = {0};
+		int a;
 
-		if (svc->store_expired && svc->store_expired->kid == c->kid)
-			*out = svc_key_ref(svc->store_expired);
-		else
-			*out = svc_key_ref(svc_find_key(svc, c->kid));
-		if (*out || svc_is_bad(c->kid, svc)) {
-			*exp_out = c->exp;
-			continue;
+		if (alg && *alg) {
+			known[n_known].kid = c->kid;
+			known[n_known++].alg = alg;
 		}
+		if (filled == svc->n_algs || (alg && !*alg))
+			continue;
+		a = svc_alg_index(svc, alg);
+		if (alg && (a < 0 || out[a]))
+			continue;
+		if (alg) {
+			k = svc->store_expired[a] &&
+					    svc->store_expired[a]->kid == c->kid
+				    ? svc->store_expired[a]
+				    : svc_find_key(svc, c->kid);
+			if (k) {
+				out[a] = svc_key_ref(k);
+				exp_out[a] = c->exp;
+				filled++;
+				continue;
+			}
+		}
+		/* Not in memory (a key seen once, or never): load it. */
 		rc = ks_get(svc->store, c->kid, &rec, err);
 		if (rc == KS_ENOTFOUND) {
 			rc = 0;
 			continue;
 		}
 		if (!rc) {
-			rc = svc_load_record(svc, &rec, out);
-			if (rc != KS_ENOMEM)
-				rc = 0;
-			*exp_out = c->exp;
+			rc = svc_load_record(svc, &rec, &k);
+			rc = rc == KS_ENOMEM ? rc : 0;
 		}
 		ks_record_release(&rec);
+		if (!k)
+			continue;
+		if (!alg) {
+			known[n_known].kid = c->kid;
+			known[n_known++].alg = signer_key_alg(k->key);
+		}
+		if (k->alg_ix >= 0 && !out[k->alg_ix]) {
+			out[k->alg_ix] = k;
+			exp_out[k->alg_ix] = c->exp;
+			filled++;
+		} else {
+			svc_key_unref(k);
+		}
 	}
 	if (rc) {
-		svc_key_unref(*out);
-		*out = NULL;
+		for (i = 0; i < JWKS_MAX_ALGS; i++) {
+			svc_key_unref(out[i]);
+			out[i] = NULL;
+		}
+		free(known);
+		return rc;
 	}
-	return rc;
+	qsort(known, n_known, sizeof(*known), svc_cmp_kid_alg);
+	free(svc->expired_algs);
+	svc->expired_algs = known;
+	svc->n_expired_algs = n_known;
+	return 0;
 }
 
 /*
@@ -737,8 +900,9 @@ static int svc_listing_expired(struct svc_listing *l, struct svc_key **out,
 static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 {
 	struct svc_listing l = {.svc = svc, .now = now};
-	struct svc_key **old_keys, *old_expired, *expired = NULL;
-	int64_t expired_exp = 0;
+	struct svc_key **old_keys, *old_expired[JWKS_MAX_ALGS];
+	struct svc_key *expired[JWKS_MAX_ALGS] = {NULL};
+	int64_t expired_exp[JWKS_MAX_ALGS] = {0};
 	size_t old_n, i;
 	uint64_t version = 0;
 	int rc, have_version, published;
@@ -752,7 +916,7 @@ static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 	if (!rc)
 		rc = ks_life_list(svc->store, svc_list_life, &l, err);
 	if (!rc)
-		rc = svc_listing_expired(&l, &expired, &expired_exp, err);
+		rc = svc_listing_expired(&l, expired, expired_exp, err);
 	if (rc) {
 		svc_listing_release(&l);
 		return rc;
@@ -782,11 +946,11 @@ static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 	}
 	old_keys = svc->keys;
 	old_n = svc->n_keys;
-	old_expired = svc->store_expired;
+	memcpy(old_expired, svc->store_expired, sizeof(old_expired));
 	svc->keys = l.keys;
 	svc->n_keys = l.n;
-	svc->store_expired = expired;
-	svc->store_expired_exp = expired_exp;
+	memcpy(svc->store_expired, expired, sizeof(expired));
+	memcpy(svc->store_expired_exp, expired_exp, sizeof(expired_exp));
 	if (svc->cur)
 		svc_rebuild(svc, now);
 	pthread_mutex_unlock(&svc->build_lock);
@@ -794,7 +958,8 @@ static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 	for (i = 0; i < old_n; i++)
 		svc_key_unref(old_keys[i]);
 	free(old_keys);
-	svc_key_unref(old_expired);
+	for (i = 0; i < JWKS_MAX_ALGS; i++)
+		svc_key_unref(old_expired[i]);
 	l.keys = NULL;
 	l.n = 0;
 	svc_listing_release(&l);
@@ -818,6 +983,77 @@ static int svc_reload_publish(struct jwks_service *svc, int64_t now,
 	return rc;
 }
 
+/* Check and copy the algorithms, claims and token type of opts. */
+static int svc_configure(struct jwks_service *svc,
+			 const struct jwks_service_options *opts,
+			 struct ks_err *err)
+{
+	static const char *const rs256[] = {"RS256", NULL};
+	const char *const *algs = opts->algs ? opts->algs : rs256;
+	const char *const *aud = opts->audiences;
+	size_t i, j, n_aud = 0;
+	char why[160];
+	int rc;
+
+	for (i = 0; algs[i]; i++) {
+		for (j = 0; signer_alg_at(j); j++)
+			if (!strcmp(signer_alg_at(j), algs[i]))
+				break;
+		if (!signer_alg_at(j) || i == JWKS_MAX_ALGS ||
+		    svc_alg_index(svc, algs[i]) >= 0)
+			return ks_err_set(err, KS_EINVAL,
+					  "algorithm list: '%.16s' is %s",
+					  algs[i],
+					  !signer_alg_at(j)    ? "not supported"
+					  : i == JWKS_MAX_ALGS ? "one too many"
+							       : "given twice");
+		/* The signer's static name: it outlives any caller's. */
+		svc->algs[svc->n_algs++] = signer_alg_at(j);
+	}
+	if (!svc->n_algs)
+		return ks_err_set(err, KS_EINVAL, "no algorithm");
+	if (opts->rsa_bits && opts->rsa_bits != 2048 &&
+	    opts->rsa_bits != 3072 && opts->rsa_bits != 4096)
+		return ks_err_set(err, KS_EINVAL,
+				  "RSA keys are 2048, 3072 or 4096 bits");
+	if (opts->issuer && jose_issuer_check(opts->issuer, why, sizeof(why)))
+		return ks_err_set(err, KS_EINVAL, "%s", why);
+	while (aud && aud[n_aud])
+		if (!*aud[n_aud++])
+			return ks_err_set(err, KS_EINVAL, "empty audience");
+	if (n_aud > JWKS_MAX_AUDIENCES)
+		return ks_err_set(err, KS_EINVAL, "more than %d audiences",
+				  JWKS_MAX_AUDIENCES);
+	svc->typ = JOSE_TYP_JWT;
+	if (opts->token_type && !strcmp(opts->token_type, JOSE_TYP_AT_JWT))
+		svc->typ = JOSE_TYP_AT_JWT;
+	else if (opts->token_type && strcmp(opts->token_type, JOSE_TYP_JWT))
+		return ks_err_set(err, KS_EINVAL,
+				  "token type is JWT or at+jwt");
+	if (svc->typ == (const char *)JOSE_TYP_AT_JWT &&
+	    (!opts->issuer || !n_aud))
+		return ks_err_set(err, KS_EINVAL,
+				  "at+jwt tokens (RFC 9068) need an issuer "
+				  "and an audience");
+	rc = jose_fixed_claims(&svc->fixed_claims, opts->issuer, aud, n_aud);
+	if (rc)
+		return ks_err_set(err, rc, "issuer or audience is not UTF-8");
+	if (opts->issuer) {
+		rc = jose_metadata(&svc->metadata, opts->issuer, svc->algs,
+				   svc->n_algs);
+		if (rc)
+			return ks_err_set(err, rc, "discovery metadata");
+		svc->metadata_len = strlen(svc->metadata);
+		svc_etag(svc->metadata_etag, sizeof(svc->metadata_etag),
+			 svc->metadata, svc->metadata_len);
+	}
+	svc->opts.algs = NULL;
+	svc->opts.issuer = NULL;
+	svc->opts.audiences = NULL;
+	svc->opts.token_type = NULL;
+	return 0;
+}
+
 int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 		     const struct jwks_service_options *opts,
 		     struct ks_err *err)
@@ -829,8 +1065,7 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 	if (!out)
 		return KS_EINVAL;
 	*out = NULL;
-	if (!store || !opts || !opts->alg || !signer_alg_supported(opts->alg) ||
-	    !opts->poll_ms)
+	if (!store || !opts || !opts->poll_ms)
 		return ks_err_set(err, KS_EINVAL, "invalid service options");
 	svc = calloc(1, sizeof(*svc));
 	if (!svc)
@@ -840,9 +1075,14 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 	svc->policy = (struct lc_policy){opts->key_ttl, opts->token_ttl,
 					 opts->jwks_max_age, opts->margin,
 					 opts->rotation_lead};
-	if (lc_policy_check(&svc->policy, why, sizeof(why))) {
+	rc = svc_configure(svc, opts, err);
+	if (!rc && lc_policy_check(&svc->policy, why, sizeof(why)))
+		rc = ks_err_set(err, KS_EINVAL, "%s", why);
+	if (rc) {
+		free(svc->fixed_claims);
+		free(svc->metadata);
 		free(svc);
-		return ks_err_set(err, KS_EINVAL, "%s", why);
+		return rc;
 	}
 	pthread_mutex_init(&svc->snap_lock, NULL);
 	svc_cond_init(&svc->ready_cond);
@@ -852,7 +1092,8 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 	svc_cond_init(&svc->stop_cond);
 
 	pthread_mutex_lock(&svc->work_lock);
-	rc = svc_reload(svc, svc_now(svc), err);
+	svc->started = svc_now(svc);
+	rc = svc_reload(svc, svc->started, err);
 	pthread_mutex_unlock(&svc->work_lock);
 	if (rc) {
 		jwks_service_free(svc);
@@ -864,6 +1105,7 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 
 struct svc_keygen {
 	const char *alg;
+	unsigned rsa_bits;
 	struct signer_key *key;
 	int rc;
 	struct ks_err err;
@@ -873,26 +1115,46 @@ static void *svc_keygen_thread(void *arg)
 {
 	struct svc_keygen *g = arg;
 
-	g->rc = signer_generate(&g->key, g->alg, &g->err);
+	g->rc = signer_generate(&g->key, g->alg, g->rsa_bits, &g->err);
 	return NULL;
 }
 
-/* The rotation plan at now for the keys loaded (work_lock held). */
-static int svc_plan(const struct jwks_service *svc, int64_t now,
+/* Run the n key generations of gen at once, one thread each. */
+static void svc_keygen_all(struct svc_keygen *gen, size_t n)
+{
+	pthread_t tid[2 * JWKS_MAX_ALGS];
+	int started[2 * JWKS_MAX_ALGS] = {0};
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		started[i] = !pthread_create(&tid[i], NULL, svc_keygen_thread,
+					     &gen[i]);
+	for (i = 0; i < n; i++) {
+		if (started[i])
+			pthread_join(tid[i], NULL);
+		else
+			svc_keygen_thread(&gen[i]);
+	}
+}
+
+/* The rotation plan of algorithm a at now (work_lock held). */
+static int svc_plan(const struct jwks_service *svc, int a, int64_t now,
 		    struct lc_plan *plan)
 {
-	struct lc_key *view = svc_view(svc);
+	struct lc_key *view = NULL;
+	long n = svc_view(svc, a, &view, NULL);
 
-	if (!view)
+	if (n < 0)
 		return KS_ENOMEM;
-	lc_plan_at(view, svc->n_keys, now, &svc->policy, 0, plan);
+	lc_plan_at(view, (size_t)n, now, &svc->policy, 0, plan);
 	free(view);
 	return 0;
 }
 
 /*
- * Carry out the plan with key (borrowed), then reload (work_lock held).
- * KS_EEXISTS: another process did it first; the reload shows its key.
+ * Carry out the plan of key's algorithm with key (borrowed), then reload
+ * (work_lock held). KS_EEXISTS: another process did it first; the reload
+ * shows its key.
  */
 static int svc_rotate(struct jwks_service *svc, const struct signer_key *key,
 		      int64_t now, struct ks_err *err)
@@ -902,15 +1164,15 @@ static int svc_rotate(struct jwks_service *svc, const struct signer_key *key,
 	int rc, published;
 
 	rc = ka_rotate(svc->store, svc->opts.kek, &svc->policy, key, now, 0,
-		       svc_is_bad, svc, &plan, &kid, err);
+		       svc_alg_of, svc, &plan, &kid, err);
 	pthread_mutex_lock(&svc->snap_lock);
 	published = svc->cur != NULL;
 	pthread_mutex_unlock(&svc->snap_lock);
 	if (!rc && plan.action == LC_BOOTSTRAP && published)
 		svc_log(svc,
-			"key %" PRId64 " signs at once: no published key "
-			"could sign",
-			kid);
+			"%s key %" PRId64 " signs at once: no published %s "
+			"key could sign",
+			signer_key_alg(key), kid, signer_key_alg(key));
 	if (!rc && plan.extend_kid > 0)
 		svc_log(svc,
 			"key %" PRId64 " made late: key %" PRId64 " signs "
@@ -930,61 +1192,92 @@ static int svc_count_one(const struct ks_record *rec, void *arg)
 
 static void *svc_thread_main(void *arg);
 
+/*
+ * Whether the store has any key of algorithm a, unexpired or expired
+ * (work_lock held).
+ */
+static int svc_has_alg(const struct jwks_service *svc, int a)
+{
+	size_t i;
+
+	if (svc->store_expired[a])
+		return 1;
+	for (i = 0; i < svc->n_keys; i++)
+		if (svc->keys[i]->alg_ix == a)
+			return 1;
+	for (i = 0; i < svc->n_expired_algs; i++)
+		if (!strcmp(svc->expired_algs[i].alg, svc->algs[a]))
+			return 1;
+	return 0;
+}
+
 int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 		       struct ks_err *err)
 {
-	struct svc_keygen gen[2] = {{.alg = svc->opts.alg},
-				    {.alg = svc->opts.alg}};
-	pthread_t tid[2];
-	int started[2] = {0, 0};
-	size_t count = 0, want, i;
-	int need_signer, need_expired;
+	struct svc_keygen gen[2 * JWKS_MAX_ALGS];
+	int is_expired[2 * JWKS_MAX_ALGS];
+	size_t count = 0, want = 0, i, a;
 	struct lc_plan plan;
 	int64_t now;
-	int rc;
+	int rc = 0;
 
+	memset(gen, 0, sizeof(gen));
 	pthread_mutex_lock(&svc->work_lock);
 	now = svc_now(svc);
 	rc = ks_list(svc->store, INT64_MIN, INT64_MAX, svc_count_one, &count,
 		     err);
-	if (!rc)
-		rc = svc_plan(svc, now, &plan);
+	/*
+	 * Per algorithm: a key that signs at once when none can; and an
+	 * expired key for ?expired=true when the store has no key of the
+	 * algorithm at all (an empty store, or an algorithm just added). A
+	 * store that has keys is otherwise left as it is.
+	 */
+	for (a = 0; !rc && a < svc->n_algs; a++) {
+		int has = svc_has_alg(svc, (int)a);
+
+		rc = svc_plan(svc, (int)a, now, &plan);
+		if (!rc && plan.action == LC_BOOTSTRAP) {
+			gen[want] = (struct svc_keygen){
+				.alg = svc->algs[a],
+				.rsa_bits = svc->opts.rsa_bits};
+			is_expired[want++] = 0;
+		}
+		if (!rc && !has) {
+			gen[want] = (struct svc_keygen){
+				.alg = svc->algs[a],
+				.rsa_bits = svc->opts.rsa_bits};
+			is_expired[want++] = 1;
+		}
+	}
 	if (rc)
 		goto out;
-	need_signer = plan.action == LC_BOOTSTRAP;
-	need_expired = count == 0;
-	want = (size_t)(need_signer + need_expired);
-	for (i = 0; i < want; i++)
-		started[i] = !pthread_create(&tid[i], NULL, svc_keygen_thread,
-					     &gen[i]);
-	for (i = 0; i < want; i++) {
-		if (started[i])
-			pthread_join(tid[i], NULL);
-		else
-			svc_keygen_thread(&gen[i]);
-	}
+	svc_keygen_all(gen, want);
 	for (i = 0; i < want; i++) {
 		if (gen[i].rc) {
-			rc = ks_err_set(err, gen[i].rc, "key generation: %s",
-					gen[i].err.text);
+			rc = ks_err_set(err, gen[i].rc, "%s key generation: %s",
+					gen[i].alg, gen[i].err.text);
 			goto out;
 		}
 	}
 	/*
-	 * The signing key first, so that it gets the lower kid. Both are
-	 * decided inside their transaction: of several servers starting on
-	 * one empty store, one adds each, the others find it there.
+	 * The signing keys first, so that they get the lower kids. Each is
+	 * decided inside its transaction: of several servers starting on
+	 * one store, one adds each, the others find it there.
 	 */
-	if (need_signer) {
-		rc = svc_rotate(svc, gen[0].key, now, err);
+	for (i = 0; i < want; i++) {
+		if (is_expired[i])
+			continue;
+		rc = svc_rotate(svc, gen[i].key, now, err);
 		if (!rc)
 			count++;
 		else if (rc != KS_EEXISTS)
 			goto out;
 	}
-	if (need_expired) {
-		rc = ka_add_expired_key(svc->store, svc->opts.kek,
-					gen[want - 1].key, now, NULL, err);
+	for (i = 0; i < want; i++) {
+		if (!is_expired[i])
+			continue;
+		rc = ka_add_expired_key(svc->store, svc->opts.kek, gen[i].key,
+					now, svc_alg_of, svc, NULL, err);
 		if (!rc)
 			count++;
 		else if (rc != KS_EEXISTS)
@@ -1001,7 +1294,7 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	if (key_count_out)
 		*key_count_out = count;
 out:
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < want; i++)
 		signer_key_free(gen[i].key);
 	pthread_mutex_unlock(&svc->work_lock);
 	return rc;
@@ -1053,11 +1346,13 @@ void jwks_service_tick(struct jwks_service *svc)
 {
 	struct signer_key *key = NULL;
 	struct ks_err e = {{0}};
-	struct lc_plan plan = {.action = LC_NOTHING};
+	struct lc_plan plan;
 	const char *what = "checking the store";
+	int due[JWKS_MAX_ALGS] = {0};
 	uint64_t version;
 	int64_t now;
-	int rc;
+	size_t a;
+	int rc, any = 0;
 
 	pthread_mutex_lock(&svc->work_lock);
 	now = svc_now(svc);
@@ -1072,28 +1367,41 @@ void jwks_service_tick(struct jwks_service *svc)
 	svc_fault(svc, now, what, rc, &e);
 	if (rc)
 		svc_refresh(svc, now);
-	if (!rc && now >= svc->next_keygen_try && !svc->foreign_kid)
-		svc_plan(svc, now, &plan);
-	pthread_mutex_unlock(&svc->work_lock);
-	if (plan.action == LC_NOTHING)
-		return;
-
-	/* Generate outside the lock: it takes a good fraction of a second. */
-	rc = signer_generate(&key, svc->opts.alg, &e);
-	pthread_mutex_lock(&svc->work_lock);
-	now = svc_now(svc);
-	if (!rc)
-		rc = svc_rotate(svc, key, now, &e);
-	if (rc == KS_EEXISTS)
-		rc = 0;
-	if (rc) {
-		/* A busy or absent store is tried again soon. */
-		svc->next_keygen_try =
-			now + (rc == KS_EBUSY || rc == KS_EUNAVAIL ? 1 : 5);
-		svc_fault(svc, now, "adding a new key", rc, &e);
+	for (a = 0; !rc && now >= svc->next_keygen_try && !svc->foreign_kid &&
+		    a < svc->n_algs;
+	     a++) {
+		plan.action = LC_NOTHING;
+		svc_plan(svc, (int)a, now, &plan);
+		due[a] = plan.action != LC_NOTHING;
+		any |= due[a];
 	}
 	pthread_mutex_unlock(&svc->work_lock);
-	signer_key_free(key);
+
+	for (a = 0; any && a < svc->n_algs; a++) {
+		if (!due[a])
+			continue;
+		/* Generate outside the lock: it may take a second. */
+		rc = signer_generate(&key, svc->algs[a], svc->opts.rsa_bits,
+				     &e);
+		pthread_mutex_lock(&svc->work_lock);
+		now = svc_now(svc);
+		if (!rc)
+			rc = svc_rotate(svc, key, now, &e);
+		if (rc == KS_EEXISTS)
+			rc = 0;
+		if (rc) {
+			/* A busy or absent store is tried again soon. */
+			svc->next_keygen_try =
+				now +
+				(rc == KS_EBUSY || rc == KS_EUNAVAIL ? 1 : 5);
+			svc_fault(svc, now, "adding a new key", rc, &e);
+		}
+		pthread_mutex_unlock(&svc->work_lock);
+		signer_key_free(key);
+		key = NULL;
+		if (rc)
+			break;
+	}
 }
 
 static int64_t svc_mono_ms(void)
@@ -1174,8 +1482,12 @@ void jwks_service_free(struct jwks_service *svc)
 	for (i = 0; i < svc->n_keys; i++)
 		svc_key_unref(svc->keys[i]);
 	free(svc->keys);
-	svc_key_unref(svc->store_expired);
+	for (i = 0; i < JWKS_MAX_ALGS; i++)
+		svc_key_unref(svc->store_expired[i]);
 	free(svc->bad);
+	free(svc->expired_algs);
+	free(svc->fixed_claims);
+	free(svc->metadata);
 	pthread_mutex_destroy(&svc->snap_lock);
 	pthread_cond_destroy(&svc->ready_cond);
 	pthread_mutex_destroy(&svc->build_lock);
@@ -1202,81 +1514,116 @@ static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
 	return s;
 }
 
-/* header_b64 "." b64url(claims) "." b64url(signature), NUL-terminated. */
-static int svc_sign_token(const struct svc_key *k, int64_t iat, int64_t exp,
+/*
+ * header "." b64url(claims) "." b64url(signature), NUL-terminated: the
+ * claims of c with a new jti.
+ */
+static int svc_sign_token(const struct svc_key *k, struct jose_claims *c,
 			  char *out, size_t cap, size_t *len_out)
 {
-	unsigned char sig[SIGNER_SIG_MAX];
-	size_t sig_len = sizeof(sig), pos;
-	char claims[96];
-	int n, rc;
+	unsigned char sig[SIGNER_SIG_MAX], rnd[JOSE_JTI_BYTES];
+	char claims[1024], jti[JOSE_JTI_LEN + 1];
+	size_t sig_len = sizeof(sig), claims_len, pos;
+	int rc;
 
-	n = snprintf(claims, sizeof(claims),
-		     "{\"iat\":%" PRId64 ",\"exp\":%" PRId64 "}", iat, exp);
-	if (n < 0 || (size_t)n >= sizeof(claims) ||
-	    k->header_len + B64URL_ENCODED_LEN((size_t)n) +
-			    B64URL_ENCODED_LEN(sizeof(sig)) + 3 >
-		    cap)
+	rc = signer_random(rnd, sizeof(rnd));
+	if (rc)
+		return rc;
+	jose_jti(jti, rnd);
+	c->jti = jti;
+	rc = jose_claims_json(claims, sizeof(claims), &claims_len, c);
+	if (rc)
+		return rc;
+	pos = jose_signing_input(out, cap, k->header_b64, k->header_len, claims,
+				 claims_len, sizeof(sig));
+	if (!pos)
 		return KS_EINVAL;
-	memcpy(out, k->header_b64, k->header_len);
-	pos = k->header_len;
-	out[pos++] = '.';
-	pos += b64url_encode(out + pos, claims, (size_t)n);
 	rc = signer_sign(k->key, out, pos, sig, &sig_len);
 	if (rc)
 		return rc;
-	out[pos++] = '.';
-	pos += b64url_encode(out + pos, sig, sig_len);
-	*len_out = pos;
-	return 0;
+	*len_out = jose_append_signature(out, cap, pos, sig, sig_len);
+	return *len_out ? 0 : KS_EINVAL;
 }
 
-int jwks_service_issue(struct jwks_service *svc, int expired, char *out,
+int jwks_service_has_alg(const struct jwks_service *svc, const char *alg)
+{
+	return svc && svc_alg_index(svc, alg) >= 0;
+}
+
+int jwks_service_issue(struct jwks_service *svc,
+		       const struct jwks_issue_request *req, char *out,
 		       size_t cap, size_t *len_out, struct ks_err *err)
 {
+	struct jose_claims c = {0};
 	struct svc_snapshot *s;
 	const struct svc_key *k;
-	int64_t now, iat, exp;
-	int rc;
+	int64_t now;
+	int rc, a;
 
-	if (!svc || !out || !len_out)
+	if (!svc || !req || !out || !len_out)
 		return KS_EINVAL;
 	*len_out = 0;
+	a = req->alg ? svc_alg_index(svc, req->alg) : 0;
+	if (a < 0)
+		return ks_err_set(err, KS_EUNSUPPORTED,
+				  "algorithm not configured");
 	now = svc_now(svc);
 	s = svc_acquire_fresh(svc, now);
-	if (!s) {
+	if (!s)
 		return ks_err_set(err, KS_ENOKEY, "no key set published yet");
-	} else if (expired) {
-		k = s->expired;
+	c.fixed = svc->fixed_claims;
+	c.sub = req->sub;
+	c.preferred_username = req->preferred_username;
+	if (req->expired) {
+		k = s->expired[a];
 		if (!k) {
 			svc_snapshot_release(s);
 			return ks_err_set(err, KS_ENOTFOUND,
 					  "the store has no usable expired "
-					  "key");
+					  "%s key",
+					  svc->algs[a]);
 		}
-		exp = s->expired_exp < now ? s->expired_exp : now - 1;
+		c.exp = s->expired_exp[a] < now ? s->expired_exp[a] : now - 1;
 		/* A store may hold any exp: never overflow going back. */
-		iat = exp >= INT64_MIN + svc->opts.token_ttl
-			      ? exp - svc->opts.token_ttl
-			      : exp;
+		c.iat = c.exp >= INT64_MIN + svc->opts.token_ttl
+				? c.exp - svc->opts.token_ttl
+				: c.exp;
 	} else {
-		k = s->signing;
+		k = s->signing[a];
 		if (!k) {
 			svc_snapshot_release(s);
 			return ks_err_set(err, KS_ENOKEY,
-					  "no unexpired signing key");
+					  "no unexpired %s signing key",
+					  svc->algs[a]);
 		}
-		iat = now;
-		exp = now + svc->opts.token_ttl;
-		if (exp > s->sign_cap)
-			exp = s->sign_cap;
+		c.iat = now;
+		c.exp = now + svc->opts.token_ttl;
+		if (c.exp > s->sign_cap[a])
+			c.exp = s->sign_cap[a];
 	}
-	rc = svc_sign_token(k, iat, exp, out, cap, len_out);
+	c.nbf = c.iat;
+	rc = svc_sign_token(k, &c, out, cap, len_out);
 	if (rc)
 		ks_err_set(err, rc, "signing with key %" PRId64 " failed",
 			   k->kid);
 	svc_snapshot_release(s);
 	return rc;
+}
+
+int jwks_service_metadata(struct jwks_service *svc, jwks_doc_fn fn, void *arg)
+{
+	struct jwks_doc doc;
+
+	if (!svc || !fn)
+		return KS_EINVAL;
+	if (!svc->metadata)
+		return KS_ENOTFOUND;
+	doc.body = svc->metadata;
+	doc.body_len = svc->metadata_len;
+	doc.etag = svc->metadata_etag;
+	doc.last_modified = svc->started;
+	doc.max_age = svc->opts.jwks_max_age;
+	return fn(&doc, arg);
 }
 
 int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg)

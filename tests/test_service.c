@@ -131,13 +131,16 @@ static void fixture_close(struct fixture *f)
 /* A token's kid, iat and exp, read back from its compact form. */
 struct claims {
 	int64_t kid, iat, exp;
+	char jti[23];
 };
 
 static int parse_token(const char *tok, struct claims *c)
 {
 	const char *dot1 = strchr(tok, '.'), *dot2;
 	unsigned char buf[512];
+	int64_t nbf;
 	size_t n;
+	int end = 0;
 
 	if (!dot1 || !(dot2 = strchr(dot1 + 1, '.')))
 		return -1;
@@ -153,10 +156,14 @@ static int parse_token(const char *tok, struct claims *c)
 	    n >= 256)
 		return -1;
 	buf[n] = '\0';
-	return sscanf((char *)buf, "{\"iat\":%" SCNd64 ",\"exp\":%" SCNd64 "}",
-		      &c->iat, &c->exp) == 2
-		       ? 0
-		       : -1;
+	/* nbf is iat; jti is 128 bits in base64url (22 characters). */
+	if (sscanf((char *)buf,
+		   "{\"iat\":%" SCNd64 ",\"nbf\":%" SCNd64 ",\"exp\":%" SCNd64
+		   ",\"jti\":\"%22[A-Za-z0-9_-]\"}%n",
+		   &c->iat, &nbf, &c->exp, c->jti, &end) != 4 ||
+	    nbf != c->iat || (size_t)end != n)
+		return -1;
+	return 0;
 }
 
 /* Verify tok's signature with the key stored under its kid. */
@@ -186,9 +193,12 @@ static int verify_with_store(struct fixture *f, const char *tok,
 
 static int issue(struct fixture *f, int expired, char *tok, struct claims *c)
 {
+	struct jwks_issue_request req = JWKS_ISSUE_REQUEST_INIT;
 	size_t len;
-	int rc = jwks_service_issue(f->svc, expired, tok, JWKS_TOKEN_MAX, &len,
-				    NULL);
+	int rc;
+
+	req.expired = expired;
+	rc = jwks_service_issue(f->svc, &req, tok, JWKS_TOKEN_MAX, &len, NULL);
 
 	if (!rc)
 		rc = parse_token(tok, c);
@@ -421,7 +431,7 @@ static void test_revoke_and_forced_rotation(const struct ks_backend *be)
 
 	atomic_store(&fake_now, t0);
 	if (fixture_open(&f, be) || fixture_start_policy(&f, &rot_policy) ||
-	    signer_generate(&key, "RS256", NULL)) {
+	    signer_generate(&key, "RS256", 0, NULL)) {
 		CHECK(0, "[%s] setup failed", ks_backend_name(be));
 		return;
 	}
@@ -482,7 +492,7 @@ static void test_expired_key_choice(const struct ks_backend *be)
 	size_t len = 0;
 
 	atomic_store(&fake_now, t0);
-	if (fixture_open(&f, be) || signer_generate(&key, "RS256", NULL) ||
+	if (fixture_open(&f, be) || signer_generate(&key, "RS256", 0, NULL) ||
 	    signer_save(key, &blob, &len, NULL)) {
 		CHECK(0, "[%s] setup failed", ks_backend_name(be));
 		return;

@@ -173,7 +173,7 @@ static void test_generate_save_load(struct signer_key **key_out,
 	int rc, private_member = 0;
 
 	CHECK_EQ_INT(signer_alg_supported("RS256"), 1, "RS256 supported");
-	rc = signer_generate(&key, "RS256", &err);
+	rc = signer_generate(&key, "RS256", 0, &err);
 	CHECK_EQ_INT(rc, 0, "generate RS256: %s", err.text);
 	if (rc)
 		return;
@@ -362,7 +362,7 @@ static void check_generate_fails(const char *alg, int want)
 	struct signer_key *key = DUMMY_KEY;
 	struct ks_err err = {""};
 
-	CHECK_EQ_INT(signer_generate(&key, alg, &err), want, "generate \"%s\"",
+	CHECK_EQ_INT(signer_generate(&key, alg, 0, &err), want, "generate \"%s\"",
 		     alg ? alg : "(null)");
 	CHECK(key == NULL, "out-param not cleared for \"%s\"",
 	      alg ? alg : "(null)");
@@ -380,7 +380,7 @@ static void test_bad_generate(void)
 	check_generate_fails("RS384", KS_EUNSUPPORTED);
 	check_generate_fails("", KS_EUNSUPPORTED);
 	check_generate_fails(NULL, KS_EINVAL);
-	CHECK_EQ_INT(signer_generate(NULL, "RS256", NULL), KS_EINVAL,
+	CHECK_EQ_INT(signer_generate(NULL, "RS256", 0, NULL), KS_EINVAL,
 		     "generate into NULL");
 	CHECK(signer_key_alg(NULL) == NULL, "alg of NULL key");
 	signer_key_free(NULL);
