@@ -56,8 +56,8 @@ const char *signer_alg_at(size_t i);
  * Returns 0, KS_EUNSUPPORTED (unknown alg), KS_EINVAL (rsa_bits),
  * KS_ECRYPTO, KS_ENOMEM.
  */
-int signer_generate(struct signer_key **out, const char *alg,
-		    unsigned rsa_bits, struct ks_err *err);
+int signer_generate(struct signer_key **out, const char *alg, unsigned rsa_bits,
+		    struct ks_err *err);
 
 /*
  * Parse a stored blob (as signer_save() produced it) into a key. The

@@ -615,7 +615,7 @@ int main(void)
 	test_known_answer(kek);
 	test_read_file(kek);
 
-	if (signer_generate(&key, "RS256", &err) != 0 ||
+	if (signer_generate(&key, "RS256", 0, &err) != 0 ||
 	    signer_save(key, &pem, &pem_len, &err) != 0) {
 		CHECK(0, "an RS256 blob to seal: %s", err.text);
 		goto out;
