@@ -24,9 +24,10 @@ project's targets are stated in:
           cost of one HTTP exchange in a good server; S is OpenSSL's
           signatures per CPU-second for the algorithm, the cost of one
           signature (see openssl_sign_rate). Each round measures every
-          algorithm's /auth, then H, then S, back to back, so that all the
-          figures of a ratio come from the same minute of a shared machine.
-          `--only algs` runs these rows alone.
+          algorithm's /auth, then H, then jwksd serving the same JWKS bytes
+          (its HTTP path without a signature, beside H), then S, back to
+          back, so that the figures of a ratio come from the same minute of
+          a shared machine. `--only algs` runs these rows alone.
 
 Each figure is the median of --runs runs. The table is also written to
 OUT/bench-<time>.md and OUT/last.md; the previous last.md is shown beside it.
@@ -472,17 +473,22 @@ def alg_figures(args, work, lua):
             servers[args.algs[0]].url(JWKS), timeout=10).read()
         nginx, nport = start_nginx(work / "nginx-algs", body)
         nurl = f"http://{LOOP}:{nport}{JWKS}"
+        first = servers[args.algs[0]]
         for alg, server in servers.items():
             warm_up(server.url("/auth"), args, str(lua))
         warm_up(nurl, args)
+        warm_up(first.url(JWKS), args)
         auth = {alg: [] for alg in args.algs}
-        h_runs, s_runs, ratios = [], {}, {alg: [] for alg in args.algs}
+        h_runs, j_runs, s_runs = [], [], {}
+        ratios = {alg: [] for alg in args.algs}
         for i in range(args.runs):
             print(f"  round {i + 1} of {args.runs} ...", file=sys.stderr)
             for alg, server in servers.items():
                 auth[alg].append(wrk_run([server.proc.pid],
                                          server.url("/auth"), args, str(lua)))
             h_runs.append(wrk_run(nginx_pids(nginx), nurl, args))
+            # The same bytes from jwksd: its HTTP path without a signature.
+            j_runs.append(wrk_run([first.proc.pid], first.url(JWKS), args))
             rates = {}
             for name, tag in sorted({SPEED_ALG[a] for a in args.algs}):
                 rates[name] = openssl_sign_rate(name, tag, args)
@@ -503,7 +509,8 @@ def alg_figures(args, work, lua):
                 "L": 1 / (1 / h["per_cpu"] + 1 / sign),
                 "ratio": statistics.median(ratios[alg]),
             }
-        return {"rows": rows, "nginx": h, "jwks_bytes": len(body)}
+        return {"rows": rows, "nginx": h, "jwks": median_of(j_runs),
+                "jwks_bytes": len(body)}
     finally:
         if nginx:
             nginx.send_signal(signal.SIGQUIT)
@@ -514,7 +521,7 @@ def alg_figures(args, work, lua):
 
 def alg_lines(res, args):
     cores = os.cpu_count()
-    h = res["nginx"]
+    h, j = res["nginx"], res["jwks"]
     lines = [
         f"Signing algorithms: jwksd --alg A, a fresh SQLite store each; "
         f"median of {args.runs} rounds, each measuring every row, H and S "
@@ -527,6 +534,9 @@ def alg_lines(res, args):
         f"-multi {cores}), sum of signatures / sum of the user CPU-seconds "
         f"OpenSSL timed; busy = those CPU-seconds / ({cores} x "
         f"{args.duration} s).",
+        f"The same JWKS bytes from jwksd (its HTTP path without a "
+        f"signature): {j['rps']:.0f} req/s, {j['per_cpu']:.0f} req per "
+        f"server CPU-s, {j['per_cpu'] / h['per_cpu']:.3f} of H.",
         "",
         "| alg | /auth req/s | p50 ms | p99 ms | req per server CPU-s | "
         "S: openssl sign per CPU-s (busy) | H: nginx JWKS req per CPU-s | "
@@ -540,6 +550,10 @@ def alg_lines(res, args):
             f"{a['per_cpu']:.0f} | {SPEED_ALG[alg][0]}: {r['S']:.0f} "
             f"({r['busy']:.2f}) | {h['per_cpu']:.0f} | {r['L']:.0f} | "
             f"{r['ratio']:.3f} | >= 0.9 |")
+    busy = min(r["busy"] for r in res["rows"].values())
+    if busy < 0.9:
+        lines += ["", f"Other work had CPU while OpenSSL ran (busy {busy:.2f} "
+                  "< 0.90): the machine was not quiet, compare with a rerun."]
     return lines
 
 
@@ -593,6 +607,7 @@ def main():
     for alg, row in algres["rows"].items():
         results[f"--alg {alg} /auth"] = row["auth"]
     results["nginx (H)"] = algres["nginx"]
+    results["--alg JWKS"] = algres["jwks"]
     lines += alg_lines(algres, args)
     load1 = os.getloadavg()
     lines += ["", "Load average (1, 5, 15 min) at the start: "
