@@ -47,6 +47,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -212,37 +213,62 @@ SPEED_ALG = {"RS256": ("rsa2048", "+R1"), "PS256": ("rsa2048", "+R1"),
              "ES256": ("ecdsap256", "+R5"), "EdDSA": ("ed25519", "+R8")}
 
 
+def task_cpu_ns(pid):
+    """CPU time of a single-threaded process, in nanoseconds (the
+    scheduler's own count, not split into user and system by samples)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
 def openssl_sign_rate(name, tag, args):
     """S: signatures per CPU-second for `openssl speed` algorithm name.
 
     `openssl speed -multi K` times its K children with the wall clock, so
     any other load on a shared machine would count against OpenSSL, while
-    the server is measured in CPU time. So the same load is made as K
-    (= cores) separate `openssl speed -mr -seconds N name` processes at
-    once; each times its signing loop in user CPU-seconds (OpenSSL's
-    default without -elapsed). S = sum of signatures / sum of those
-    CPU-seconds over the K processes. Returns (S, busy), busy being those
-    CPU-seconds over K times the --duration wall-seconds of the signing
-    loop: near 1.0 when nothing else ran, lower when other work took CPU.
+    the server is measured in CPU time; without -multi it times in user
+    CPU-seconds, which Linux splits from system time by sampling, wrongly
+    by a third when the process gets little CPU. So the same load as
+    -multi K (K = cores) is made as K separate `openssl speed -mr -seconds
+    N name` processes at once, and each one's CPU time during its signing
+    loop is read from the scheduler (/proc/PID/schedstat) when it
+    announces the loop (+DTP) and when it reports the count (the tag
+    line). S = sum of signatures / sum of those CPU-seconds. Returns
+    (S, busy), busy being those CPU-seconds over K times the N seconds of
+    the loop: near 1.0 when nothing else ran, lower when other work took
+    CPU.
     """
     cores = os.cpu_count() or 1
     procs = [subprocess.Popen(
         ["openssl", "speed", "-mr", "-seconds", str(args.duration), name],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for _ in range(cores)]
-    outs = [p.communicate(timeout=4 * args.duration + 60)[0] for p in procs]
+    found = [None] * cores
+
+    def follow(i, proc):
+        """The count and the CPU-seconds of proc's signing loop."""
+        tail, cpu0 = [], None
+        for line in proc.stderr:
+            if cpu0 is None and line.startswith("+DTP:"):
+                cpu0 = task_cpu_ns(proc.pid)
+            elif line.startswith(tag + ":") and cpu0 is not None:
+                cpu = (task_cpu_ns(proc.pid) - cpu0) / 1e9
+                found[i] = (int(line.split(":")[1]), cpu)
+            tail = (tail + [line])[-5:]
+        found[i] = found[i] or "".join(tail)
+
+    readers = [threading.Thread(target=follow, args=(i, p))
+               for i, p in enumerate(procs)]
+    for t in readers:
+        t.start()
+    for t, p in zip(readers, procs):
+        t.join(timeout=4 * args.duration + 60)
+        p.wait(timeout=10)
     count, cpu = 0, 0.0
-    for p, out in zip(procs, outs):
-        if p.returncode:
-            raise RuntimeError(f"openssl speed {name} exited with "
-                               f"{p.returncode}: {out[-500:]}")
-        lines = [ln for ln in out.splitlines() if ln.startswith(tag + ":")]
-        if len(lines) != 1:
-            raise RuntimeError(f"openssl speed {name}: no single {tag} line "
-                               f"in its output: {out[-500:]}")
-        fields = lines[0].split(":")
-        count += int(fields[1])
-        cpu += float(fields[-1])
+    for p, f in zip(procs, found):
+        if p.returncode or not isinstance(f, tuple):
+            raise RuntimeError(f"openssl speed {name} (exit {p.returncode}) "
+                               f"gave no {tag} line after +DTP: {f}")
+        count += f[0]
+        cpu += f[1]
     return count / cpu, cpu / (cores * args.duration)
 
 
@@ -531,9 +557,9 @@ def alg_lines(res, args):
         f"{h['per_cpu']:.0f} req per nginx CPU-s (master + workers). "
         f"S = signatures per CPU-s: `openssl speed -mr -seconds "
         f"{args.duration} X` as {cores} processes at once (the load of "
-        f"-multi {cores}), sum of signatures / sum of the user CPU-seconds "
-        f"OpenSSL timed; busy = those CPU-seconds / ({cores} x "
-        f"{args.duration} s).",
+        f"-multi {cores}), sum of signatures / sum of the CPU-seconds of "
+        f"their signing loops (scheduler time); busy = those CPU-seconds / "
+        f"({cores} x {args.duration} s).",
         f"The same JWKS bytes from jwksd (its HTTP path without a "
         f"signature): {j['rps']:.0f} req/s, {j['per_cpu']:.0f} req per "
         f"server CPU-s, {j['per_cpu'] / h['per_cpu']:.3f} of H.",
