@@ -269,16 +269,26 @@ def sqlite_records(path):
 
 # ------------------------------------------------------------ base class
 
+def clear_secret(add_cleanup):
+    """Unset $NOT_MY_KEY (restored by the cleanup given): the store keeps
+    plain PEM that the tests read."""
+    old = os.environ.pop(SECRET_ENV, None)
+    if old is not None:
+        add_cleanup(os.environ.__setitem__, SECRET_ENV, old)
+
+
 class AlgChecks:
     """Checks shared by every test class here (a mixin for JwksdTestCase
     and SharedServerTestCase)."""
 
+    @classmethod
+    def setUpClass(cls):
+        clear_secret(cls.addClassCleanup)  # before a shared server starts
+        super().setUpClass()
+
     def setUp(self):
         super().setUp()
-        # Plain PEM in the store: no secret from the environment.
-        old = os.environ.pop(SECRET_ENV, None)
-        if old is not None:
-            self.addCleanup(os.environ.__setitem__, SECRET_ENV, old)
+        clear_secret(self.addCleanup)
 
     # -- tokens
 
@@ -833,6 +843,13 @@ class StartupRefusalTests(AlgTestCase):
             (["--issuer", "https://x?q=1"], "--issuer"),
             (["--issuer", "ftp://x"], "--issuer"),
             (["--issuer", "example.com"], "--issuer"),
+            # http for loopback only: names that merely start like one.
+            (["--issuer", "http://127.0.0.1.example.com"], "--issuer"),
+            (["--issuer", "http://localhost.example.com"], "--issuer"),
+            (["--issuer", "http://127.0.0.1@evil.example"], "--issuer"),
+            (["--issuer", "http://[::1].evil.example"], "--issuer"),
+            (["--issuer", "http://[::1]evil.example/"], "--issuer"),
+            (["--issuer", "http://10.0.0.1"], "--issuer"),
             (["--issuer", ""], "--issuer"),
             (["--token-type", "at+jwt"], "--issuer"),
             (["--token-type", "at+jwt", "--issuer", "https://x.example"], "--audience"),
@@ -1305,7 +1322,7 @@ class DiscoveryTests(SharedAlgTestCase):
     @classmethod
     def setUpClass(cls):
         # SharedServerTestCase.setUpClass with a server of our own class.
-        unittest.TestCase.setUpClass()
+        clear_secret(cls.addClassCleanup)
         tmp = tempfile.TemporaryDirectory(prefix="jwksd-shared-")
         cls.addClassCleanup(tmp.cleanup)
         workdir = Path(tmp.name)
