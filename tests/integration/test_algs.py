@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import jwt
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from harness import (
     AUTH_PATH, BACKEND, CLOCK_SLACK, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK,
@@ -494,8 +495,6 @@ class VerifierSelfTests(unittest.TestCase):
             return key.sign(data, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
                             hashes.SHA256())
         if alg == "ES256":
-            from cryptography.hazmat.primitives.asymmetric.utils import (
-                decode_dss_signature)
             r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
             return r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return key.sign(data)
