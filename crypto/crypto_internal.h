@@ -44,6 +44,15 @@ struct signer_key {
 	EVP_PKEY *pkey;
 	/* The digest the algorithm signs with, fetched once; NULL for none. */
 	EVP_MD *md;
+	/*
+	 * A context set up once for signing with this key (initialized and
+	 * given impl->sig_params) once the key pair is there; NULL when this
+	 * OpenSSL cannot copy it. signer__digest_sign() copies it for each
+	 * signature instead of initializing a context anew, which fetches
+	 * the algorithm and digest again; copying only reads it, so that
+	 * concurrent signers share nothing they modify.
+	 */
+	EVP_MD_CTX *sign_ctx;
 };
 
 /*
@@ -53,10 +62,13 @@ struct signer_key {
  */
 struct signer__impl_funcs {
 	/*
-	 * Mandatory. Generate a new key pair of impl->bits into key->pkey.
-	 * Returns 0, KS_ECRYPTO, KS_ENOMEM.
+	 * Mandatory. Generate a new key pair into key->pkey. bits is the
+	 * caller's rsa_bits: 0 for impl->bits, or a size the algorithm
+	 * checks; an algorithm of one size ignores it.
+	 * Returns 0, KS_EINVAL (bits), KS_ECRYPTO, KS_ENOMEM.
 	 */
-	int (*generate)(struct signer_key *key, struct ks_err *err);
+	int (*generate)(struct signer_key *key, unsigned int bits,
+			struct ks_err *err);
 	/*
 	 * Mandatory. signer.c has decoded a PEM blob into key->pkey, whose
 	 * OpenSSL type is impl->key_type and which holds a private key. Check
@@ -103,18 +115,37 @@ struct signer__impl {
 	const char *name;
 	/* The OpenSSL key type, for EVP_PKEY_is_a() and key generation. */
 	const char *key_type;
-	/* The size of generated keys, in bits. */
+	/* The size of generated keys, in bits (RSA: the default). */
 	unsigned int bits;
 	/* The digest name for EVP_MD_fetch(); NULL when the key has none. */
 	const char *md_name;
+	/*
+	 * Parameters set on the signature context after every
+	 * EVP_DigestSignInit() and EVP_DigestVerifyInit() of the helpers
+	 * below (PS256: the PSS padding); NULL for none.
+	 */
+	const OSSL_PARAM *sig_params;
 	const struct signer__impl_funcs *funcs;
 };
 
 extern const struct signer__impl signer__impl_rs256;
+extern const struct signer__impl signer__impl_ps256;
+extern const struct signer__impl signer__impl_es256;
+extern const struct signer__impl signer__impl_eddsa;
 
 /*
- * Sign data with key->pkey and key->md (EVP_DigestSignInit, then
- * EVP_DigestSign) into sig, whose capacity is *sig_len; *sig_len is the
+ * Encode key->pkey as PEM of the given OpenSSL output structure
+ * ("type-specific" for PKCS#1, "PrivateKeyInfo" for PKCS#8) into memory
+ * from OPENSSL_malloc(). Returns 0 or KS_ECRYPTO.
+ */
+int signer__pem_encode(const struct signer_key *key, const char *structure,
+		       unsigned char **blob_out, size_t *len_out,
+		       struct ks_err *err);
+
+/*
+ * Sign data with key->pkey, key->md and impl->sig_params (a copy of
+ * key->sign_ctx, or EVP_DigestSignInit without one; then EVP_DigestSign)
+ * into sig, whose capacity is *sig_len; *sig_len is the
  * signature's length on return. The raw OpenSSL signature: an algorithm
  * whose JWS form differs converts it afterwards.
  * Returns 0, KS_EINVAL (sig is smaller than EVP_PKEY_get_size()),
@@ -124,7 +155,8 @@ int signer__digest_sign(const struct signer_key *key, const void *data,
 			size_t data_len, unsigned char *sig, size_t *sig_len);
 
 /*
- * Verify a raw OpenSSL signature over data with key->pkey and key->md.
+ * Verify a raw OpenSSL signature over data with key->pkey, key->md and
+ * impl->sig_params.
  * Returns 0, KS_EBADSIG, KS_ECRYPTO, KS_ENOMEM.
  */
 int signer__digest_verify(const struct signer_key *key, const void *data,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <openssl/decoder.h>
+#include <openssl/encoder.h>
 #include <openssl/err.h>
 #include <openssl/rand.h>
 
@@ -18,9 +19,16 @@
  */
 #define SIGNER_BLOB_MAX (64 * 1024)
 
-/* Every algorithm this build knows, in the order signer_load() tries them. */
+/*
+ * Every algorithm this build knows, in the order signer_alg_at() lists
+ * them. signer_load() picks the one whose key type the blob has; no two
+ * share a key type.
+ */
 static const struct signer__impl *const signer_impls[] = {
 	&signer__impl_rs256,
+	&signer__impl_ps256,
+	&signer__impl_es256,
+	&signer__impl_eddsa,
 	NULL,
 };
 
@@ -74,21 +82,74 @@ int signer_alg_supported(const char *alg)
 
 const char *signer_alg_at(size_t i)
 {
-	return i < sizeof(signer_impls) / sizeof(signer_impls[0]) - 1
-		       ? signer_impls[i]->name
-		       : NULL;
+	size_t n = sizeof(signer_impls) / sizeof(signer_impls[0]) - 1;
+
+	return i < n ? signer_impls[i]->name : NULL;
 }
 
 int signer_random(void *buf, size_t n)
 {
-	if (RAND_bytes(buf, (int)n) == 1)
-		return 0;
-	memset(buf, 0, n);
-	return KS_ECRYPTO;
+	unsigned char *p = buf;
+	size_t done = 0, chunk;
+
+	if (!buf)
+		return n ? KS_EINVAL : 0;
+	while (done < n) {
+		chunk = n - done < 65536 ? n - done : 65536;
+		if (RAND_bytes(p + done, (int)chunk) != 1) {
+			OPENSSL_cleanse(buf, n);
+			ERR_clear_error();
+			return KS_ECRYPTO;
+		}
+		done += chunk;
+	}
+	return 0;
 }
 
-int signer_generate(struct signer_key **out, const char *alg,
-		    unsigned rsa_bits, struct ks_err *err)
+/* Initialize ctx for signing with key: digest, then impl->sig_params. */
+static int signer_sign_init(const struct signer_key *key, EVP_MD_CTX *ctx)
+{
+	EVP_PKEY_CTX *pctx = NULL;
+
+	return EVP_DigestSignInit(ctx, &pctx, key->md, NULL, key->pkey) == 1 &&
+	       (!key->impl->sig_params ||
+		EVP_PKEY_CTX_set_params(pctx, key->impl->sig_params) == 1);
+}
+
+/*
+ * Make key->sign_ctx for a key whose key pair is complete. A context that
+ * cannot be copied is no error: signer__digest_sign() then initializes one
+ * per signature.
+ */
+static int signer_key_ready(struct signer_key *key, struct ks_err *err)
+{
+	EVP_MD_CTX *ctx, *copy;
+
+	ctx = EVP_MD_CTX_new();
+	copy = EVP_MD_CTX_new();
+	if (!ctx || !copy) {
+		EVP_MD_CTX_free(ctx);
+		EVP_MD_CTX_free(copy);
+		return ks_err_set(err, KS_ENOMEM, "allocating a %s context",
+				  key->impl->name);
+	}
+	if (!signer_sign_init(key, ctx)) {
+		EVP_MD_CTX_free(ctx);
+		EVP_MD_CTX_free(copy);
+		return signer__ossl_err(err, KS_ECRYPTO, "EVP_DigestSignInit");
+	}
+	if (EVP_MD_CTX_copy_ex(copy, ctx) == 1) {
+		key->sign_ctx = ctx;
+	} else {
+		EVP_MD_CTX_free(ctx);
+		ERR_clear_error();
+	}
+	EVP_MD_CTX_free(copy);
+	return 0;
+}
+
+int signer_generate(struct signer_key **out, const char *alg, unsigned rsa_bits,
+		    struct ks_err *err)
 {
 	const struct signer__impl *impl;
 	struct signer_key *key = NULL;
@@ -99,7 +160,6 @@ int signer_generate(struct signer_key **out, const char *alg,
 	if (!out || !alg)
 		return ks_err_set(err, KS_EINVAL, "signer_generate: no %s",
 				  out ? "algorithm" : "out-param");
-	(void)rsa_bits; /* TEMPORARY stub until the crypto branch lands */
 	impl = signer_impl_from_name(alg);
 	if (!impl)
 		return ks_err_set(err, KS_EUNSUPPORTED,
@@ -107,7 +167,9 @@ int signer_generate(struct signer_key **out, const char *alg,
 	rc = signer_key_new(&key, impl, err);
 	if (rc)
 		return rc;
-	rc = impl->funcs->generate(key, err);
+	rc = impl->funcs->generate(key, rsa_bits, err);
+	if (rc == 0)
+		rc = signer_key_ready(key, err);
 	if (rc) {
 		signer_key_free(key);
 		return rc;
@@ -193,6 +255,8 @@ int signer_load(struct signer_key **out, const unsigned char *blob,
 		key->pkey = pkey;
 		rc = (*impl)->funcs->load(key, err);
 		if (rc == 0)
+			rc = signer_key_ready(key, err);
+		if (rc == 0)
 			rc = signer_self_test(key, err);
 		if (rc == 0) {
 			*out = key;
@@ -241,6 +305,7 @@ void signer_key_free(struct signer_key *key)
 		return;
 	if (key->impl->funcs->free)
 		key->impl->funcs->free(key);
+	EVP_MD_CTX_free(key->sign_ctx);
 	EVP_PKEY_free(key->pkey);
 	EVP_MD_free(key->md);
 	free(key);
@@ -289,6 +354,22 @@ int signer_verify(const struct signer_key *key, const void *data,
 					sig_len);
 }
 
+int signer__pem_encode(const struct signer_key *key, const char *structure,
+		       unsigned char **blob_out, size_t *len_out,
+		       struct ks_err *err)
+{
+	OSSL_ENCODER_CTX *ectx;
+	int rc = 0;
+
+	ectx = OSSL_ENCODER_CTX_new_for_pkey(key->pkey, EVP_PKEY_KEYPAIR, "PEM",
+					     structure, NULL);
+	if (!ectx || OSSL_ENCODER_CTX_get_num_encoders(ectx) == 0 ||
+	    OSSL_ENCODER_to_data(ectx, blob_out, len_out) != 1)
+		rc = signer__ossl_err(err, KS_ECRYPTO, "PEM encoding");
+	OSSL_ENCODER_CTX_free(ectx);
+	return rc;
+}
+
 int signer__digest_sign(const struct signer_key *key, const void *data,
 			size_t data_len, unsigned char *sig, size_t *sig_len)
 {
@@ -307,7 +388,8 @@ int signer__digest_sign(const struct signer_key *key, const void *data,
 		rc = KS_ENOMEM;
 		goto out;
 	}
-	if (EVP_DigestSignInit(ctx, NULL, key->md, NULL, key->pkey) != 1 ||
+	if (!(key->sign_ctx ? EVP_MD_CTX_copy_ex(ctx, key->sign_ctx) == 1
+			    : signer_sign_init(key, ctx)) ||
 	    EVP_DigestSign(ctx, sig, sig_len, data, data_len) != 1)
 		goto out;
 	rc = 0;
@@ -325,12 +407,15 @@ int signer__digest_verify(const struct signer_key *key, const void *data,
 			  size_t sig_len)
 {
 	EVP_MD_CTX *ctx;
+	EVP_PKEY_CTX *pctx = NULL;
 	int rc = KS_ECRYPTO;
 
 	ctx = EVP_MD_CTX_new();
 	if (!ctx)
 		return KS_ENOMEM;
-	if (EVP_DigestVerifyInit(ctx, NULL, key->md, NULL, key->pkey) != 1)
+	if (EVP_DigestVerifyInit(ctx, &pctx, key->md, NULL, key->pkey) != 1 ||
+	    (key->impl->sig_params &&
+	     EVP_PKEY_CTX_set_params(pctx, key->impl->sig_params) != 1))
 		goto out;
 	switch (EVP_DigestVerify(ctx, sig, sig_len, data, data_len)) {
 	case 1:

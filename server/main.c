@@ -198,6 +198,19 @@ static int main_parse_algs(const char *list, struct main_config *cfg)
 	return 0;
 }
 
+/* The --alg names joined with commas, into buf. */
+static const char *main_alg_list(const struct main_config *cfg, char *buf,
+				 size_t n)
+{
+	size_t i, len = 0;
+
+	buf[0] = '\0';
+	for (i = 0; cfg->algs[i] && len < n; i++)
+		len += (size_t)snprintf(buf + len, n - len, "%s%s",
+					i ? "," : "", cfg->algs[i]);
+	return buf;
+}
+
 static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 {
 	static const struct option opts[] = {
@@ -714,7 +727,7 @@ int main(int argc, char **argv)
 	struct ks_err e = {{0}};
 	const char *path;
 	char shown[512];
-	char address[128];
+	char address[128], algs[64];
 	size_t nkeys = 0;
 	sigset_t sigs;
 	int rc, sig, status = 1, library = 0;
@@ -777,8 +790,11 @@ int main(int argc, char **argv)
 	}
 	main_bound_address(ctx, cfg.listen, address, sizeof(address));
 	fprintf(stderr,
-		"jwksd: listening on %s, backend %s, store '%s', %zu keys\n",
-		address, ks_backend_name(be), shown, nkeys);
+		"jwksd: listening on %s, backend %s, store '%s', %zu keys, "
+		"signing %s\n",
+		address, ks_backend_name(be), shown, nkeys,
+		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs))
+			    : "RS256");
 
 	while (sigwait(&sigs, &sig) != 0)
 		;

@@ -1030,8 +1030,7 @@ static int svc_configure(struct jwks_service *svc,
 	else if (opts->token_type && strcmp(opts->token_type, JOSE_TYP_JWT))
 		return ks_err_set(err, KS_EINVAL,
 				  "token type is JWT or at+jwt");
-	if (svc->typ == (const char *)JOSE_TYP_AT_JWT &&
-	    (!opts->issuer || !n_aud))
+	if (!strcmp(svc->typ, JOSE_TYP_AT_JWT) && (!opts->issuer || !n_aud))
 		return ks_err_set(err, KS_EINVAL,
 				  "at+jwt tokens (RFC 9068) need an issuer "
 				  "and an audience");

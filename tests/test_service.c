@@ -4,7 +4,8 @@
  * and undecodable rows), rotation across several keys watched by a relying
  * party that caches the JWKS for its max-age, revocation and operator
  * rotation, JWKS caching metadata, and keys sealed at rest (migration,
- * rewrap, a blob moved to another row, a wrong secret). Tokens are checked
+ * rewrap, a blob moved to another row, a wrong secret), one schedule per
+ * algorithm, and jti uniqueness. Tokens are checked
  * against the stored key with the signer; PyJWT checks them independently
  * in the integration suites.
  */
@@ -132,6 +133,7 @@ static void fixture_close(struct fixture *f)
 struct claims {
 	int64_t kid, iat, exp;
 	char jti[23];
+	char alg[16];
 };
 
 static int parse_token(const char *tok, struct claims *c)
@@ -148,9 +150,10 @@ static int parse_token(const char *tok, struct claims *c)
 		return -1;
 	buf[n] = '\0';
 	if (sscanf((char *)buf,
-		   "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%" SCNd64
-		   "\"}",
-		   &c->kid) != 1)
+		   "{\"alg\":\"%15[A-Za-z0-9]\",\"typ\":\"JWT\",\"kid\":"
+		   "\"%" SCNd64 "\"}%n",
+		   c->alg, &c->kid, &end) != 2 ||
+	    (size_t)end != n)
 		return -1;
 	if (b64url_decode(buf, &n, dot1 + 1, (size_t)(dot2 - dot1 - 1)) ||
 	    n >= 256)
@@ -191,18 +194,28 @@ static int verify_with_store(struct fixture *f, const char *tok,
 	return rc;
 }
 
-static int issue(struct fixture *f, int expired, char *tok, struct claims *c)
+/* A token of algorithm alg (NULL: the first configured). */
+static int issue_alg(struct fixture *f, const char *alg, int expired, char *tok,
+		     struct claims *c)
 {
 	struct jwks_issue_request req = JWKS_ISSUE_REQUEST_INIT;
 	size_t len;
 	int rc;
 
+	req.alg = alg;
 	req.expired = expired;
 	rc = jwks_service_issue(f->svc, &req, tok, JWKS_TOKEN_MAX, &len, NULL);
-
 	if (!rc)
 		rc = parse_token(tok, c);
 	return rc;
+}
+
+static int issue(struct fixture *f, int expired, char *tok, struct claims *c)
+{
+	int rc = issue_alg(f, NULL, expired, tok, c);
+
+	/* Without --alg, every token is the assignment's RS256. */
+	return rc ? rc : strcmp(c->alg, "RS256") ? -1 : 0;
 }
 
 /* A copy of a served JWKS document. */
@@ -874,6 +887,184 @@ static void test_rewrap_while_running(const struct ks_backend *be)
 	kek_free(k2);
 }
 
+/* Counts keys by algorithm, for ka_list_keys(). */
+struct alg_count {
+	int64_t now;
+	int total[4], unexpired[4];
+};
+
+static const char *const all_algs[] = {"ES256", "RS256", "EdDSA", "PS256",
+				       NULL};
+
+static int alg_slot(const char *alg)
+{
+	int i;
+
+	for (i = 0; alg && all_algs[i]; i++)
+		if (!strcmp(all_algs[i], alg))
+			return i;
+	return -1;
+}
+
+static int count_alg(const struct ka_key_info *info, void *arg)
+{
+	struct alg_count *c = arg;
+	int i = alg_slot(info->alg);
+
+	if (i >= 0) {
+		c->total[i]++;
+		c->unexpired[i] += info->key.exp > c->now;
+	}
+	return 0;
+}
+
+/* How many JWKs of the body have "alg":alg. */
+static int jwks_count_alg(const char *body, const char *alg)
+{
+	char needle[40];
+	int n = 0;
+
+	snprintf(needle, sizeof(needle), "\"alg\":\"%s\"", alg);
+	for (body = strstr(body, needle); body; body = strstr(body + 1, needle))
+		n++;
+	return n;
+}
+
+/*
+ * Four algorithms at once: each gets its own signing key and expired key
+ * on an empty store, signs only its own tokens, is published in the one
+ * JWKS, and rotates on its own schedule.
+ */
+static void test_algorithm_schedules(const struct ks_backend *be)
+{
+	struct jwks_service_options o = policy_options(&rot_policy);
+	int64_t t0 = 1800000000, key_exp = 0, signing[4] = {0};
+	char tok[JWKS_TOKEN_MAX];
+	struct alg_count cnt = {.now = t0};
+	struct doc_copy d;
+	struct fixture f;
+	struct claims c, x;
+	int i;
+
+	atomic_store(&fake_now, t0);
+	o.algs = all_algs;
+	if (fixture_open(&f, be) ||
+	    jwks_service_new(&f.svc, f.store, &o, NULL) ||
+	    jwks_service_start(f.svc, NULL, NULL)) {
+		CHECK(0, "[%s] four-algorithm service did not start",
+		      ks_backend_name(be));
+		return;
+	}
+	CHECK(ka_list_keys(f.store, NULL, count_alg, &cnt, NULL) == 0,
+	      "[%s] list", f.be_name);
+	for (i = 0; all_algs[i]; i++)
+		CHECK(cnt.total[i] == 2 && cnt.unexpired[i] == 1,
+		      "[%s] %s: one signing and one expired key (%d, %d)",
+		      f.be_name, all_algs[i], cnt.total[i], cnt.unexpired[i]);
+	CHECK(issue_alg(&f, NULL, 0, tok, &c) == 0 && !strcmp(c.alg, "ES256"),
+	      "[%s] the first algorithm signs by default", f.be_name);
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &d) == 0, "[%s] jwks",
+	      f.be_name);
+	for (i = 0; all_algs[i]; i++) {
+		CHECK(issue_alg(&f, all_algs[i], 0, tok, &c) == 0 &&
+			      !strcmp(c.alg, all_algs[i]),
+		      "[%s] %s token", f.be_name, all_algs[i]);
+		CHECK(verify_with_store(&f, tok, &key_exp) == 0,
+		      "[%s] %s token verifies with its stored key", f.be_name,
+		      all_algs[i]);
+		CHECK(body_has_kid(d.body, c.kid), "[%s] %s kid published",
+		      f.be_name, all_algs[i]);
+		CHECK_EQ_INT(jwks_count_alg(d.body, all_algs[i]), 1,
+			     "[%s] one %s key in the JWKS", f.be_name,
+			     all_algs[i]);
+		signing[i] = c.kid;
+		CHECK(issue_alg(&f, all_algs[i], 1, tok, &x) == 0 &&
+			      !strcmp(x.alg, all_algs[i]) && x.exp < t0 &&
+			      !body_has_kid(d.body, x.kid) &&
+			      verify_with_store(&f, tok, &key_exp) == 0,
+		      "[%s] %s expired token", f.be_name, all_algs[i]);
+	}
+	CHECK_EQ_INT(issue_alg(&f, "HS256", 0, tok, &c), KS_EUNSUPPORTED,
+		     "[%s] an algorithm not configured", f.be_name);
+	CHECK_EQ_INT(issue_alg(&f, "es256", 0, tok, &c), KS_EUNSUPPORTED,
+		     "[%s] names are case-sensitive", f.be_name);
+
+	/* Each schedule makes its own successor, then hands over to it. */
+	atomic_store(&fake_now, t0 + 3100);
+	jwks_service_tick(f.svc);
+	memset(&cnt, 0, sizeof(cnt));
+	cnt.now = t0 + 3100;
+	CHECK(ka_list_keys(f.store, NULL, count_alg, &cnt, NULL) == 0,
+	      "[%s] list", f.be_name);
+	CHECK(jwks_service_jwks(f.svc, copy_doc, &d) == 0, "[%s] jwks",
+	      f.be_name);
+	for (i = 0; all_algs[i]; i++) {
+		CHECK(cnt.unexpired[i] == 2,
+		      "[%s] %s: a successor of its own (%d keys)", f.be_name,
+		      all_algs[i], cnt.unexpired[i]);
+		CHECK_EQ_INT(jwks_count_alg(d.body, all_algs[i]), 2,
+			     "[%s] %s successor published ahead", f.be_name,
+			     all_algs[i]);
+		CHECK(issue_alg(&f, all_algs[i], 0, tok, &c) == 0 &&
+			      c.kid == signing[i],
+		      "[%s] %s: the old key signs until it retires", f.be_name,
+		      all_algs[i]);
+	}
+	atomic_store(&fake_now, t0 + 3200);
+	jwks_service_tick(f.svc);
+	for (i = 0; all_algs[i]; i++)
+		CHECK(issue_alg(&f, all_algs[i], 0, tok, &c) == 0 &&
+			      c.kid != signing[i] &&
+			      !strcmp(c.alg, all_algs[i]) &&
+			      verify_with_store(&f, tok, &key_exp) == 0,
+		      "[%s] %s: the successor signs", f.be_name, all_algs[i]);
+	fixture_close(&f);
+}
+
+static int cmp_jti(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* jti: 128 random bits, unique over 100,000 tokens (EdDSA: fast). */
+static void test_jti_unique(const struct ks_backend *be)
+{
+	static const char *const eddsa[] = {"EdDSA", NULL};
+	struct jwks_service_options o = policy_options(&rot_policy);
+	enum {
+		N = 100000
+	};
+	char(*jti)[23] = calloc(N, sizeof(*jti));
+	char tok[JWKS_TOKEN_MAX];
+	struct fixture f;
+	struct claims c;
+	int i, ok = 1, dup = 0;
+
+	atomic_store(&fake_now, 1800000000);
+	o.algs = eddsa;
+	if (!jti || fixture_open(&f, be) ||
+	    jwks_service_new(&f.svc, f.store, &o, NULL) ||
+	    jwks_service_start(f.svc, NULL, NULL)) {
+		CHECK(0, "[%s] EdDSA service did not start",
+		      ks_backend_name(be));
+		free(jti);
+		return;
+	}
+	for (i = 0; ok && i < N; i++) {
+		ok = issue_alg(&f, NULL, i % 2, tok, &c) == 0 &&
+		     strlen(c.jti) == 22;
+		memcpy(jti[i], c.jti, sizeof(c.jti));
+	}
+	CHECK(ok, "[%s] %d tokens, each with a 22-character jti", f.be_name, N);
+	qsort(jti, N, sizeof(*jti), cmp_jti);
+	for (i = 1; i < N; i++)
+		dup += !strcmp(jti[i - 1], jti[i]);
+	CHECK_EQ_INT(dup, 0, "[%s] no jti repeats over %d tokens", f.be_name,
+		     N);
+	free(jti);
+	fixture_close(&f);
+}
+
 int main(int argc, char **argv)
 {
 	size_t i;
@@ -881,6 +1072,11 @@ int main(int argc, char **argv)
 	for (i = 0; ks_backends[i]; i++) {
 		const struct ks_backend *be = ks_backends[i];
 
+		/* `test_service jti`: the 100,000-token uniqueness test. */
+		if (argc > 1 && !strcmp(argv[1], "jti")) {
+			test_jti_unique(be);
+			break;
+		}
 		if (argc > 1 && strcmp(argv[1], ks_backend_name(be)))
 			continue;
 		/*
@@ -901,6 +1097,7 @@ int main(int argc, char **argv)
 		test_rewrap_while_running(be);
 		test_expired_key_choice(be);
 		test_requests_never_wait_on_store(be);
+		test_algorithm_schedules(be);
 	}
 	return TEST_REPORT();
 }

@@ -1,8 +1,9 @@
 /*
  * The query string of POST /auth, which any client controls:
- * jwks_http__parse_expired() (CivetWeb's mg_get_var() underneath) on any
- * bytes. It must return -1, 0 or 1, read nothing outside the string, and
- * keep the contract of server/http_internal.h.
+ * jwks_http__parse_expired() and jwks_http__parse_alg() (CivetWeb's
+ * mg_get_var() underneath) on any bytes. They must return -1, 0 or 1,
+ * read nothing outside the string, and keep the contract of
+ * server/http_internal.h.
  */
 #include <ctype.h>
 #include <string.h>
@@ -51,6 +52,7 @@ static int parse_with_prefix(const char *prefix, const char *query)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	char *query = malloc(size + 1);
+	char alg[16];
 	int rc;
 
 	if (!query)
@@ -67,6 +69,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* The first "expired" parameter counts, whatever follows it. */
 	FUZZ_CHECK(parse_with_prefix("expired=true&", query) == 1);
 	FUZZ_CHECK(parse_with_prefix("expired=0&", query) == 0);
+
+	/* alg: given, absent or refused; a given one is short and NUL-free. */
+	rc = jwks_http__parse_alg(query, alg, sizeof(alg));
+	FUZZ_CHECK(rc == -1 || rc == 0 || rc == 1);
+	FUZZ_CHECK(rc == 1 ? alg[0] && strlen(alg) < sizeof(alg) : !alg[0]);
 
 	free(query);
 	return 0;

@@ -74,6 +74,7 @@ static void check_signature(const struct signer_key *key,
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char pkcs1[] = "-----BEGIN RSA PRIVATE KEY-----";
+	static const char pkcs8[] = "-----BEGIN PRIVATE KEY-----";
 	struct signer_key *key = NULL, *again = NULL;
 	struct jwk_text jwk = {{0}, 0, 0}, jwk_again = {{0}, 0, 0};
 	unsigned char *blob = NULL, *blob_again = NULL;
@@ -101,6 +102,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (strcmp(alg, "RS256") == 0)
 		FUZZ_CHECK(blob_len > sizeof(pkcs1) - 1 &&
 			   memcmp(blob, pkcs1, sizeof(pkcs1) - 1) == 0);
+	else
+		FUZZ_CHECK(blob_len > sizeof(pkcs8) - 1 &&
+			   memcmp(blob, pkcs8, sizeof(pkcs8) - 1) == 0);
 	FUZZ_CHECK(signer_load(&again, blob, blob_len, &err) == 0);
 	FUZZ_CHECK(strcmp(signer_key_alg(again), alg) == 0);
 	FUZZ_CHECK(signer_public_jwk(again, jwk_collect, &jwk_again) == 0);
