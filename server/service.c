@@ -1251,6 +1251,8 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	if (rc)
 		goto out;
 	svc_keygen_all(gen, want);
+	/* Key generation may take seconds on a busy machine: date from now. */
+	now = svc_now(svc);
 	for (i = 0; i < want; i++) {
 		if (gen[i].rc) {
 			rc = ks_err_set(err, gen[i].rc, "%s key generation: %s",
