@@ -95,6 +95,26 @@ static int http_keep_alive(const struct mg_connection *conn, int status)
 }
 
 /*
+ * The Date header's value for now (RFC 9110 5.6.7), formatted once per
+ * second per thread.
+ */
+static void http_date(time_t now, char *out, size_t cap)
+{
+	static _Thread_local time_t cached_at = -1;
+	static _Thread_local char cached[40];
+	struct tm tm;
+
+	if (now != cached_at) {
+		gmtime_r(&now, &tm);
+		if (!strftime(cached, sizeof(cached),
+			      "%a, %d %b %Y %H:%M:%S GMT", &tm))
+			cached[0] = '\0';
+		cached_at = now;
+	}
+	snprintf(out, cap, "%s", cached);
+}
+
+/*
  * Send a complete response: status line, the common headers, the extra
  * ones given as name/value pairs (NULL-terminated), and body unless this
  * is a HEAD, in one write when it fits. Returns status, as a CivetWeb
@@ -109,11 +129,9 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	char buf[8192], date[40];
 	time_t now = time(NULL);
 	size_t len, cap = sizeof(buf);
-	struct tm tm;
 	int n;
 
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	http_date(now, date, sizeof(date));
 	n = snprintf(buf, cap,
 		     "HTTP/1.1 %d %s\r\n"
 		     "Date: %s\r\n"

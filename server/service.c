@@ -1516,6 +1516,33 @@ static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
 }
 
 /*
+ * n random bytes for a token id, from a per-thread pool that the CSPRNG
+ * refills SVC_RANDOM_POOL bytes at a time: one DRBG call (its locks and
+ * fork check) per 32 tokens instead of one per token. The pool is used
+ * once, front to back, and wiped as it goes.
+ */
+#define SVC_RANDOM_POOL 512
+static int svc_random(unsigned char *out, size_t n)
+{
+	static _Thread_local unsigned char pool[SVC_RANDOM_POOL];
+	static _Thread_local size_t used = SVC_RANDOM_POOL;
+	int rc;
+
+	if (n > SVC_RANDOM_POOL)
+		return signer_random(out, n);
+	if (SVC_RANDOM_POOL - used < n) {
+		rc = signer_random(pool, sizeof(pool));
+		if (rc)
+			return rc;
+		used = 0;
+	}
+	memcpy(out, pool + used, n);
+	memset(pool + used, 0, n);
+	used += n;
+	return 0;
+}
+
+/*
  * header "." b64url(claims) "." b64url(signature), NUL-terminated: the
  * claims of c with a new jti.
  */
@@ -1527,7 +1554,7 @@ static int svc_sign_token(const struct svc_key *k, struct jose_claims *c,
 	size_t sig_len = sizeof(sig), claims_len, pos;
 	int rc;
 
-	rc = signer_random(rnd, sizeof(rnd));
+	rc = svc_random(rnd, sizeof(rnd));
 	if (rc)
 		return rc;
 	jose_jti(jti, rnd);
