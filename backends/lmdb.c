@@ -1531,6 +1531,112 @@ out:
 	return ret;
 }
 
+/* Accounts: TEMPORARY stubs until this backend implements them. */
+static int ks_lmdb_user_add(struct ks_store *store, const char *username,
+			    const char *password_hash, const char *email,
+			    int64_t registered, int64_t *id_out,
+			    struct ks_err *err)
+{
+	(void)store;
+	(void)username;
+	(void)password_hash;
+	(void)email;
+	(void)registered;
+	(void)id_out;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_import(struct ks_store *store, const struct ks_user *u,
+			       struct ks_err *err)
+{
+	(void)store;
+	(void)u;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_get(struct ks_store *store, const char *username,
+			    struct ks_user *out, struct ks_err *err)
+{
+	(void)store;
+	(void)username;
+	(void)out;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
+			     struct ks_err *err)
+{
+	(void)store;
+	(void)fn;
+	(void)arg;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_set_hash(struct ks_store *store, int64_t id,
+				 const char *hash, struct ks_err *err)
+{
+	(void)store;
+	(void)id;
+	(void)hash;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_set_locked(struct ks_store *store, int64_t id,
+				   int locked, struct ks_err *err)
+{
+	(void)store;
+	(void)id;
+	(void)locked;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_set_login(struct ks_store *store, int64_t id,
+				  int64_t when, struct ks_err *err)
+{
+	(void)store;
+	(void)id;
+	(void)when;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_user_delete(struct ks_store *store, int64_t id,
+			       struct ks_err *err)
+{
+	(void)store;
+	(void)id;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_auth_log_add(struct ks_store *store,
+				const struct ks_auth_log *entries, size_t n,
+				struct ks_err *err)
+{
+	(void)store;
+	(void)entries;
+	(void)n;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_auth_log_list(struct ks_store *store, int64_t after_id,
+				 ks_auth_log_fn fn, void *arg,
+				 struct ks_err *err)
+{
+	(void)store;
+	(void)after_id;
+	(void)fn;
+	(void)arg;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
+static int ks_lmdb_auth_log_purge(struct ks_store *store, int64_t before,
+				  size_t *count_out, struct ks_err *err)
+{
+	(void)store;
+	(void)before;
+	(void)count_out;
+	return ks_err_set(err, KS_EUNSUPPORTED, "accounts: not yet");
+}
+
 const struct ks_backend ks_backend_lmdb = {
 	.name = "lmdb",
 	.default_path = "totally_not_my_privateKeys.lmdb",
@@ -1552,4 +1658,15 @@ const struct ks_backend ks_backend_lmdb = {
 	.txn_list = ks_lmdb_txn_list,
 	.txn_life_put = ks_lmdb_txn_life_put,
 	.scrub = ks_lmdb_scrub,
+	.user_add = ks_lmdb_user_add,
+	.user_import = ks_lmdb_user_import,
+	.user_get = ks_lmdb_user_get,
+	.user_list = ks_lmdb_user_list,
+	.user_set_hash = ks_lmdb_user_set_hash,
+	.user_set_locked = ks_lmdb_user_set_locked,
+	.user_set_login = ks_lmdb_user_set_login,
+	.user_delete = ks_lmdb_user_delete,
+	.auth_log_add = ks_lmdb_auth_log_add,
+	.auth_log_list = ks_lmdb_auth_log_list,
+	.auth_log_purge = ks_lmdb_auth_log_purge,
 };
