@@ -27,7 +27,10 @@ struct pw_params {
 };
 
 /* OWASP's minimum for Argon2id: the default and the floor. */
-#define PW_PARAMS_INIT {19456, 2, 1}
+#define PW_PARAMS_INIT      \
+	{                   \
+		19456, 2, 1 \
+	}
 
 /* Longest PHC string pw_hash() writes, with its NUL. */
 #define PW_HASH_MAX 160
