@@ -179,7 +179,7 @@ void jwks_accounts_client(const struct jwks_accounts *a, const char *peer,
 	size_t n;
 
 	snprintf(out, cap, "%s", peer ? peer : "");
-	if (!forwarded || !acct_trusted(a, out))
+	if (!forwarded || !a->n_proxies || !acct_trusted(a, out))
 		return;
 	/*
 	 * Right to left: each hop was appended by the proxy after it. The

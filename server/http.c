@@ -424,7 +424,9 @@ static int http_auth_login(struct mg_connection *conn,
 	if (!jwks_accounts_rate(acct, JWKS_RATE_AUTH, client, &retry))
 		return http_too_many(conn, retry);
 	found = http_basic_creds(conn, c);
-	if (found == 0) {
+	/* Most requests of an open issuer have no body: read none. */
+	if (found == 0 && (mg_get_request_info(conn)->content_length > 0 ||
+			   mg_get_header(conn, "Transfer-Encoding"))) {
 		len = http_read_body(conn, &body);
 		if (len < 0)
 			return http_error(conn, 413, "request body too large",
