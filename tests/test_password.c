@@ -139,7 +139,7 @@ static int py_verify(const char *hash, const void *password, size_t len)
 }
 
 /* Standard unpadded base64 of the n characters at s into dst. */
-static size_t b64_decode(unsigned char *dst, const char *s, size_t n)
+static size_t t_b64_decode(unsigned char *dst, const char *s, size_t n)
 {
 	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklm"
 				       "nopqrstuvwxyz0123456789+/";
@@ -306,7 +306,7 @@ static size_t phc_salt(const char *hash, unsigned char salt[64])
 		s--;
 	if (!s || s == hash || end - s > 86)
 		return 0;
-	return b64_decode(salt, s, (size_t)(end - s));
+	return t_b64_decode(salt, s, (size_t)(end - s));
 }
 
 /* The salt and hash of a PHC string pw_hash() wrote, decoded. */
@@ -319,7 +319,7 @@ static int split_hash(const char *hash, unsigned char salt[16],
 		return -1;
 	d = strchr(s, '$');
 	if (!d || d - s != 22 || strlen(d + 1) != 43 ||
-	    b64_decode(salt, s, 22) != 16 || b64_decode(tag, d + 1, 43) != 32)
+	    t_b64_decode(salt, s, 22) != 16 || t_b64_decode(tag, d + 1, 43) != 32)
 		return -1;
 	return 0;
 }
