@@ -422,7 +422,8 @@ struct ks_auth_log {
 };
 
 /*
- * Append n entries in one transaction, in order (all or none).
+ * Append n entries in one transaction, in order (all or none). A user_id
+ * that names no user (one deleted since the attempt) is stored as 0.
  * Returns 0, KS_EBUSY, KS_EUNAVAIL, KS_ENOSPC, KS_EIO.
  */
 int ks_auth_log_add(struct ks_store *store, const struct ks_auth_log *entries,
@@ -448,6 +449,30 @@ int ks_auth_log_list(struct ks_store *store, int64_t after_id,
  */
 int ks_auth_log_purge(struct ks_store *store, int64_t before, size_t *count_out,
 		      struct ks_err *err);
+
+/*
+ * Accounts inside a write transaction of ks_write(), so that ks_copy() can
+ * copy users and the auth log with the keys, all or nothing. The rules of
+ * ks_write() and the ks_txn_* functions apply; the list callbacks must not
+ * call other ks_txn_* functions. A backend without them returns
+ * KS_EUNSUPPORTED (optional slots).
+ *
+ * ks_txn_user_list(), ks_txn_user_import(), ks_txn_auth_log_list(): as
+ * ks_user_list(), ks_user_import() and ks_auth_log_list(), seeing what the
+ * transaction wrote so far.
+ * ks_txn_auth_log_import(): append n entries keeping their ids (each >= 1);
+ * later ks_auth_log_add() calls assign ids above them. Returns 0,
+ * KS_EEXISTS (an id is taken), KS_EINVAL, or a store error.
+ */
+int ks_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+		     struct ks_err *err);
+int ks_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+		       struct ks_err *err);
+int ks_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+			 ks_auth_log_fn fn, void *arg, struct ks_err *err);
+int ks_txn_auth_log_import(struct ks_txn *txn,
+			   const struct ks_auth_log *entries, size_t n,
+			   struct ks_err *err);
 
 /*
  * For bsearch() and qsort() over arrays of kids, or of structs whose first
