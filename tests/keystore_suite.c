@@ -520,7 +520,7 @@ static void test_list_min_exp(struct ctx *c)
 		char name[64], path[TEST_PATH_MAX], schema[64];
 		struct ks_store *dst = NULL;
 		struct ks_err err = {""};
-		size_t copied = 0;
+		struct ks_copy_counts copied = {0, 0, 0};
 		int rc;
 
 		snprintf(name, sizeof(name), "copy-%s", ks_backend_name(*be));
@@ -546,8 +546,8 @@ static void test_list_min_exp(struct ctx *c)
 		rc = ks_copy(dst, store, 0, &copied, &err);
 		CHECK(rc == 0, "[%s] copy into %s returned %s: %s", c->name,
 		      name, ks_err_name(rc), err.text);
-		CHECK_EQ_INT(copied, 3, "[%s] records copied into %s", c->name,
-			     name);
+		CHECK_EQ_INT(copied.keys, 3, "[%s] records copied into %s",
+			     c->name, name);
 		check_record(c, dst, 1, "k1", 2, INT64_MIN);
 		check_list(c, dst, INT64_MIN, INT64_MAX, all, 3);
 		ks_close(dst);
@@ -1704,7 +1704,7 @@ static void test_copy_life(struct ctx *c)
 		struct ks_record rec = {1, blob_k1, 2, 10};
 		struct ks_store *dst = NULL;
 		struct ks_err err = {""};
-		size_t copied = 0;
+		struct ks_copy_counts copied = {0, 0, 0};
 		int rc, merge;
 
 		for (merge = 0; merge < 2; merge++) {
@@ -1749,10 +1749,11 @@ static void test_copy_life(struct ctx *c)
 					     name);
 				life_put_ok(c, dst, &theirs);
 			}
-			rc = ks_copy(dst, src, merge, &copied, &err);
+			rc = ks_copy(dst, src, merge ? KS_COPY_MERGE : 0,
+				     &copied, &err);
 			CHECK(rc == 0, "[%s] copy into %s returned %s: %s",
 			      c->name, name, ks_err_name(rc), err.text);
-			CHECK_EQ_INT(copied, merge ? 2 : 3,
+			CHECK_EQ_INT(copied.keys, merge ? 2 : 3,
 				     "[%s] records copied into %s", c->name,
 				     name);
 			check_record(c, dst, 1, "k1", 2, 10);
