@@ -319,7 +319,8 @@ static int split_hash(const char *hash, unsigned char salt[16],
 		return -1;
 	d = strchr(s, '$');
 	if (!d || d - s != 22 || strlen(d + 1) != 43 ||
-	    t_b64_decode(salt, s, 22) != 16 || t_b64_decode(tag, d + 1, 43) != 32)
+	    t_b64_decode(salt, s, 22) != 16 ||
+	    t_b64_decode(tag, d + 1, 43) != 32)
 		return -1;
 	return 0;
 }
