@@ -112,6 +112,10 @@ enum {
 	KS_PG_SQL_USER_DELETE,
 	KS_PG_SQL_LOG_HEAD,
 	KS_PG_SQL_LOG_TAIL,
+	KS_PG_SQL_LOG_LOCK,
+	KS_PG_SQL_LOG_IMPORT_HEAD,
+	KS_PG_SQL_LOG_IMPORT_TAIL,
+	KS_PG_SQL_LOG_SETVAL,
 	KS_PG_SQL_LOG_LIST,
 	KS_PG_SQL_LOG_PURGE,
 	KS_PG_SQL_N
@@ -213,6 +217,19 @@ static const char *const ks_pg_sql_fmt[KS_PG_SQL_N] = {
 	[KS_PG_SQL_LOG_TAIL] = ") AS v(ip, ts, uid, ok, ord) "
 			       "LEFT JOIN {s}.users u ON u.id = v.uid "
 			       "ORDER BY v.ord",
+	/* ks_txn_auth_log_import(): the same, ids kept (copies). */
+	[KS_PG_SQL_LOG_LOCK] = "LOCK TABLE {s}.auth_logs "
+			       "IN SHARE ROW EXCLUSIVE MODE",
+	[KS_PG_SQL_LOG_IMPORT_HEAD] =
+		"INSERT INTO {s}.auth_logs "
+		"(id, request_ip, request_timestamp, user_id, success) "
+		"OVERRIDING SYSTEM VALUE "
+		"SELECT v.id, v.ip, v.ts, u.id, v.ok FROM (VALUES ",
+	[KS_PG_SQL_LOG_IMPORT_TAIL] = ") AS v(id, ip, ts, uid, ok) "
+				      "LEFT JOIN {s}.users u ON u.id = v.uid",
+	[KS_PG_SQL_LOG_SETVAL] =
+		"SELECT setval('{s}.auth_logs_id_seq', greatest($1::bigint, "
+		"(SELECT last_value FROM {s}.auth_logs_id_seq)))",
 	[KS_PG_SQL_LOG_LIST] =
 		"SELECT id, request_ip, request_timestamp, "
 		"user_id, success FROM {s}.auth_logs "
@@ -427,7 +444,8 @@ static const char *ks_pg_taken(const char *constraint)
 		return "username";
 	if (!strcmp(constraint, "users_email_key"))
 		return "email";
-	if (!strcmp(constraint, "users_pkey"))
+	if (strlen(constraint) > 5 &&
+	    !strcmp(constraint + strlen(constraint) - 5, "_pkey"))
 		return "id";
 	return "value";
 }
@@ -1736,14 +1754,16 @@ static int ks_pg_user_add(struct ks_store *store, const char *username,
 	return ret;
 }
 
-static int ks_pg_user_import(struct ks_store *store, const struct ks_user *u,
-			     struct ks_err *err)
+/*
+ * Insert u, id kept, and move users_id_seq past it; inside a transaction,
+ * with the lock held.
+ */
+static int ks_pg_user_insert(struct ks_pg_store *s, const char *func,
+			     const struct ks_user *u, struct ks_err *err)
 {
-	static const char func[] = "ks_pg_user_import";
 	static const Oid types[7] = {
 		KS_PG_INT8OID, KS_PG_TEXTOID, KS_PG_TEXTOID, KS_PG_TEXTOID,
 		KS_PG_INT8OID, KS_PG_INT8OID, KS_PG_BOOLOID};
-	struct ks_pg_store *s = ks_pg_downcast(store);
 	char id[24], registered[24], login[24];
 	const char *values[7] = {
 		ks_pg_num(id, u->id),
@@ -1757,11 +1777,7 @@ static int ks_pg_user_import(struct ks_store *store, const struct ks_user *u,
 	};
 	int ret;
 
-	pthread_mutex_lock(&s->lock);
-	ret = ks_pg_ensure(s, func, err);
-	if (!ret)
-		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
-				  NULL, err);
+	ret = ks_pg_txn_live(s, func, err);
 	if (!ret)
 		ret = ks_pg_texec(s, func, "LOCK users",
 				  s->sql[KS_PG_SQL_USER_LOCK], 0, NULL, NULL,
@@ -1774,10 +1790,38 @@ static int ks_pg_user_import(struct ks_store *store, const struct ks_user *u,
 		ret = ks_pg_texec(s, func, "setval users_id_seq",
 				  s->sql[KS_PG_SQL_USER_SETVAL], 1, types,
 				  values, NULL, err);
+	return ret;
+}
+
+static int ks_pg_user_import(struct ks_store *store, const struct ks_user *u,
+			     struct ks_err *err)
+{
+	static const char func[] = "ks_pg_user_import";
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_pg_ensure(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_user_insert(s, func, u, err);
 	if (s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE)
 		ret = ks_pg_end(s, func, ret, err);
 	pthread_mutex_unlock(&s->lock);
 	return ret;
+}
+
+/*
+ * A taken id, username or email fails the transaction (ks_write() then
+ * rolls it back), as every failed statement of it does.
+ */
+static int ks_pg_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+				 struct ks_err *err)
+{
+	return ks_pg_user_insert(ks_pg_txn(txn)->s, "ks_pg_txn_user_import", u,
+				 err);
 }
 
 /*
@@ -1846,10 +1890,11 @@ static int ks_pg_user_get(struct ks_store *store, const char *username,
 }
 
 /*
- * Walk a table a page at a time, in id order, calling row() for each row
- * of each page without the lock held (the callback may take its time).
+ * Walk a table a page at a time, in id order, calling rows() for each
+ * page: without the lock held (the callback may take its time), or inside
+ * the write transaction (in_txn, the lock held by ks_pg_write()).
  */
-static int ks_pg_pages(struct ks_pg_store *s, const char *func,
+static int ks_pg_pages(struct ks_pg_store *s, int in_txn, const char *func,
 		       const char *what, int sql, int64_t after_id,
 		       int (*rows)(PGresult *res, int64_t *last, void *ctx),
 		       void *ctx, struct ks_err *err)
@@ -1862,8 +1907,15 @@ static int ks_pg_pages(struct ks_pg_store *s, const char *func,
 		PGresult *res = NULL;
 		int ret, n;
 
-		ret = ks_pg_account(s, func, what, sql, 1, types, values, &res,
-				    err);
+		if (in_txn) {
+			ret = ks_pg_txn_live(s, func, err);
+			if (!ret)
+				ret = ks_pg_texec(s, func, what, s->sql[sql], 1,
+						  types, values, &res, err);
+		} else {
+			ret = ks_pg_account(s, func, what, sql, 1, types,
+					    values, &res, err);
+		}
 		if (ret)
 			return ret;
 		n = PQntuples(res);
@@ -1899,7 +1951,17 @@ static int ks_pg_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
 {
 	struct ks_pg_user_walk w = {fn, arg};
 
-	return ks_pg_pages(ks_pg_downcast(store), "ks_pg_user_list",
+	return ks_pg_pages(ks_pg_downcast(store), 0, "ks_pg_user_list",
+			   "SELECT users", KS_PG_SQL_USER_LIST, 0,
+			   ks_pg_user_rows, &w, err);
+}
+
+static int ks_pg_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+			       struct ks_err *err)
+{
+	struct ks_pg_user_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_txn(txn)->s, 1, "ks_pg_txn_user_list",
 			   "SELECT users", KS_PG_SQL_USER_LIST, 0,
 			   ks_pg_user_rows, &w, err);
 }
@@ -1952,67 +2014,79 @@ static int ks_pg_user_delete(struct ks_store *store, int64_t id,
 }
 
 /*
- * The INSERT of n (1..KS_PG_LOG_ROWS) auth-log entries, its parameters in
- * values and types, their numbers' text in nums (2 per entry).
+ * The INSERT of n (1..KS_PG_LOG_ROWS) auth-log entries, ids assigned in
+ * their order (or kept: with_ids), its parameters in values and types,
+ * their numbers' text in nums (3 per entry).
  */
-static char *ks_pg_log_insert(const struct ks_pg_store *s,
+static char *ks_pg_log_insert(const struct ks_pg_store *s, int with_ids,
 			      const struct ks_auth_log *e, size_t n,
 			      const char **values, Oid *types, char (*nums)[24])
 {
-	const char *head = s->sql[KS_PG_SQL_LOG_HEAD];
-	const char *tail = s->sql[KS_PG_SQL_LOG_TAIL];
-	size_t cap = strlen(head) + strlen(tail) + n * 64 + 1, len, i;
+	const char *head = s->sql[with_ids ? KS_PG_SQL_LOG_IMPORT_HEAD
+					   : KS_PG_SQL_LOG_HEAD];
+	const char *tail = s->sql[with_ids ? KS_PG_SQL_LOG_IMPORT_TAIL
+					   : KS_PG_SQL_LOG_TAIL];
+	size_t per = with_ids ? 5 : 4;
+	size_t cap = strlen(head) + strlen(tail) + n * 80 + 1, len, i;
 	char *sql = malloc(cap);
 
 	if (!sql)
 		return NULL;
 	len = (size_t)snprintf(sql, cap, "%s", head);
 	for (i = 0; i < n; i++) {
-		size_t p = i * 4;
+		const char **v = values + i * per;
+		Oid *t = types + i * per;
+		size_t p = i * per;
 
-		len += (size_t)snprintf(
-			sql + len, cap - len, "%s($%zu, $%zu, $%zu, $%zu, %zu)",
-			i ? ", " : "", p + 1, p + 2, p + 3, p + 4, i);
-		values[p] = e[i].ip;
-		values[p + 1] = ks_pg_num(nums[2 * i], e[i].when);
-		values[p + 2] = e[i].user_id > 0 ? ks_pg_num(nums[2 * i + 1],
-							     e[i].user_id)
-						 : NULL;
-		values[p + 3] = e[i].success ? "t" : "f";
-		types[p] = KS_PG_TEXTOID;
-		types[p + 1] = KS_PG_INT8OID;
-		types[p + 2] = KS_PG_INT8OID;
-		types[p + 3] = KS_PG_BOOLOID;
+		if (with_ids) {
+			len += (size_t)snprintf(
+				sql + len, cap - len,
+				"%s($%zu, $%zu, $%zu, $%zu, $%zu)",
+				i ? ", " : "", p + 1, p + 2, p + 3, p + 4,
+				p + 5);
+			*v++ = ks_pg_num(nums[3 * i + 2], e[i].id);
+			*t++ = KS_PG_INT8OID;
+		} else {
+			len += (size_t)snprintf(
+				sql + len, cap - len,
+				"%s($%zu, $%zu, $%zu, $%zu, %zu)",
+				i ? ", " : "", p + 1, p + 2, p + 3, p + 4, i);
+		}
+		v[0] = e[i].ip;
+		v[1] = ks_pg_num(nums[3 * i], e[i].when);
+		v[2] = e[i].user_id > 0
+			       ? ks_pg_num(nums[3 * i + 1], e[i].user_id)
+			       : NULL;
+		v[3] = e[i].success ? "t" : "f";
+		t[0] = KS_PG_TEXTOID;
+		t[1] = KS_PG_INT8OID;
+		t[2] = KS_PG_INT8OID;
+		t[3] = KS_PG_BOOLOID;
 	}
 	snprintf(sql + len, cap - len, "%s", tail);
 	return sql;
 }
 
-static int ks_pg_auth_log_add(struct ks_store *store,
-			      const struct ks_auth_log *entries, size_t n,
-			      struct ks_err *err)
+/*
+ * Write n entries, KS_PG_LOG_ROWS per INSERT, with the lock held; the
+ * caller wraps more than one INSERT in a transaction.
+ */
+static int ks_pg_log_write(struct ks_pg_store *s, const char *func,
+			   int with_ids, const struct ks_auth_log *entries,
+			   size_t n, struct ks_err *err)
 {
-	static const char func[] = "ks_pg_auth_log_add";
-	struct ks_pg_store *s = ks_pg_downcast(store);
 	size_t rows = n < KS_PG_LOG_ROWS ? n : KS_PG_LOG_ROWS, done;
-	const char **values = calloc(rows * 4, sizeof(*values));
-	Oid *types = calloc(rows * 4, sizeof(*types));
-	char(*nums)[24] = calloc(rows * 2, sizeof(*nums));
-	int ret = 0, several = n > KS_PG_LOG_ROWS;
+	const char **values = calloc(rows * 5, sizeof(*values));
+	Oid *types = calloc(rows * 5, sizeof(*types));
+	char(*nums)[24] = calloc(rows * 3, sizeof(*nums));
+	int ret = 0;
 
 	if (!values || !types || !nums)
 		ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory", func);
-	pthread_mutex_lock(&s->lock);
-	if (!ret)
-		ret = ks_pg_ensure(s, func, err);
-	/* One statement is a transaction; more need one around them. */
-	if (!ret && several)
-		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
-				  NULL, err);
 	for (done = 0; !ret && done < n; done += rows) {
 		size_t k = n - done < rows ? n - done : rows;
-		char *sql = ks_pg_log_insert(s, entries + done, k, values,
-					     types, nums);
+		char *sql = ks_pg_log_insert(s, with_ids, entries + done, k,
+					     values, types, nums);
 
 		if (!sql)
 			ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory",
@@ -2023,16 +2097,71 @@ static int ks_pg_auth_log_add(struct ks_store *store,
 					 s->shown);
 		else
 			ret = ks_pg_texec(s, func, "INSERT auth_logs", sql,
-					  (int)(k * 4), types, values, NULL,
-					  err);
+					  (int)(k * (with_ids ? 5 : 4)), types,
+					  values, NULL, err);
 		free(sql);
 	}
-	if (several && (ret == 0 || s->conn))
-		ret = ks_pg_end(s, func, ret, err);
-	pthread_mutex_unlock(&s->lock);
 	free(values);
 	free(types);
 	free(nums);
+	return ret;
+}
+
+static int ks_pg_auth_log_add(struct ks_store *store,
+			      const struct ks_auth_log *entries, size_t n,
+			      struct ks_err *err)
+{
+	static const char func[] = "ks_pg_auth_log_add";
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	int ret, several = n > KS_PG_LOG_ROWS;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_pg_ensure(s, func, err);
+	/* One statement is a transaction; more need one around them. */
+	if (!ret && several)
+		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_log_write(s, func, 0, entries, n, err);
+	if (several && s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE)
+		ret = ks_pg_end(s, func, ret, err);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+/*
+ * Entries with their ids, inside the write transaction: the table is
+ * locked against ks_pg_auth_log_add() while auth_logs_id_seq moves past
+ * them. A taken id fails the transaction.
+ */
+static int ks_pg_txn_auth_log_import(struct ks_txn *txn,
+				     const struct ks_auth_log *entries,
+				     size_t n, struct ks_err *err)
+{
+	static const char func[] = "ks_pg_txn_auth_log_import";
+	static const Oid types[1] = {KS_PG_INT8OID};
+	struct ks_pg_store *s = ks_pg_txn(txn)->s;
+	int64_t top = 0;
+	char num[24];
+	const char *values[1] = {num};
+	size_t i;
+	int ret;
+
+	for (i = 0; i < n; i++)
+		if (entries[i].id > top)
+			top = entries[i].id;
+	ks_pg_num(num, top);
+	ret = ks_pg_txn_live(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "LOCK auth_logs",
+				  s->sql[KS_PG_SQL_LOG_LOCK], 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_log_write(s, func, 1, entries, n, err);
+	if (!ret && s->conn)
+		ret = ks_pg_texec(s, func, "setval auth_logs_id_seq",
+				  s->sql[KS_PG_SQL_LOG_SETVAL], 1, types,
+				  values, NULL, err);
 	return ret;
 }
 
@@ -2066,7 +2195,18 @@ static int ks_pg_auth_log_list(struct ks_store *store, int64_t after_id,
 {
 	struct ks_pg_log_walk w = {fn, arg};
 
-	return ks_pg_pages(ks_pg_downcast(store), "ks_pg_auth_log_list",
+	return ks_pg_pages(ks_pg_downcast(store), 0, "ks_pg_auth_log_list",
+			   "SELECT auth_logs", KS_PG_SQL_LOG_LIST, after_id,
+			   ks_pg_log_rows, &w, err);
+}
+
+static int ks_pg_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+				   ks_auth_log_fn fn, void *arg,
+				   struct ks_err *err)
+{
+	struct ks_pg_log_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_txn(txn)->s, 1, "ks_pg_txn_auth_log_list",
 			   "SELECT auth_logs", KS_PG_SQL_LOG_LIST, after_id,
 			   ks_pg_log_rows, &w, err);
 }
@@ -2123,4 +2263,8 @@ const struct ks_backend ks_backend_postgres = {
 	.auth_log_add = ks_pg_auth_log_add,
 	.auth_log_list = ks_pg_auth_log_list,
 	.auth_log_purge = ks_pg_auth_log_purge,
+	.txn_user_list = ks_pg_txn_user_list,
+	.txn_user_import = ks_pg_txn_user_import,
+	.txn_auth_log_list = ks_pg_txn_auth_log_list,
+	.txn_auth_log_import = ks_pg_txn_auth_log_import,
 };

@@ -979,6 +979,115 @@ static void test_accounts_two_handles(void)
 	ks_close(a);
 }
 
+struct txn_accounts {
+	struct ks_user u;
+	struct ks_auth_log e[2];
+	int users_seen;
+	int entries_seen;
+};
+
+static int txn_count_user(const struct ks_user *u, void *arg)
+{
+	(void)u;
+	((struct txn_accounts *)arg)->users_seen++;
+	return 0;
+}
+
+static int txn_count_entry(const struct ks_auth_log *e, void *arg)
+{
+	(void)e;
+	((struct txn_accounts *)arg)->entries_seen++;
+	return 0;
+}
+
+/* Import a user and two entries, then list them in the transaction. */
+static int txn_accounts_fn(struct ks_txn *txn, void *arg, struct ks_err *err)
+{
+	struct txn_accounts *t = arg;
+	int rc = ks_txn_user_import(txn, &t->u, err);
+
+	if (!rc)
+		rc = ks_txn_auth_log_import(txn, t->e, 2, err);
+	if (!rc)
+		rc = ks_txn_user_list(txn, txn_count_user, t, err);
+	if (!rc)
+		rc = ks_txn_auth_log_list(txn, 0, txn_count_entry, t, err);
+	return rc;
+}
+
+/*
+ * Accounts inside a write transaction (ks_copy's way): ids kept, the
+ * sequences moved past them, no key change announced, and a conflict
+ * rolls the whole transaction back.
+ */
+static void test_accounts_in_txn(void)
+{
+	char name[] = "txnuser", hash[] = "$argon2id$t";
+	struct txn_accounts t;
+	struct ks_store *store;
+	struct ks_auth_log e = log_entry("192.0.2.77", 5, 0, 1);
+	struct ks_user u;
+	struct ks_err err = {""};
+	static struct log_seen seen;
+	char schema[64];
+	int64_t id = 0;
+	long long c0;
+	int rc;
+
+	new_schema(schema, sizeof(schema));
+	store = open_ok(schema);
+	if (!store)
+		return;
+	memset(&t, 0, sizeof(t));
+	t.u.id = 70;
+	t.u.username = name;
+	t.u.password_hash = hash;
+	t.u.registered = 1;
+	t.u.last_login = KS_NEVER;
+	t.e[0] = log_entry("192.0.2.1", 1, 70, 1);
+	t.e[0].id = 10;
+	t.e[1] = log_entry("192.0.2.2", 2, 0, 0);
+	t.e[1].id = 20;
+	c0 = counter_of(schema);
+	rc = ks_write(store, txn_accounts_fn, &t, &err);
+	CHECK(rc == 0, "accounts in a transaction: %s", err.text);
+	CHECK_EQ_INT(t.users_seen, 1, "users seen inside the transaction");
+	CHECK_EQ_INT(t.entries_seen, 2, "entries seen inside the transaction");
+	CHECK_EQ_INT(counter_of(schema), c0,
+		     "the change counter after account imports");
+	list_log(store, 0, &seen);
+	CHECK(seen.n == 2 && seen.e[0].id == 10 && seen.e[1].id == 20 &&
+		      seen.e[0].user_id == 70,
+	      "imported entries: %d", seen.n);
+	CHECK_EQ_INT(ks_auth_log_add(store, &e, 1, &err), 0, "add: %s",
+		     err.text);
+	list_log(store, 20, &seen);
+	CHECK(seen.n == 1 && seen.e[0].id == 21, "the id after importing 20");
+	CHECK_EQ_INT(ks_user_add(store, "later", "$h", NULL, 1, &id, &err), 0,
+		     "user_add: %s", err.text);
+	CHECK_EQ_INT(id, 71, "the user id after importing 70");
+
+	/* Taken ids: KS_EEXISTS, and nothing of the transaction stays. */
+	t.users_seen = t.entries_seen = 0;
+	t.u.id = 80;
+	name[0] = 'T';
+	rc = ks_write(store, txn_accounts_fn, &t, &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "entries 10 and 20 again: %s", err.text);
+	CHECK_EQ_INT(ks_user_get(store, name, &u, NULL), KS_ENOTFOUND,
+		     "a user of a rolled-back transaction");
+	t.u.id = 90;
+	snprintf(name, sizeof(name), "later");
+	t.e[0].id = 30;
+	t.e[1].id = 31;
+	rc = ks_write(store, txn_accounts_fn, &t, &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "a taken username: %s", err.text);
+	CHECK(strstr(err.text, "username") != NULL,
+	      "a taken username is not named: %s", err.text);
+	list_log(store, 0, &seen);
+	CHECK_EQ_INT(seen.n, 3, "entries after rolled-back transactions");
+	ks_close(store);
+}
+
 #define MANY 2500
 
 /*
@@ -1227,6 +1336,8 @@ int main(void)
 	printf("migration from version 1 done\n");
 	test_accounts_two_handles();
 	printf("accounts across two handles done\n");
+	test_accounts_in_txn();
+	printf("accounts in a transaction done\n");
 	test_accounts_many();
 	printf("many accounts done\n");
 	test_outage();
