@@ -171,6 +171,22 @@ struct ks_backend {
 			     ks_auth_log_fn fn, void *arg, struct ks_err *err);
 	int (*auth_log_purge)(struct ks_store *store, int64_t before,
 			      size_t *count_out, struct ks_err *err);
+
+	/*
+	 * Optional (NULL: KS_EUNSUPPORTED): the accounts inside a write
+	 * transaction, see ks_txn_user_list() and the others in keystore.h.
+	 * Called only with the txn ks_write() handed to its callback.
+	 */
+	int (*txn_user_list)(struct ks_txn *txn, ks_user_fn fn, void *arg,
+			     struct ks_err *err);
+	int (*txn_user_import)(struct ks_txn *txn, const struct ks_user *u,
+			       struct ks_err *err);
+	int (*txn_auth_log_list)(struct ks_txn *txn, int64_t after_id,
+				 ks_auth_log_fn fn, void *arg,
+				 struct ks_err *err);
+	int (*txn_auth_log_import)(struct ks_txn *txn,
+				   const struct ks_auth_log *entries, size_t n,
+				   struct ks_err *err);
 };
 
 extern const struct ks_backend ks_backend_sqlite;

@@ -580,3 +580,68 @@ int ks_auth_log_purge(struct ks_store *store, int64_t before, size_t *count_out,
 				  "ks_auth_log_purge: store is NULL");
 	return store->be->auth_log_purge(store, before, count_out, err);
 }
+
+/* The backend's optional transaction slot, or KS_EUNSUPPORTED. */
+#define KS__TXN_SLOT(txn, slot, func, err)                                 \
+	do {                                                               \
+		if (!(txn)->store->be->slot)                               \
+			return ks_err_set(err, KS_EUNSUPPORTED,            \
+					  "%s: backend '%s' cannot do it " \
+					  "in a transaction",              \
+					  func, (txn)->store->be->name);   \
+	} while (0)
+
+int ks_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+		     struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_user_list: bad argument");
+	KS__TXN_SLOT(txn, txn_user_list, "ks_txn_user_list", err);
+	return txn->store->be->txn_user_list(txn, fn, arg, err);
+}
+
+int ks_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+		       struct ks_err *err)
+{
+	if (!txn || !u || u->id < 1 || !ks_user_name_ok(u->username) ||
+	    !u->password_hash || (u->email && !*u->email))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_user_import: bad argument");
+	KS__TXN_SLOT(txn, txn_user_import, "ks_txn_user_import", err);
+	return txn->store->be->txn_user_import(txn, u, err);
+}
+
+int ks_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+			 ks_auth_log_fn fn, void *arg, struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_auth_log_list: bad argument");
+	KS__TXN_SLOT(txn, txn_auth_log_list, "ks_txn_auth_log_list", err);
+	return txn->store->be->txn_auth_log_list(txn, after_id, fn, arg, err);
+}
+
+int ks_txn_auth_log_import(struct ks_txn *txn,
+			   const struct ks_auth_log *entries, size_t n,
+			   struct ks_err *err)
+{
+	size_t i;
+
+	if (!txn || (!entries && n))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_auth_log_import: bad argument");
+	for (i = 0; i < n; i++)
+		if (entries[i].id < 1 ||
+		    !memchr(entries[i].ip, '\0', sizeof(entries[i].ip)) ||
+		    !entries[i].ip[0] || entries[i].user_id < 0)
+			return ks_err_set(err, KS_EINVAL,
+					  "ks_txn_auth_log_import: bad entry "
+					  "%zu",
+					  i);
+	if (!n)
+		return 0;
+	KS__TXN_SLOT(txn, txn_auth_log_import, "ks_txn_auth_log_import", err);
+	return txn->store->be->txn_auth_log_import(txn, entries, n, err);
+}
+#undef KS__TXN_SLOT

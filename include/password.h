@@ -27,10 +27,9 @@ struct pw_params {
 };
 
 /* OWASP's minimum for Argon2id: the default and the floor. */
-#define PW_PARAMS_INIT      \
-	{                   \
-		19456, 2, 1 \
-	}
+/* clang-format off */
+#define PW_PARAMS_INIT {19456, 2, 1}
+/* clang-format on */
 
 /* Longest PHC string pw_hash() writes, with its NUL. */
 #define PW_HASH_MAX 160

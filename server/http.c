@@ -271,36 +271,88 @@ int jwks_http__parse_alg(const char *query, char *alg, size_t cap)
 /*
  * Read the request body, up to HTTP_BODY_MAX bytes, into *out (the
  * caller frees it; NUL-terminated). Returns its length, or -1 when it is
- * larger (nothing kept) or cannot be read.
+ * larger (what was read is dropped; CivetWeb discards the rest) or cannot
+ * be read.
  */
 static long http_read_body(struct mg_connection *conn, char **out)
 {
+	long long declared = mg_get_request_info(conn)->content_length;
 	size_t len = 0, cap = 1024;
-	char *buf = malloc(cap + 1), *grown;
-	int n;
+	char *buf, *grown, extra;
+	int n, ok = 1;
 
 	*out = NULL;
-	while (buf && (n = mg_read(conn, buf + len, cap - len)) > 0) {
-		len += (size_t)n;
-		if (len < cap)
-			continue;
-		if (cap == HTTP_BODY_MAX) {
-			free(buf);
-			return -1;
-		}
-		cap = cap * 4 > HTTP_BODY_MAX ? HTTP_BODY_MAX : cap * 4;
-		grown = realloc(buf, cap + 1);
-		if (!grown) {
-			free(buf);
-			return -1;
-		}
-		buf = grown;
-	}
+	buf = malloc(cap + 1);
 	if (!buf)
 		return -1;
+	for (;;) {
+		if (len == cap && cap == HTTP_BODY_MAX) {
+			/* Full: one byte more means too large. */
+			ok = mg_read(conn, &extra, 1) <= 0;
+			break;
+		}
+		if (len == cap) {
+			cap = cap * 4 > HTTP_BODY_MAX ? HTTP_BODY_MAX : cap * 4;
+			grown = realloc(buf, cap + 1);
+			if (!grown) {
+				ok = 0;
+				break;
+			}
+			buf = grown;
+		}
+		n = mg_read(conn, buf + len, cap - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		/*
+		 * A short read of a declared body means CivetWeb waited the
+		 * request timeout for the rest: the client stalled.
+		 */
+		if ((size_t)n < cap - len + (size_t)n && declared > 0 &&
+		    (long long)len < declared) {
+			ok = 0;
+			break;
+		}
+	}
+	if (!ok) {
+		free(buf);
+		return -1;
+	}
 	buf[len] = '\0';
 	*out = buf;
 	return (long)len;
+}
+
+/* JSON nested deeper than this is refused before jansson sees it. */
+#define HTTP_JSON_DEPTH_MAX 32
+
+/*
+ * Whether body nests arrays and objects at most HTTP_JSON_DEPTH_MAX deep:
+ * jansson parses recursively, and a CivetWeb worker's stack is small.
+ */
+static int http_json_shallow(const char *body, size_t len)
+{
+	int depth = 0, in_string = 0;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		char ch = body[i];
+
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = 0;
+		} else if (ch == '"') {
+			in_string = 1;
+		} else if (ch == '[' || ch == '{') {
+			if (++depth > HTTP_JSON_DEPTH_MAX)
+				return 0;
+		} else if (ch == ']' || ch == '}') {
+			depth--;
+		}
+	}
+	return 1;
 }
 
 /* Credentials of a request: from HTTP Basic, or a JSON body. */
@@ -350,7 +402,10 @@ static int http_basic_creds(struct mg_connection *conn, struct http_creds *c)
  */
 static int http_json_creds(const char *body, size_t len, struct http_creds *c)
 {
-	json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+	json_t *root =
+		http_json_shallow(body, len)
+			? json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL)
+			: NULL;
 	json_t *u = json_object_get(root, "username");
 	json_t *p = json_object_get(root, "password");
 	int found = 0;
@@ -427,11 +482,9 @@ static int http_auth_login(struct mg_connection *conn,
 	/* Most requests of an open issuer have no body: read none. */
 	if (found == 0 && (mg_get_request_info(conn)->content_length > 0 ||
 			   mg_get_header(conn, "Transfer-Encoding"))) {
+		/* A body too large to hold credentials holds none. */
 		len = http_read_body(conn, &body);
-		if (len < 0)
-			return http_error(conn, 413, "request body too large",
-					  NULL, NULL);
-		found = http_json_creds(body, (size_t)len, c);
+		found = len < 0 ? 0 : http_json_creds(body, (size_t)len, c);
 		free(body);
 	}
 	if (found <= 0)
@@ -509,12 +562,16 @@ static const char *http_parse_user(const char *body, size_t len,
 				   const char **username, const char **email,
 				   json_t **root_out)
 {
-	json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+	json_t *root;
 	const char *name;
 	json_t *v;
 
-	*root_out = root;
 	*username = *email = NULL;
+	*root_out = NULL;
+	if (!http_json_shallow(body, len))
+		return "JSON nested too deep";
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+	*root_out = root;
 	if (!json_is_object(root))
 		return "body must be a JSON object";
 	json_object_foreach(root, name, v)

@@ -79,7 +79,7 @@ static const char main_usage_text[] =
 	"CIDR]...\n"
 	"             [--auth-log-days N] [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
-	"                  [--pg-schema NAME]\n"
+	"                  [--with-auth-log] [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
 	"...\n"
 	"       jwksd users list|add NAME|passwd NAME|lock NAME|unlock NAME|"
@@ -148,9 +148,11 @@ static const char main_usage_text[] =
 	"                         0: forever)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
-	"  copy                   copy every key with its kid and expiry from\n"
-	"                         one store to another; the destination must\n"
-	"                         be empty unless --merge is given\n"
+	"  copy                   copy every key with its kid and expiry, and\n"
+	"                         every user with its id, from one store to\n"
+	"                         another (the auth log too with\n"
+	"                         --with-auth-log); the destination must be\n"
+	"                         empty unless --merge is given\n"
 	"  keys                   key administration: jwksd keys --help\n"
 	"  users                  user accounts: jwksd users --help\n"
 	"\n"
@@ -700,13 +702,14 @@ static int main_parse_store_spec(char *spec, const struct ks_backend **be,
 	return *be ? 0 : 2;
 }
 
-/* jwksd copy --from NAME:PATH --to NAME:PATH [--merge] */
+/* jwksd copy --from NAME:PATH --to NAME:PATH [--merge] [--with-auth-log] */
 static int main_copy(int argc, char **argv, const struct main_config *cfg)
 {
 	static const struct option opts[] = {
 		{"from", required_argument, NULL, 'f'},
 		{"to", required_argument, NULL, 't'},
 		{"merge", no_argument, NULL, 'M'},
+		{"with-auth-log", no_argument, NULL, 'A'},
 		{"lmdb-map-size", required_argument, NULL, 'm'},
 		{"pg-schema", required_argument, NULL, 'P'},
 		{NULL, 0, NULL, 0},
@@ -717,8 +720,9 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 	struct ks_store *from = NULL, *to = NULL;
 	struct main_config c = *cfg;
 	struct ks_err e = {{0}};
-	int opt, rc, merge = 0;
-	size_t copied = 0;
+	struct ks_copy_counts copied = {0, 0, 0};
+	unsigned flags = 0;
+	int opt, rc;
 
 	opterr = 0;
 	optind = 1;
@@ -730,7 +734,9 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		else if (opt == 't')
 			rc = main_parse_store_spec(optarg, &to_be, &to_path);
 		else if (opt == 'M')
-			merge = 1;
+			flags |= KS_COPY_MERGE;
+		else if (opt == 'A')
+			flags |= KS_COPY_AUTH_LOG;
 		else if (opt == 'm' &&
 			 cli_parse_size(optarg, 1LL << 16, 1LL << 40,
 					&c.lmdb_map_size))
@@ -761,20 +767,28 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		ks_close(from);
 		return 1;
 	}
-	rc = ks_copy(to, from, merge, &copied, &e);
+	rc = ks_copy(to, from, flags, &copied, &e);
 	if (rc)
 		fprintf(stderr,
-			"jwksd: copy from %s '%s' to %s '%s' failed after %zu "
-			"keys: %s (%s)%s\n",
+			"jwksd: copy from %s '%s' to %s '%s' failed, nothing "
+			"was written: %s (%s)%s\n",
 			ks_backend_name(from_be), from_shown,
-			ks_backend_name(to_be), to_shown, copied,
-			ks_strerror(rc), e.text,
-			rc == KS_EEXISTS && !merge ? "; --merge adds to it"
-						   : "");
-	else
-		printf("copied %zu keys from %s '%s' to %s '%s'\n", copied,
+			ks_backend_name(to_be), to_shown, ks_strerror(rc),
+			e.text,
+			rc == KS_EEXISTS && !(flags & KS_COPY_MERGE)
+				? "; --merge adds to it"
+				: "");
+	else if (flags & KS_COPY_AUTH_LOG)
+		printf("copied %zu keys, %zu users and %zu auth-log entries "
+		       "from %s '%s' to %s '%s'\n",
+		       copied.keys, copied.users, copied.auth_logs,
 		       ks_backend_name(from_be), from_shown,
 		       ks_backend_name(to_be), to_shown);
+	else
+		printf("copied %zu keys and %zu users from %s '%s' to %s "
+		       "'%s'\n",
+		       copied.keys, copied.users, ks_backend_name(from_be),
+		       from_shown, ks_backend_name(to_be), to_shown);
 	ks_close(to);
 	ks_close(from);
 	return rc ? 1 : 0;
