@@ -36,7 +36,7 @@ from pathlib import Path
 
 from harness import (
     AUTH_PATH, BACKEND, CLOCK_SLACK, LOOPBACK,
-    JwksdTestCase, PgStore, db_args, run_jwksd, split_jwt,
+    JwksdTestCase, PgStore, db_args, free_port, run_jwksd, split_jwt,
 )
 
 REGISTER_PATH = "/register"
@@ -524,6 +524,29 @@ class RegisterAndLoginTests(AccountsCase):
                             uid, "frank", "second login with t=3")
         self.assertUnauthorized(self.login(stronger, "frank", pw.upper()),
                                 INVALID_CREDENTIALS, "wrong password after the rehash")
+
+
+class AccountFlagTests(AccountsCase):
+
+    def test_bad_account_flags_stop_the_server(self):
+        cases = [("--login", "bogus"), ("--login", ""),
+                 ("--argon2", "m=1024,t=1,p=1"),  # below OWASP's minimum
+                 ("--argon2", "m=19456,t=1,p=1"), ("--argon2", "m=19456,t=2"),
+                 ("--argon2", "t=2,p=1,m=19456,m=20000"),
+                 ("--trust-proxy", "garbage"), ("--trust-proxy", "10.0.0.0/33"),
+                 ("--auth-rate", "-1"), ("--auth-rate", "x"),
+                 ("--register-rate", "-5"), ("--auth-log-days", "-1")]
+        for flag, value in cases:
+            with self.subTest(flag=flag, value=value):
+                port = free_port()
+                work = self.make_tmpdir()
+                res = run_jwksd(["--listen", f"127.0.0.1:{port}", "--backend", BACKEND,
+                                 *db_args(self.store_path(work)), flag, value],
+                                cwd=work, timeout=20, watch_port=port)
+                self.assertNotIn(res.returncode, (0, None), res.describe())
+                self.assertFalse(res.listened, f"listened with {flag} {value!r}")
+                self.assertIn(flag.lstrip("-").split("-")[0], res.stderr.lower(),
+                              f"the message names the flag: {res.describe()}")
 
 
 # ----------------------------------------------------------- login outcomes
