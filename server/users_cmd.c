@@ -146,7 +146,7 @@ static int users_list_one(const struct ks_user *u, void *arg)
 		return 0;
 	}
 	o = json_pack(
-		"{sIsss?sIsIsb}", "id", (json_int_t)u->id, "username",
+		"{sIssss?sIsIsb}", "id", (json_int_t)u->id, "username",
 		u->username, "email", u->email, "registered",
 		(json_int_t)u->registered, "last_login",
 		(json_int_t)(u->last_login == KS_NEVER ? 0 : u->last_login),
