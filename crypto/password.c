@@ -11,12 +11,15 @@
  * that the string is decoded once and every buffer is wiped; libargon2
  * compares the two hashes in constant time.
  */
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
+
 #include "crypto_internal.h"
 
 #include <argon2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <openssl/crypto.h>
 
@@ -333,6 +336,32 @@ static int pw_phc_parse(struct pw_phc *phc, const char *s)
 	return 0;
 }
 
+/*
+ * Argon2's memory (m KiB per call) straight from the kernel and back:
+ * through malloc() it would stay in the per-thread arenas after use, so
+ * that a server whose many threads each verified once would keep m KiB
+ * per arena resident (glibc raises its mmap threshold after the first
+ * large free). libargon2 wipes the blocks before it frees them.
+ */
+static int pw_mem_alloc(uint8_t **memory, size_t bytes)
+{
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED) {
+		*memory = NULL;
+		return ARGON2_MEMORY_ALLOCATION_ERROR;
+	}
+	*memory = p;
+	return ARGON2_OK;
+}
+
+static void pw_mem_free(uint8_t *memory, size_t bytes)
+{
+	if (memory)
+		munmap(memory, bytes);
+}
+
 int pw_verify(const char *hash, const char *password, size_t len,
 	      const struct pw_params *current, int *stale)
 {
@@ -363,6 +392,8 @@ int pw_verify(const char *hash, const char *password, size_t len,
 	ctx.threads = phc.params.p;
 	ctx.version = ARGON2_VERSION_13;
 	ctx.flags = ARGON2_DEFAULT_FLAGS;
+	ctx.allocate_cbk = pw_mem_alloc;
+	ctx.free_cbk = pw_mem_free;
 	rc = pw_argon2_code(argon2id_verify_ctx(&ctx, (const char *)phc.tag));
 	/* A salt of another length than ours is a parameter too. */
 	if (rc == 0 && stale)

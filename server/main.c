@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -836,6 +837,13 @@ int main(int argc, char **argv)
 	rc = main_parse_args(argc, argv, &cfg);
 	if (rc)
 		return rc;
+	/*
+	 * Large blocks (Argon2id's m KiB per password hash) straight from the
+	 * kernel and back, always: glibc would otherwise raise its mmap
+	 * threshold after the first large free and keep such blocks in each
+	 * thread's arena, resident long after the hash.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
 	be = cli_find_backend(cfg.backend);
 	if (!be)
 		return 2;
