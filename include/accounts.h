@@ -92,6 +92,9 @@ int jwks_accounts_new(struct jwks_accounts **out, struct ks_store *store,
 /* Write what is queued (up to a few seconds), stop, free. May be NULL. */
 void jwks_accounts_free(struct jwks_accounts *acct);
 
+/* Whether text is a CIDR range (or one address) for trusted_proxies. */
+int jwks_accounts_valid_cidr(const char *text);
+
 /* Whether only valid credentials get a token: 1 or 0. */
 int jwks_accounts_login_required(const struct jwks_accounts *acct);
 

@@ -135,6 +135,13 @@ static int acct_parse_cidr(const char *text, struct acct_cidr *out)
 	return 0;
 }
 
+int jwks_accounts_valid_cidr(const char *text)
+{
+	struct acct_cidr c;
+
+	return text && acct_parse_cidr(text, &c) == 0;
+}
+
 /* Whether the address text is inside one of the trusted ranges. */
 static int acct_trusted(const struct jwks_accounts *a, const char *text)
 {

@@ -423,6 +423,11 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage(
 					"more than %d --trust-proxy ranges",
 					JWKS_MAX_TRUSTED_PROXIES);
+			if (!jwks_accounts_valid_cidr(optarg))
+				return main_bad_usage(
+					"invalid --trust-proxy '%s': want "
+					"ADDR/PREFIX",
+					optarg);
 			cfg->proxies[cfg->n_proxies++] = optarg;
 			break;
 		case 'D':
