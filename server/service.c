@@ -1500,16 +1500,19 @@ void jwks_service_free(struct jwks_service *svc)
 
 /*
  * The current snapshot, rebuilt first from memory (never the store) when
- * a key boundary has passed since it was built.
+ * a key boundary has passed since it was built, and the time it is read
+ * at (*now). The time is taken once the first snapshot exists: a request
+ * that waited for it must not be dated before the keys it will use.
  */
 static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
-					      int64_t now)
+					      int64_t *now)
 {
 	struct svc_snapshot *s = svc_acquire(svc);
 
-	if (s && now >= s->valid_until) {
+	*now = svc_now(svc);
+	if (s && *now >= s->valid_until) {
 		svc_snapshot_release(s);
-		svc_refresh(svc, now);
+		svc_refresh(svc, *now);
 		s = svc_acquire(svc);
 	}
 	return s;
@@ -1595,8 +1598,7 @@ int jwks_service_issue(struct jwks_service *svc,
 	if (a < 0)
 		return ks_err_set(err, KS_EUNSUPPORTED,
 				  "algorithm not configured");
-	now = svc_now(svc);
-	s = svc_acquire_fresh(svc, now);
+	s = svc_acquire_fresh(svc, &now);
 	if (!s)
 		return ks_err_set(err, KS_ENOKEY, "no key set published yet");
 	c.fixed = svc->fixed_claims;
@@ -1663,8 +1665,7 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg)
 
 	if (!svc || !fn)
 		return KS_EINVAL;
-	now = svc_now(svc);
-	s = svc_acquire_fresh(svc, now);
+	s = svc_acquire_fresh(svc, &now);
 	if (!s)
 		return KS_ENOKEY;
 	doc.body = s->body;
