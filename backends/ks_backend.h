@@ -138,6 +138,55 @@ struct ks_backend {
 
 	/* Optional (NULL: ks_scrub() returns KS_EUNSUPPORTED). */
 	int (*scrub)(struct ks_store *store, struct ks_err *err);
+
+	/*
+	 * Accounts, all mandatory: see the ks_user_* and ks_auth_log_*
+	 * functions of keystore.h. Strings handed to user_get's *out are
+	 * malloc()ed (ks_user_release() frees them); user_import's u is the
+	 * caller's. Each call is its own transaction, atomic and durable,
+	 * safe against other processes on the same store.
+	 */
+	int (*user_add)(struct ks_store *store, const char *username,
+			const char *password_hash, const char *email,
+			int64_t registered, int64_t *id_out,
+			struct ks_err *err);
+	int (*user_import)(struct ks_store *store, const struct ks_user *u,
+			   struct ks_err *err);
+	int (*user_get)(struct ks_store *store, const char *username,
+			struct ks_user *out, struct ks_err *err);
+	int (*user_list)(struct ks_store *store, ks_user_fn fn, void *arg,
+			 struct ks_err *err);
+	int (*user_set_hash)(struct ks_store *store, int64_t id,
+			     const char *hash, struct ks_err *err);
+	int (*user_set_locked)(struct ks_store *store, int64_t id, int locked,
+			       struct ks_err *err);
+	int (*user_set_login)(struct ks_store *store, int64_t id, int64_t when,
+			      struct ks_err *err);
+	int (*user_delete)(struct ks_store *store, int64_t id,
+			   struct ks_err *err);
+	int (*auth_log_add)(struct ks_store *store,
+			    const struct ks_auth_log *entries, size_t n,
+			    struct ks_err *err);
+	int (*auth_log_list)(struct ks_store *store, int64_t after_id,
+			     ks_auth_log_fn fn, void *arg, struct ks_err *err);
+	int (*auth_log_purge)(struct ks_store *store, int64_t before,
+			      size_t *count_out, struct ks_err *err);
+
+	/*
+	 * Optional (NULL: KS_EUNSUPPORTED): the accounts inside a write
+	 * transaction, see ks_txn_user_list() and the others in keystore.h.
+	 * Called only with the txn ks_write() handed to its callback.
+	 */
+	int (*txn_user_list)(struct ks_txn *txn, ks_user_fn fn, void *arg,
+			     struct ks_err *err);
+	int (*txn_user_import)(struct ks_txn *txn, const struct ks_user *u,
+			       struct ks_err *err);
+	int (*txn_auth_log_list)(struct ks_txn *txn, int64_t after_id,
+				 ks_auth_log_fn fn, void *arg,
+				 struct ks_err *err);
+	int (*txn_auth_log_import)(struct ks_txn *txn,
+				   const struct ks_auth_log *entries, size_t n,
+				   struct ks_err *err);
 };
 
 extern const struct ks_backend ks_backend_sqlite;

@@ -5,8 +5,11 @@
  * blob; "meta" holds "next_kid", the next kid put() assigns. "life" maps
  * the kid (as in "keys") to its lifecycle entry: created, activate_at,
  * retire_at and revoked_at, 8 bytes each, big-endian two's complement.
- * A store made before "life" existed gets it on its first writable open; a
- * read-only one without it has no lifecycle entries.
+ * "users", "user_names", "user_emails" and "auth_log" hold the accounts
+ * (see the accounts section below).
+ * A store made before "life" or the accounts existed gets them on its
+ * first writable open; a read-only one without them has no lifecycle
+ * entries, or no accounts.
  */
 #define _GNU_SOURCE
 
@@ -24,7 +27,7 @@
 
 #include "ks_backend.h"
 
-#define KS_LMDB_MAXDBS 3
+#define KS_LMDB_MAXDBS 7
 #define KS_LMDB_LIFE_SIZE 32
 #define KS_LMDB_LOCK_SUFFIX "-lock"
 /*
@@ -34,6 +37,16 @@
 #define KS_LMDB_WLOCK_OFFSET ((off_t)0x7fff0000)
 
 static char ks_lmdb_key_next_kid[] = "next_kid";
+
+/*
+ * The databases of a store. has_life, has_accounts: "life", and the four
+ * account databases, exist (a read-only store made before them has none).
+ */
+struct ks_lmdb_dbis {
+	MDB_dbi keys, meta, life;
+	MDB_dbi users, names, emails, alog;
+	int has_life, has_accounts;
+};
 
 /*
  * LMDB forbids opening one environment twice in a process (closing the
@@ -67,8 +80,7 @@ struct ks_lmdb_env {
 	pid_t pid;
 	unsigned refs;
 	MDB_env *env;
-	MDB_dbi keys, meta, life;
-	int has_life;
+	struct ks_lmdb_dbis db;
 	pthread_rwlock_t map_lock;
 	pthread_mutex_t wlock;
 	int wfd;
@@ -82,8 +94,7 @@ static struct ks_lmdb_env *ks_lmdb_envs;
 struct ks_lmdb_store {
 	struct ks_store base;
 	MDB_env *env;
-	MDB_dbi keys, meta, life;
-	int has_life;
+	struct ks_lmdb_dbis db;
 	struct ks_lmdb_env *shared;
 	char *path;
 	int busy_timeout_ms;
@@ -437,7 +448,7 @@ static int ks_lmdb_next_kid(struct ks_lmdb_store *s, MDB_txn *txn,
 {
 	MDB_val key = {sizeof(ks_lmdb_key_next_kid) - 1, ks_lmdb_key_next_kid};
 	MDB_val val;
-	int rc = mdb_get(txn, s->meta, &key, &val);
+	int rc = mdb_get(txn, s->db.meta, &key, &val);
 
 	*out = 1;
 	if (rc == MDB_NOTFOUND)
@@ -486,7 +497,8 @@ static int ks_lmdb_insert(struct ks_lmdb_store *s, MDB_txn *txn, int64_t kid,
 		kid = (int64_t)next;
 	ks_lmdb_put64(kbuf, (uint64_t)kid);
 	val.mv_size = blob_len + 8;
-	rc = mdb_put(txn, s->keys, &key, &val, MDB_NOOVERWRITE | MDB_RESERVE);
+	rc = mdb_put(txn, s->db.keys, &key, &val,
+		     MDB_NOOVERWRITE | MDB_RESERVE);
 	if (rc == MDB_KEYEXIST && given)
 		return ks_err_set(err, KS_EEXISTS,
 				  "%s: kid %lld in '%s' already exists", func,
@@ -500,7 +512,7 @@ static int ks_lmdb_insert(struct ks_lmdb_store *s, MDB_txn *txn, int64_t kid,
 		memcpy((unsigned char *)val.mv_data + 8, blob, blob_len);
 		if ((uint64_t)kid >= next) {
 			ks_lmdb_put64(nbuf, (uint64_t)kid + 1);
-			rc = mdb_put(txn, s->meta, &nkey, &nval, 0);
+			rc = mdb_put(txn, s->db.meta, &nkey, &nval, 0);
 		}
 	}
 	if (rc)
@@ -557,11 +569,43 @@ static int ks_lmdb_insert_one(struct ks_txn *txn, void *arg, struct ks_err *err)
 }
 
 /*
+ * Open the databases added since the first version ("life", then the
+ * accounts), creating them with flags MDB_CREATE. Sets has_life and
+ * has_accounts by which exist; a missing one is no error.
+ */
+static int ks_lmdb_dbis_later(MDB_txn *txn, struct ks_lmdb_dbis *db,
+			      unsigned flags)
+{
+	const struct {
+		const char *name;
+		MDB_dbi *dbi;
+	} later[] = {
+		{"life", &db->life},	    {"users", &db->users},
+		{"user_names", &db->names}, {"user_emails", &db->emails},
+		{"auth_log", &db->alog},
+	};
+	unsigned missing = 0;
+	size_t i;
+	int rc;
+
+	for (i = 0; i < sizeof(later) / sizeof(later[0]); i++) {
+		rc = mdb_dbi_open(txn, later[i].name, flags, later[i].dbi);
+		if (rc == MDB_NOTFOUND)
+			missing |= 1u << i;
+		else if (rc)
+			return rc;
+	}
+	db->has_life = !(missing & 1u);
+	db->has_accounts = !(missing & ~1u);
+	return 0;
+}
+
+/*
  * Open the DBIs once for the environment. Opening an existing store only
  * reads; the databases are created in a write transaction when missing
- * ("life" alone when the store predates it; a read-only store without it
- * goes on without lifecycle entries). Called before the environment is
- * shared.
+ * (those added since alone when the store predates them; a read-only store
+ * without them goes on without lifecycle entries or accounts). Called
+ * before the environment is shared.
  */
 static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 {
@@ -570,19 +614,16 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	MDB_dbi main_dbi;
 	MDB_stat st;
 	MDB_txn *txn;
-	int rc, ret, life_rc = MDB_NOTFOUND;
+	int rc, ret;
 
 	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_open", err);
 	if (ret)
 		return ret;
-	rc = mdb_dbi_open(txn, "keys", 0, &s->keys);
+	rc = mdb_dbi_open(txn, "keys", 0, &s->db.keys);
 	if (!rc)
-		rc = mdb_dbi_open(txn, "meta", 0, &s->meta);
-	if (!rc) {
-		life_rc = mdb_dbi_open(txn, "life", 0, &s->life);
-		if (life_rc != MDB_NOTFOUND)
-			rc = life_rc;
-	}
+		rc = mdb_dbi_open(txn, "meta", 0, &s->db.meta);
+	if (!rc)
+		rc = ks_lmdb_dbis_later(txn, &s->db, 0);
 	if (!rc) {
 		call = "mdb_txn_commit";
 		rc = mdb_txn_commit(txn);
@@ -603,10 +644,8 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	if (rc && rc != MDB_NOTFOUND)
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
 	ks_lmdb_end(s, txn, MDB_RDONLY);
-	if (ret || (!rc && !life_rc)) {
-		s->has_life = !ret;
+	if (ret || (!rc && s->db.has_life && s->db.has_accounts))
 		return ret;
-	}
 
 	mdb_env_get_flags(s->env, &env_flags);
 	if (!rc && (env_flags & MDB_RDONLY))
@@ -620,19 +659,20 @@ static int ks_lmdb_dbis(struct ks_lmdb_store *s, struct ks_err *err)
 	if (ret)
 		return ret;
 	call = "mdb_dbi_open";
-	rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->keys);
+	rc = mdb_dbi_open(txn, "keys", MDB_CREATE, &s->db.keys);
 	if (!rc)
-		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta);
+		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->db.meta);
 	if (!rc)
-		rc = mdb_dbi_open(txn, "life", MDB_CREATE, &s->life);
+		rc = ks_lmdb_dbis_later(txn, &s->db, MDB_CREATE);
 	if (!rc) {
 		call = "mdb_txn_commit";
 		rc = mdb_txn_commit(txn);
 		txn = NULL;
 	}
-	if (rc)
+	if (rc) {
 		ret = ks_lmdb_error(s, rc, "ks_lmdb_open", call, err);
-	s->has_life = !ret;
+		s->db.has_life = s->db.has_accounts = 0;
+	}
 	ks_lmdb_end(s, txn, 0);
 	return ret;
 }
@@ -774,10 +814,7 @@ static int ks_lmdb_env_open(struct ks_lmdb_store *s,
 		e->pid = getpid();
 		e->refs = 1;
 		e->env = s->env;
-		e->keys = s->keys;
-		e->meta = s->meta;
-		e->life = s->life;
-		e->has_life = s->has_life;
+		e->db = s->db;
 		e->next = ks_lmdb_envs;
 		ks_lmdb_envs = e;
 	}
@@ -799,10 +836,7 @@ static void ks_lmdb_env_find(struct ks_lmdb_store *s)
 			e->refs++;
 			s->shared = e;
 			s->env = e->env;
-			s->keys = e->keys;
-			s->meta = e->meta;
-			s->life = e->life;
-			s->has_life = e->has_life;
+			s->db = e->db;
 			return;
 		}
 	}
@@ -901,7 +935,7 @@ static int ks_lmdb_get(struct ks_store *store, int64_t kid,
 	if (ret)
 		return ret;
 	ks_lmdb_put64(kbuf, (uint64_t)kid);
-	rc = mdb_get(txn, s->keys, &key, &val);
+	rc = mdb_get(txn, s->db.keys, &key, &val);
 	if (rc == MDB_NOTFOUND)
 		ret = ks_err_set(err, KS_ENOTFOUND,
 				 "ks_lmdb_get: kid %lld not found in '%s'",
@@ -992,7 +1026,7 @@ static int ks_lmdb_walk(struct ks_lmdb_store *s, MDB_txn *txn,
 {
 	struct ks_lmdb_walk_ctx w = {exp_after, exp_until, fn, NULL, arg, func};
 
-	return ks_lmdb_cursor_walk(s, txn, s->keys, ks_lmdb_visit_record, &w,
+	return ks_lmdb_cursor_walk(s, txn, s->db.keys, ks_lmdb_visit_record, &w,
 				   func, err);
 }
 
@@ -1065,9 +1099,9 @@ static int ks_lmdb_life_walk(struct ks_lmdb_store *s, MDB_txn *txn,
 {
 	struct ks_lmdb_walk_ctx w = {0, 0, NULL, fn, arg, func};
 
-	if (!s->has_life)
+	if (!s->db.has_life)
 		return 0;
-	return ks_lmdb_cursor_walk(s, txn, s->life, ks_lmdb_visit_life, &w,
+	return ks_lmdb_cursor_walk(s, txn, s->db.life, ks_lmdb_visit_life, &w,
 				   func, err);
 }
 
@@ -1144,7 +1178,7 @@ static int ks_lmdb_txn_has(struct ks_lmdb_store *s, MDB_txn *txn, MDB_val *key,
 			   int64_t kid, const char *func, struct ks_err *err)
 {
 	MDB_val val;
-	int rc = mdb_get(txn, s->keys, key, &val);
+	int rc = mdb_get(txn, s->db.keys, key, &val);
 
 	if (rc == MDB_NOTFOUND)
 		return ks_err_set(err, KS_ENOTFOUND,
@@ -1173,7 +1207,7 @@ static int ks_lmdb_txn_update(struct ks_txn *txn, const struct ks_record *rec,
 	if (ret)
 		return ret;
 	val.mv_size = rec->blob_len + 8;
-	rc = mdb_put(t->txn, s->keys, &key, &val, MDB_RESERVE);
+	rc = mdb_put(t->txn, s->db.keys, &key, &val, MDB_RESERVE);
 	if (rc)
 		return ks_lmdb_error(s, rc, "ks_lmdb_txn_update", "mdb_put",
 				     err);
@@ -1193,14 +1227,14 @@ static int ks_lmdb_txn_delete(struct ks_txn *txn, int64_t kid,
 	int rc;
 
 	ks_lmdb_put64(kbuf, (uint64_t)kid);
-	rc = mdb_del(t->txn, s->keys, &key, NULL);
+	rc = mdb_del(t->txn, s->db.keys, &key, NULL);
 	if (rc == MDB_NOTFOUND)
 		return ks_err_set(err, KS_ENOTFOUND,
 				  "ks_lmdb_txn_delete: kid %lld not found in "
 				  "'%s'",
 				  (long long)kid, s->path);
-	if (!rc && s->has_life) {
-		rc = mdb_del(t->txn, s->life, &key, NULL);
+	if (!rc && s->db.has_life) {
+		rc = mdb_del(t->txn, s->db.life, &key, NULL);
 		if (rc == MDB_NOTFOUND)
 			rc = 0;
 	}
@@ -1227,7 +1261,7 @@ static int ks_lmdb_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 	MDB_val key = {sizeof(kbuf), kbuf}, val = {sizeof(vbuf), vbuf};
 	int rc, ret;
 
-	if (!s->has_life)
+	if (!s->db.has_life)
 		return ks_err_set(err, KS_EACCES,
 				  "ks_lmdb_txn_life_put: '%s' has no database "
 				  "'life' and is read-only",
@@ -1241,7 +1275,7 @@ static int ks_lmdb_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 	ks_lmdb_put64(vbuf + 8, (uint64_t)life->activate_at);
 	ks_lmdb_put64(vbuf + 16, (uint64_t)life->retire_at);
 	ks_lmdb_put64(vbuf + 24, (uint64_t)life->revoked_at);
-	rc = mdb_put(t->txn, s->life, &key, &val, 0);
+	rc = mdb_put(t->txn, s->db.life, &key, &val, 0);
 	return rc ? ks_lmdb_error(s, rc, "ks_lmdb_txn_life_put", "mdb_put", err)
 		  : 0;
 }
@@ -1314,6 +1348,9 @@ static int ks_lmdb_visit_check(struct ks_lmdb_store *s, const MDB_val *key,
 	return ret;
 }
 
+static int ks_lmdb_check_accounts(struct ks_lmdb_store *s, MDB_txn *txn,
+				  struct ks_err *err);
+
 static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 {
 	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
@@ -1328,14 +1365,17 @@ static int ks_lmdb_check(struct ks_store *store, struct ks_err *err)
 	if (!ret)
 		ret = ks_lmdb_next_kid(s, txn, &next, "ks_lmdb_check", err);
 	if (!ret)
-		ret = ks_lmdb_cursor_walk(s, txn, s->keys, ks_lmdb_visit_check,
-					  &next, "ks_lmdb_check", err);
+		ret = ks_lmdb_cursor_walk(s, txn, s->db.keys,
+					  ks_lmdb_visit_check, &next,
+					  "ks_lmdb_check", err);
 	if (!ret) {
 		struct ks_lmdb_orphan o = {s, txn, err};
 
 		ret = ks_lmdb_life_walk(s, txn, ks_lmdb_check_life, &o,
 					"ks_lmdb_check", err);
 	}
+	if (!ret)
+		ret = ks_lmdb_check_accounts(s, txn, err);
 	ks_lmdb_end(s, txn, MDB_RDONLY);
 	return ret;
 }
@@ -1427,10 +1467,7 @@ static int ks_lmdb_reopen(struct ks_lmdb_store *s, struct ks_err *err)
 	}
 	pthread_rwlock_wrlock(&e->map_lock);
 	s->env = e->env = t.env;
-	s->keys = e->keys = t.keys;
-	s->meta = e->meta = t.meta;
-	s->life = e->life = t.life;
-	s->has_life = e->has_life = t.has_life;
+	s->db = e->db = t.db;
 	pthread_rwlock_unlock(&e->map_lock);
 	return 0;
 }
@@ -1531,6 +1568,979 @@ out:
 	return ret;
 }
 
+/*
+ * Accounts. "users" maps the id (8 bytes, big-endian) to a 32-byte header,
+ * registered, last_login (8 bytes each), flags (4: bit 0 locked, bit 1 has
+ * an email), and the lengths of username, email and hash (4 each), then
+ * each string with its NUL, the email only when set. "user_names" and
+ * "user_emails" map the username and the email to the id. "auth_log" maps
+ * the id to when and user_id (8 bytes each), success (1) and the client
+ * address. "meta" holds "next_user_id" and "next_log_id", the next ids to
+ * assign, which only grow.
+ */
+#define KS_LMDB_USER_HEAD 32
+#define KS_LMDB_LOG_HEAD 17
+
+static char ks_lmdb_key_next_user[] = "next_user_id";
+static char ks_lmdb_key_next_log[] = "next_log_id";
+
+static void ks_lmdb_put32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+static uint32_t ks_lmdb_get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | p[3];
+}
+
+/*
+ * KS_EACCES for a write, 1 for a read (nothing to see), when the store has
+ * no account databases: it is read-only and predates them. 0 otherwise.
+ */
+static int ks_lmdb_acct_missing(const struct ks_lmdb_store *s, int write,
+				const char *func, struct ks_err *err)
+{
+	if (s->db.has_accounts)
+		return 0;
+	if (!write)
+		return 1;
+	return ks_err_set(err, KS_EACCES,
+			  "%s: '%s' has no account databases and is "
+			  "read-only",
+			  func, s->path);
+}
+
+/* Read the id counter name in txn; 1 when the store never assigned one. */
+static int ks_lmdb_counter(struct ks_lmdb_store *s, MDB_txn *txn, char *name,
+			   int64_t *out, const char *func, struct ks_err *err)
+{
+	MDB_val key = {strlen(name), name}, val;
+	uint64_t v = 1;
+	int rc = mdb_get(txn, s->db.meta, &key, &val);
+
+	*out = 1;
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc)
+		return ks_lmdb_error(s, rc, func, "mdb_get", err);
+	if (val.mv_size == 8)
+		v = ks_lmdb_get64(val.mv_data);
+	if (val.mv_size != 8 || v < 1 || v > INT64_MAX)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: '%s' in '%s' is not an id counter", func,
+				  name, s->path);
+	*out = (int64_t)v;
+	return 0;
+}
+
+/* Raise the counter name above id when it is not already. */
+static int ks_lmdb_counter_above(struct ks_lmdb_store *s, MDB_txn *txn,
+				 char *name, int64_t next, int64_t id,
+				 const char *func, struct ks_err *err)
+{
+	unsigned char buf[8];
+	MDB_val key = {strlen(name), name}, val = {sizeof(buf), buf};
+	int rc;
+
+	if (id < next)
+		return 0;
+	if (id == INT64_MAX)
+		return ks_err_set(err, KS_ENOSPC, "%s: no id left in '%s'",
+				  func, s->path);
+	ks_lmdb_put64(buf, (uint64_t)id + 1);
+	rc = mdb_put(txn, s->db.meta, &key, &val, 0);
+	return rc ? ks_lmdb_error(s, rc, func, "mdb_put", err) : 0;
+}
+
+/*
+ * Point u at the user in key and val, inside the map: valid until the
+ * transaction ends or writes.
+ */
+static int ks_lmdb_user_decode(const struct ks_lmdb_store *s,
+			       const MDB_val *key, const MDB_val *val,
+			       struct ks_user *u, const char *func,
+			       struct ks_err *err)
+{
+	const unsigned char *p = val->mv_data;
+	uint64_t ulen, elen, hlen, flags, need;
+
+	memset(u, 0, sizeof(*u));
+	if (key->mv_size == 8)
+		u->id = ks_lmdb_int64(ks_lmdb_get64(key->mv_data));
+	if (key->mv_size != 8 || u->id < 1 || val->mv_size < KS_LMDB_USER_HEAD)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: a user in '%s' is damaged (%zu-byte "
+				  "key, %zu-byte value)",
+				  func, s->path, key->mv_size, val->mv_size);
+	flags = ks_lmdb_get32(p + 16);
+	ulen = ks_lmdb_get32(p + 20);
+	elen = ks_lmdb_get32(p + 24);
+	hlen = ks_lmdb_get32(p + 28);
+	need = KS_LMDB_USER_HEAD + ulen + 1 + hlen + 1 +
+	       ((flags & 2) ? elen + 1 : 0);
+	if (need != val->mv_size || !ulen || (!(flags & 2) && elen))
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: user %lld in '%s' has a damaged value",
+				  func, (long long)u->id, s->path);
+	p += KS_LMDB_USER_HEAD;
+	u->username = (char *)(uintptr_t)p;
+	p += ulen + 1;
+	if (flags & 2) {
+		u->email = (char *)(uintptr_t)p;
+		p += elen + 1;
+	}
+	u->password_hash = (char *)(uintptr_t)p;
+	if (strlen(u->username) != ulen || strlen(u->password_hash) != hlen ||
+	    (u->email && strlen(u->email) != elen))
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: user %lld in '%s' has a damaged value",
+				  func, (long long)u->id, s->path);
+	u->registered = ks_lmdb_int64(ks_lmdb_get64(val->mv_data));
+	u->last_login =
+		ks_lmdb_int64(ks_lmdb_get64((unsigned char *)val->mv_data + 8));
+	u->locked = (flags & 1) != 0;
+	return 0;
+}
+
+/* The value of u in a new buffer (*out, freed by the caller). */
+static int ks_lmdb_user_encode(const struct ks_user *u, MDB_val *out,
+			       const char *func, struct ks_err *err)
+{
+	size_t ulen = strlen(u->username), hlen = strlen(u->password_hash);
+	size_t elen = u->email ? strlen(u->email) : 0;
+	unsigned char *p;
+
+	if (ulen > UINT32_MAX || elen > UINT32_MAX || hlen > UINT32_MAX ||
+	    hlen > SIZE_MAX - KS_LMDB_USER_HEAD - 3 - ulen - elen)
+		return ks_err_set(err, KS_EINVAL, "%s: a user too large", func);
+	out->mv_size = KS_LMDB_USER_HEAD + ulen + 1 + hlen + 1 +
+		       (u->email ? elen + 1 : 0);
+	out->mv_data = p = malloc(out->mv_size);
+	if (!p)
+		return ks_err_set(err, KS_ENOMEM, "%s: out of memory", func);
+	ks_lmdb_put64(p, (uint64_t)u->registered);
+	ks_lmdb_put64(p + 8, (uint64_t)u->last_login);
+	ks_lmdb_put32(p + 16, (u->locked ? 1u : 0u) | (u->email ? 2u : 0u));
+	ks_lmdb_put32(p + 20, (uint32_t)ulen);
+	ks_lmdb_put32(p + 24, (uint32_t)elen);
+	ks_lmdb_put32(p + 28, (uint32_t)hlen);
+	p += KS_LMDB_USER_HEAD;
+	memcpy(p, u->username, ulen + 1);
+	p += ulen + 1;
+	if (u->email) {
+		memcpy(p, u->email, elen + 1);
+		p += elen + 1;
+	}
+	memcpy(p, u->password_hash, hlen + 1);
+	return 0;
+}
+
+/* Read the user id in txn into *u (borrowed); KS_ENOTFOUND when absent. */
+static int ks_lmdb_user_read(struct ks_lmdb_store *s, MDB_txn *txn, int64_t id,
+			     struct ks_user *u, const char *func,
+			     struct ks_err *err)
+{
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val;
+	int rc;
+
+	ks_lmdb_put64(kbuf, (uint64_t)id);
+	rc = mdb_get(txn, s->db.users, &key, &val);
+	if (rc == MDB_NOTFOUND)
+		return ks_err_set(err, KS_ENOTFOUND, "%s: no user %lld in '%s'",
+				  func, (long long)id, s->path);
+	if (rc)
+		return ks_lmdb_error(s, rc, func, "mdb_get", err);
+	return ks_lmdb_user_decode(s, &key, &val, u, func, err);
+}
+
+/*
+ * Point an index (username or email) at id, unless another user has it:
+ * then KS_EEXISTS naming what and whom.
+ */
+static int ks_lmdb_index_put(struct ks_lmdb_store *s, MDB_txn *txn, MDB_dbi dbi,
+			     const char *text, int64_t id, const char *what,
+			     const char *func, struct ks_err *err)
+{
+	unsigned char buf[8];
+	MDB_val key = {strlen(text), (void *)(uintptr_t)text};
+	MDB_val val = {sizeof(buf), buf};
+	int rc;
+
+	if (key.mv_size > (size_t)mdb_env_get_maxkeysize(s->env))
+		return ks_err_set(err, KS_EINVAL,
+				  "%s: the %s is longer than %d bytes", func,
+				  what, mdb_env_get_maxkeysize(s->env));
+	ks_lmdb_put64(buf, (uint64_t)id);
+	rc = mdb_put(txn, dbi, &key, &val, MDB_NOOVERWRITE);
+	if (rc == MDB_KEYEXIST)
+		return ks_err_set(
+			err, KS_EEXISTS,
+			"%s: the %s is taken by user %lld in '%s'", func, what,
+			val.mv_size == 8 ? (long long)ks_lmdb_int64(
+						   ks_lmdb_get64(val.mv_data))
+					 : -1LL,
+			s->path);
+	return rc ? ks_lmdb_error(s, rc, func, "mdb_put", err) : 0;
+}
+
+/* Everything an account call needs; unused members stay zero. */
+struct ks_lmdb_acct_args {
+	const struct ks_user *user;
+	int64_t id;
+	const char *hash;
+	int locked;
+	int64_t when;
+	int what;
+	const struct ks_auth_log *entries;
+	size_t n;
+	size_t count;
+	ks_user_fn user_fn;
+	ks_auth_log_fn log_fn;
+	void *arg;
+	const char *func;
+};
+
+/*
+ * Insert a->user as it is (its id, import) or, with id 0, as a new user
+ * with the next id; a->id receives the id.
+ */
+static int ks_lmdb_user_insert(struct ks_lmdb_store *s, MDB_txn *txn,
+			       struct ks_lmdb_acct_args *a, struct ks_err *err)
+{
+	const struct ks_user *u = a->user;
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, NULL};
+	int64_t next, id = u->id;
+	void *buf;
+	int rc, ret;
+
+	ret = ks_lmdb_acct_missing(s, 1, a->func, err);
+	if (!ret)
+		ret = ks_lmdb_counter(s, txn, ks_lmdb_key_next_user, &next,
+				      a->func, err);
+	if (ret)
+		return ret;
+	if (!id)
+		id = next;
+	ks_lmdb_put64(kbuf, (uint64_t)id);
+	ret = ks_lmdb_user_encode(u, &val, a->func, err);
+	if (ret)
+		return ret;
+	/* On MDB_KEYEXIST val points at the user there: free ours. */
+	buf = val.mv_data;
+	rc = mdb_put(txn, s->db.users, &key, &val, MDB_NOOVERWRITE);
+	free(buf);
+	if (rc == MDB_KEYEXIST && u->id)
+		return ks_err_set(err, KS_EEXISTS,
+				  "%s: user id %lld is taken in '%s'", a->func,
+				  (long long)id, s->path);
+	if (rc == MDB_KEYEXIST)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: 'next_user_id' %lld in '%s' is taken",
+				  a->func, (long long)id, s->path);
+	if (rc)
+		return ks_lmdb_error(s, rc, a->func, "mdb_put", err);
+	ret = ks_lmdb_index_put(s, txn, s->db.names, u->username, id,
+				"username", a->func, err);
+	if (!ret && u->email)
+		ret = ks_lmdb_index_put(s, txn, s->db.emails, u->email, id,
+					"email", a->func, err);
+	if (!ret)
+		ret = ks_lmdb_counter_above(s, txn, ks_lmdb_key_next_user, next,
+					    id, a->func, err);
+	a->id = id;
+	return ret;
+}
+
+static int ks_lmdb_user_insert_txn(struct ks_txn *txn, void *arg,
+				   struct ks_err *err)
+{
+	return ks_lmdb_user_insert(ks_lmdb_downcast(txn->store),
+				   ks_lmdb_txn_downcast(txn)->txn, arg, err);
+}
+
+static int ks_lmdb_user_add(struct ks_store *store, const char *username,
+			    const char *password_hash, const char *email,
+			    int64_t registered, int64_t *id_out,
+			    struct ks_err *err)
+{
+	struct ks_user u = {0,
+			    (char *)(uintptr_t)username,
+			    (char *)(uintptr_t)email,
+			    (char *)(uintptr_t)password_hash,
+			    registered,
+			    KS_NEVER,
+			    0};
+	struct ks_lmdb_acct_args a = {.user = &u, .func = "ks_lmdb_user_add"};
+	int ret = ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_insert_txn,
+			      &a, a.func, err);
+
+	if (!ret && id_out)
+		*id_out = a.id;
+	return ret;
+}
+
+static int ks_lmdb_user_import(struct ks_store *store, const struct ks_user *u,
+			       struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.user = u, .func = "ks_lmdb_user_import"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_insert_txn, &a,
+			   a.func, err);
+}
+
+static int ks_lmdb_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+				   struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.user = u,
+				      .func = "ks_lmdb_txn_user_import"};
+
+	return ks_lmdb_user_insert_txn(txn, &a, err);
+}
+
+static char *ks_lmdb_strdup(const char *text, int *failed)
+{
+	char *copy = text ? strdup(text) : NULL;
+
+	*failed |= text && !copy;
+	return copy;
+}
+
+/* The id the username index gives username: 0, KS_ENOTFOUND, an error. */
+static int ks_lmdb_user_id(struct ks_lmdb_store *s, MDB_txn *txn,
+			   const char *username, int64_t *out,
+			   struct ks_err *err)
+{
+	MDB_val key = {strlen(username), (void *)(uintptr_t)username}, val;
+	int rc;
+
+	if (ks_lmdb_acct_missing(s, 0, NULL, NULL))
+		return ks_err_set(err, KS_ENOTFOUND, "no such user");
+	rc = mdb_get(txn, s->db.names, &key, &val);
+	if (rc == MDB_NOTFOUND)
+		return ks_err_set(err, KS_ENOTFOUND, "no such user");
+	if (rc)
+		return ks_lmdb_error(s, rc, "ks_lmdb_user_get", "mdb_get", err);
+	if (val.mv_size != 8)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "ks_lmdb_user_get: the username index of "
+				  "'%s' is damaged",
+				  s->path);
+	*out = ks_lmdb_int64(ks_lmdb_get64(val.mv_data));
+	return 0;
+}
+
+static int ks_lmdb_user_get(struct ks_store *store, const char *username,
+			    struct ks_user *out, struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	struct ks_user u = {0, NULL, NULL, NULL, 0, 0, 0};
+	MDB_txn *txn;
+	int64_t id = 0;
+	int ret, failed = 0;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, "ks_lmdb_user_get", err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_user_id(s, txn, username, &id, err);
+	if (!ret) {
+		ret = ks_lmdb_user_read(s, txn, id, &u, "ks_lmdb_user_get",
+					err);
+		if (ret == KS_ENOTFOUND)
+			ret = ks_err_set(err, KS_ECORRUPT,
+					 "ks_lmdb_user_get: the username index "
+					 "of '%s' names a missing user %lld",
+					 s->path, (long long)id);
+	}
+	if (!ret) {
+		*out = u;
+		out->username = ks_lmdb_strdup(u.username, &failed);
+		out->email = ks_lmdb_strdup(u.email, &failed);
+		out->password_hash = ks_lmdb_strdup(u.password_hash, &failed);
+		if (failed)
+			ret = ks_err_set(err, KS_ENOMEM,
+					 "ks_lmdb_user_get: out of memory");
+	}
+	ks_lmdb_end(s, txn, MDB_RDONLY);
+	if (ret)
+		ks_user_release(out);
+	return ret;
+}
+
+static int ks_lmdb_visit_user(struct ks_lmdb_store *s, const MDB_val *key,
+			      const MDB_val *val, void *ctx, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args *a = ctx;
+	struct ks_user u;
+	int ret = ks_lmdb_user_decode(s, key, val, &u, a->func, err);
+
+	return ret ? ret : a->user_fn(&u, a->arg);
+}
+
+static int ks_lmdb_user_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			     struct ks_lmdb_acct_args *a, struct ks_err *err)
+{
+	if (ks_lmdb_acct_missing(s, 0, NULL, NULL))
+		return 0;
+	return ks_lmdb_cursor_walk(s, txn, s->db.users, ks_lmdb_visit_user, a,
+				   a->func, err);
+}
+
+static int ks_lmdb_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
+			     struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	struct ks_lmdb_acct_args a = {
+		.user_fn = fn, .arg = arg, .func = "ks_lmdb_user_list"};
+	MDB_txn *txn;
+	int ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, a.func, err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_user_walk(s, txn, &a, err);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
+	return ret;
+}
+
+static int ks_lmdb_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+				 struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {
+		.user_fn = fn, .arg = arg, .func = "ks_lmdb_txn_user_list"};
+
+	return ks_lmdb_user_walk(ks_lmdb_downcast(txn->store),
+				 ks_lmdb_txn_downcast(txn)->txn, &a, err);
+}
+
+enum {
+	KS_LMDB_SET_HASH,
+	KS_LMDB_SET_LOCKED,
+	KS_LMDB_SET_LOGIN
+};
+
+/* Change one field of the user a->id (a->what says which). */
+static int ks_lmdb_user_set_txn(struct ks_txn *txn, void *arg,
+				struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	MDB_txn *t = ks_lmdb_txn_downcast(txn)->txn;
+	struct ks_lmdb_acct_args *a = arg;
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, NULL};
+	struct ks_user u;
+	void *buf;
+	int rc, ret;
+
+	ret = ks_lmdb_acct_missing(s, 1, a->func, err);
+	if (!ret)
+		ret = ks_lmdb_user_read(s, t, a->id, &u, a->func, err);
+	if (ret)
+		return ret;
+	if (a->what == KS_LMDB_SET_HASH)
+		u.password_hash = (char *)(uintptr_t)a->hash;
+	else if (a->what == KS_LMDB_SET_LOCKED)
+		u.locked = a->locked;
+	else
+		u.last_login = a->when;
+	/* Encoded into a buffer of its own before the put moves pages. */
+	ret = ks_lmdb_user_encode(&u, &val, a->func, err);
+	if (ret)
+		return ret;
+	buf = val.mv_data;
+	ks_lmdb_put64(kbuf, (uint64_t)a->id);
+	rc = mdb_put(t, s->db.users, &key, &val, 0);
+	free(buf);
+	return rc ? ks_lmdb_error(s, rc, a->func, "mdb_put", err) : 0;
+}
+
+static int ks_lmdb_user_set_hash(struct ks_store *store, int64_t id,
+				 const char *hash, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.id = id,
+				      .hash = hash,
+				      .what = KS_LMDB_SET_HASH,
+				      .func = "ks_lmdb_user_set_hash"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_set_txn, &a,
+			   a.func, err);
+}
+
+static int ks_lmdb_user_set_locked(struct ks_store *store, int64_t id,
+				   int locked, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.id = id,
+				      .locked = locked,
+				      .what = KS_LMDB_SET_LOCKED,
+				      .func = "ks_lmdb_user_set_locked"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_set_txn, &a,
+			   a.func, err);
+}
+
+static int ks_lmdb_user_set_login(struct ks_store *store, int64_t id,
+				  int64_t when, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.id = id,
+				      .when = when,
+				      .what = KS_LMDB_SET_LOGIN,
+				      .func = "ks_lmdb_user_set_login"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_set_txn, &a,
+			   a.func, err);
+}
+
+/* Remove the index entry text of dbi (it must exist). */
+static int ks_lmdb_index_del(struct ks_lmdb_store *s, MDB_txn *txn, MDB_dbi dbi,
+			     char *text, const char *func, struct ks_err *err)
+{
+	MDB_val key = {strlen(text), text};
+	int rc = mdb_del(txn, dbi, &key, NULL);
+
+	if (rc == MDB_NOTFOUND)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: an index of '%s' lacks a user", func,
+				  s->path);
+	return rc ? ks_lmdb_error(s, rc, func, "mdb_del", err) : 0;
+}
+
+/*
+ * Set user_id to 0 in every auth-log entry of the user id: a walk of the
+ * whole log (deletes are rare).
+ */
+static int ks_lmdb_log_unlink(struct ks_lmdb_store *s, MDB_txn *txn, int64_t id,
+			      const char *func, struct ks_err *err)
+{
+	unsigned char buf[KS_LMDB_LOG_HEAD + 64];
+	MDB_cursor *cur = NULL;
+	MDB_val key, val, nval;
+	int rc;
+
+	rc = mdb_cursor_open(txn, s->db.alog, &cur);
+	if (!rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+	while (!rc) {
+		if (val.mv_size >= KS_LMDB_LOG_HEAD &&
+		    val.mv_size <= sizeof(buf) &&
+		    ks_lmdb_int64(ks_lmdb_get64((unsigned char *)val.mv_data +
+						8)) == id) {
+			memcpy(buf, val.mv_data, val.mv_size);
+			ks_lmdb_put64(buf + 8, 0);
+			nval.mv_size = val.mv_size;
+			nval.mv_data = buf;
+			rc = mdb_cursor_put(cur, &key, &nval, MDB_CURRENT);
+		}
+		if (!rc)
+			rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (cur)
+		mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND
+		       ? 0
+		       : ks_lmdb_error(s, rc, func, "mdb_cursor", err);
+}
+
+/* The user, its index entries, and its id in the log, in one go. */
+static int ks_lmdb_user_delete_txn(struct ks_txn *txn, void *arg,
+				   struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	MDB_txn *t = ks_lmdb_txn_downcast(txn)->txn;
+	struct ks_lmdb_acct_args *a = arg;
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf};
+	char *username = NULL, *email = NULL;
+	struct ks_user u;
+	int rc, ret, failed = 0;
+
+	ret = ks_lmdb_acct_missing(s, 1, a->func, err);
+	if (!ret)
+		ret = ks_lmdb_user_read(s, t, a->id, &u, a->func, err);
+	if (ret)
+		return ret;
+	/* Copied out: the deletes below may move the pages u points into. */
+	username = ks_lmdb_strdup(u.username, &failed);
+	email = ks_lmdb_strdup(u.email, &failed);
+	if (failed)
+		ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory", a->func);
+	if (!ret) {
+		ks_lmdb_put64(kbuf, (uint64_t)a->id);
+		rc = mdb_del(t, s->db.users, &key, NULL);
+		if (rc)
+			ret = ks_lmdb_error(s, rc, a->func, "mdb_del", err);
+	}
+	if (!ret)
+		ret = ks_lmdb_index_del(s, t, s->db.names, username, a->func,
+					err);
+	if (!ret && email)
+		ret = ks_lmdb_index_del(s, t, s->db.emails, email, a->func,
+					err);
+	if (!ret)
+		ret = ks_lmdb_log_unlink(s, t, a->id, a->func, err);
+	free(username);
+	free(email);
+	return ret;
+}
+
+static int ks_lmdb_user_delete(struct ks_store *store, int64_t id,
+			       struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.id = id, .func = "ks_lmdb_user_delete"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_user_delete_txn, &a,
+			   a.func, err);
+}
+
+/*
+ * Append a->n entries: with their ids (import) or the next ones. A user
+ * id that names no user is stored as 0.
+ */
+static int ks_lmdb_log_insert(struct ks_lmdb_store *s, MDB_txn *txn,
+			      const struct ks_lmdb_acct_args *a, int import,
+			      struct ks_err *err)
+{
+	unsigned char kbuf[8], vbuf[KS_LMDB_LOG_HEAD + 64];
+	MDB_val key = {sizeof(kbuf), kbuf}, val = {0, vbuf}, uval;
+	int64_t next, top = 0;
+	size_t i, iplen;
+	int rc = 0, ret;
+
+	ret = ks_lmdb_acct_missing(s, 1, a->func, err);
+	if (!ret)
+		ret = ks_lmdb_counter(s, txn, ks_lmdb_key_next_log, &next,
+				      a->func, err);
+	for (i = 0; !ret && i < a->n; i++) {
+		const struct ks_auth_log *e = &a->entries[i];
+		int64_t id, user_id = e->user_id;
+
+		if (!import && (uint64_t)next + i > INT64_MAX)
+			return ks_err_set(err, KS_ENOSPC,
+					  "%s: no id left in '%s'", a->func,
+					  s->path);
+		id = import ? e->id : (int64_t)((uint64_t)next + i);
+		if (user_id) {
+			ks_lmdb_put64(kbuf, (uint64_t)user_id);
+			rc = mdb_get(txn, s->db.users, &key, &uval);
+			if (rc == MDB_NOTFOUND)
+				user_id = 0;
+			else if (rc)
+				break;
+		}
+		iplen = strnlen(e->ip, sizeof(e->ip));
+		ks_lmdb_put64(vbuf, (uint64_t)e->when);
+		ks_lmdb_put64(vbuf + 8, (uint64_t)user_id);
+		vbuf[16] = e->success ? 1 : 0;
+		memcpy(vbuf + KS_LMDB_LOG_HEAD, e->ip, iplen);
+		val.mv_size = KS_LMDB_LOG_HEAD + iplen;
+		val.mv_data = vbuf;
+		ks_lmdb_put64(kbuf, (uint64_t)id);
+		rc = mdb_put(txn, s->db.alog, &key, &val, MDB_NOOVERWRITE);
+		if (rc == MDB_KEYEXIST)
+			return ks_err_set(err,
+					  import ? KS_EEXISTS : KS_ECORRUPT,
+					  "%s: auth-log id %lld is taken in "
+					  "'%s'",
+					  a->func, (long long)id, s->path);
+		if (rc)
+			break;
+		if (id > top)
+			top = id;
+	}
+	if (rc)
+		return ks_lmdb_error(s, rc, a->func, "mdb_put", err);
+	if (!ret && a->n)
+		ret = ks_lmdb_counter_above(s, txn, ks_lmdb_key_next_log, next,
+					    top, a->func, err);
+	return ret;
+}
+
+static int ks_lmdb_log_add_txn(struct ks_txn *txn, void *arg,
+			       struct ks_err *err)
+{
+	return ks_lmdb_log_insert(ks_lmdb_downcast(txn->store),
+				  ks_lmdb_txn_downcast(txn)->txn, arg, 0, err);
+}
+
+static int ks_lmdb_auth_log_add(struct ks_store *store,
+				const struct ks_auth_log *entries, size_t n,
+				struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {
+		.entries = entries, .n = n, .func = "ks_lmdb_auth_log_add"};
+
+	return ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_log_add_txn, &a,
+			   a.func, err);
+}
+
+static int ks_lmdb_txn_auth_log_import(struct ks_txn *txn,
+				       const struct ks_auth_log *entries,
+				       size_t n, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.entries = entries,
+				      .n = n,
+				      .func = "ks_lmdb_txn_auth_log_import"};
+
+	return ks_lmdb_log_insert(ks_lmdb_downcast(txn->store),
+				  ks_lmdb_txn_downcast(txn)->txn, &a, 1, err);
+}
+
+static int ks_lmdb_log_decode(const struct ks_lmdb_store *s, const MDB_val *key,
+			      const MDB_val *val, struct ks_auth_log *e,
+			      const char *func, struct ks_err *err)
+{
+	const unsigned char *p = val->mv_data;
+
+	memset(e, 0, sizeof(*e));
+	if (key->mv_size == 8)
+		e->id = ks_lmdb_int64(ks_lmdb_get64(key->mv_data));
+	if (key->mv_size != 8 || e->id < 1 ||
+	    val->mv_size <= KS_LMDB_LOG_HEAD ||
+	    val->mv_size >= KS_LMDB_LOG_HEAD + sizeof(e->ip))
+		return ks_err_set(err, KS_ECORRUPT,
+				  "%s: an auth-log entry in '%s' is damaged "
+				  "(%zu-byte key, %zu-byte value)",
+				  func, s->path, key->mv_size, val->mv_size);
+	e->when = ks_lmdb_int64(ks_lmdb_get64(p));
+	e->user_id = ks_lmdb_int64(ks_lmdb_get64(p + 8));
+	e->success = p[16] != 0;
+	memcpy(e->ip, p + KS_LMDB_LOG_HEAD, val->mv_size - KS_LMDB_LOG_HEAD);
+	return 0;
+}
+
+/* Call a->log_fn for the entries after a->id, in id order. */
+static int ks_lmdb_log_walk(struct ks_lmdb_store *s, MDB_txn *txn,
+			    const struct ks_lmdb_acct_args *a,
+			    struct ks_err *err)
+{
+	unsigned char kbuf[8];
+	MDB_val key = {sizeof(kbuf), kbuf}, val;
+	MDB_cursor *cur = NULL;
+	struct ks_auth_log e;
+	int rc, ret = 0;
+
+	if (ks_lmdb_acct_missing(s, 0, NULL, NULL) || a->id == INT64_MAX)
+		return 0;
+	ks_lmdb_put64(kbuf, (uint64_t)(a->id < 0 ? 0 : a->id + 1));
+	rc = mdb_cursor_open(txn, s->db.alog, &cur);
+	if (!rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+	while (!rc) {
+		ret = ks_lmdb_log_decode(s, &key, &val, &e, a->func, err);
+		if (!ret)
+			ret = a->log_fn(&e, a->arg);
+		if (ret)
+			break;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (!ret && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, a->func, "mdb_cursor_get", err);
+	if (cur)
+		mdb_cursor_close(cur);
+	return ret;
+}
+
+static int ks_lmdb_auth_log_list(struct ks_store *store, int64_t after_id,
+				 ks_auth_log_fn fn, void *arg,
+				 struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(store);
+	struct ks_lmdb_acct_args a = {.id = after_id,
+				      .log_fn = fn,
+				      .arg = arg,
+				      .func = "ks_lmdb_auth_log_list"};
+	MDB_txn *txn;
+	int ret;
+
+	ret = ks_lmdb_begin(s, MDB_RDONLY, &txn, a.func, err);
+	if (ret)
+		return ret;
+	ret = ks_lmdb_log_walk(s, txn, &a, err);
+	ks_lmdb_end(s, txn, MDB_RDONLY);
+	return ret;
+}
+
+static int ks_lmdb_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+				     ks_auth_log_fn fn, void *arg,
+				     struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.id = after_id,
+				      .log_fn = fn,
+				      .arg = arg,
+				      .func = "ks_lmdb_txn_auth_log_list"};
+
+	return ks_lmdb_log_walk(ks_lmdb_downcast(txn->store),
+				ks_lmdb_txn_downcast(txn)->txn, &a, err);
+}
+
+/* Delete every entry older than a->when; the walk is over all entries. */
+static int ks_lmdb_log_purge_txn(struct ks_txn *txn, void *arg,
+				 struct ks_err *err)
+{
+	struct ks_lmdb_store *s = ks_lmdb_downcast(txn->store);
+	struct ks_lmdb_acct_args *a = arg;
+	unsigned char kbuf[8];
+	MDB_cursor *cur = NULL;
+	MDB_val key, val;
+	struct ks_auth_log e;
+	int rc, ret = 0;
+
+	if (ks_lmdb_acct_missing(s, 0, NULL, NULL))
+		return 0;
+	rc = mdb_cursor_open(ks_lmdb_txn_downcast(txn)->txn, s->db.alog, &cur);
+	if (!rc)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+	while (!rc) {
+		ret = ks_lmdb_log_decode(s, &key, &val, &e, a->func, err);
+		if (ret)
+			break;
+		if (e.when < a->when) {
+			/*
+			 * Found again from its key: where a cursor stands
+			 * after a delete is the library's business.
+			 */
+			memcpy(kbuf, key.mv_data, sizeof(kbuf));
+			rc = mdb_cursor_del(cur, 0);
+			if (rc)
+				break;
+			a->count++;
+			key.mv_size = sizeof(kbuf);
+			key.mv_data = kbuf;
+			rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+		} else {
+			rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+		}
+	}
+	if (!ret && rc != MDB_NOTFOUND)
+		ret = ks_lmdb_error(s, rc, a->func, "mdb_cursor", err);
+	if (cur)
+		mdb_cursor_close(cur);
+	return ret;
+}
+
+static int ks_lmdb_auth_log_purge(struct ks_store *store, int64_t before,
+				  size_t *count_out, struct ks_err *err)
+{
+	struct ks_lmdb_acct_args a = {.when = before,
+				      .func = "ks_lmdb_auth_log_purge"};
+	int ret = ks_lmdb_run(ks_lmdb_downcast(store), ks_lmdb_log_purge_txn,
+			      &a, a.func, err);
+
+	if (!ret && count_out)
+		*count_out = a.count;
+	return ret;
+}
+
+/* A user of the check: decodable, indexed, with an id below the counter. */
+static int ks_lmdb_visit_user_check(struct ks_lmdb_store *s, const MDB_val *key,
+				    const MDB_val *val, void *ctx,
+				    struct ks_err *err)
+{
+	struct ks_lmdb_orphan *o = ctx;
+	const char *what = "the username";
+	MDB_val ikey, ival;
+	struct ks_user u;
+	int64_t next;
+	int rc, ret;
+
+	ret = ks_lmdb_user_decode(s, key, val, &u, "ks_lmdb_check", err);
+	if (!ret)
+		ret = ks_lmdb_counter(s, o->txn, ks_lmdb_key_next_user, &next,
+				      "ks_lmdb_check", err);
+	if (!ret && u.id >= next)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "ks_lmdb_check: user %lld in '%s' is not "
+				  "below 'next_user_id' %lld",
+				  (long long)u.id, s->path, (long long)next);
+	ikey.mv_size = strlen(u.username);
+	ikey.mv_data = u.username;
+	rc = ret ? 0 : mdb_get(o->txn, s->db.names, &ikey, &ival);
+	if (!ret && !rc && u.email) {
+		what = "the email";
+		ikey.mv_size = strlen(u.email);
+		ikey.mv_data = u.email;
+		if (ival.mv_size == 8 &&
+		    ks_lmdb_int64(ks_lmdb_get64(ival.mv_data)) == u.id)
+			rc = mdb_get(o->txn, s->db.emails, &ikey, &ival);
+	}
+	if (!ret &&
+	    (rc == MDB_NOTFOUND ||
+	     (!rc && (ival.mv_size != 8 ||
+		      ks_lmdb_int64(ks_lmdb_get64(ival.mv_data)) != u.id))))
+		return ks_err_set(err, KS_ECORRUPT,
+				  "ks_lmdb_check: %s of user %lld in '%s' is "
+				  "not indexed to it",
+				  what, (long long)u.id, s->path);
+	if (!ret && rc)
+		ret = ks_lmdb_error(s, rc, "ks_lmdb_check", "mdb_get", err);
+	return ret;
+}
+
+static int ks_lmdb_visit_log_check(struct ks_lmdb_store *s, const MDB_val *key,
+				   const MDB_val *val, void *ctx,
+				   struct ks_err *err)
+{
+	const int64_t *next = ctx;
+	struct ks_auth_log e;
+	int ret = ks_lmdb_log_decode(s, key, val, &e, "ks_lmdb_check", err);
+
+	if (!ret && e.id >= *next)
+		ret = ks_err_set(err, KS_ECORRUPT,
+				 "ks_lmdb_check: auth-log id %lld in '%s' is "
+				 "not below 'next_log_id' %lld",
+				 (long long)e.id, s->path, (long long)*next);
+	return ret;
+}
+
+/*
+ * The account databases: every user decodes and its username and email
+ * are indexed to it, the indexes hold nothing else, every entry of the
+ * log decodes, and the counters are above every id.
+ */
+static int ks_lmdb_check_accounts(struct ks_lmdb_store *s, MDB_txn *txn,
+				  struct ks_err *err)
+{
+	struct ks_lmdb_orphan o = {s, txn, err};
+	MDB_stat users, names, emails;
+	int64_t next;
+	int rc, ret;
+
+	if (ks_lmdb_acct_missing(s, 0, NULL, NULL))
+		return 0;
+	ret = ks_lmdb_cursor_walk(s, txn, s->db.users, ks_lmdb_visit_user_check,
+				  &o, "ks_lmdb_check", err);
+	if (!ret)
+		ret = ks_lmdb_counter(s, txn, ks_lmdb_key_next_log, &next,
+				      "ks_lmdb_check", err);
+	if (!ret)
+		ret = ks_lmdb_cursor_walk(s, txn, s->db.alog,
+					  ks_lmdb_visit_log_check, &next,
+					  "ks_lmdb_check", err);
+	if (ret)
+		return ret;
+	rc = mdb_stat(txn, s->db.users, &users);
+	if (!rc)
+		rc = mdb_stat(txn, s->db.names, &names);
+	if (!rc)
+		rc = mdb_stat(txn, s->db.emails, &emails);
+	if (rc)
+		return ks_lmdb_error(s, rc, "ks_lmdb_check", "mdb_stat", err);
+	/* Each user has one username and at most one email indexed to it. */
+	if (names.ms_entries != users.ms_entries ||
+	    emails.ms_entries > users.ms_entries)
+		return ks_err_set(err, KS_ECORRUPT,
+				  "ks_lmdb_check: '%s' has %zu users, %zu "
+				  "usernames and %zu emails indexed",
+				  s->path, users.ms_entries, names.ms_entries,
+				  emails.ms_entries);
+	return 0;
+}
+
 const struct ks_backend ks_backend_lmdb = {
 	.name = "lmdb",
 	.default_path = "totally_not_my_privateKeys.lmdb",
@@ -1552,4 +2562,19 @@ const struct ks_backend ks_backend_lmdb = {
 	.txn_list = ks_lmdb_txn_list,
 	.txn_life_put = ks_lmdb_txn_life_put,
 	.scrub = ks_lmdb_scrub,
+	.user_add = ks_lmdb_user_add,
+	.user_import = ks_lmdb_user_import,
+	.user_get = ks_lmdb_user_get,
+	.user_list = ks_lmdb_user_list,
+	.user_set_hash = ks_lmdb_user_set_hash,
+	.user_set_locked = ks_lmdb_user_set_locked,
+	.user_set_login = ks_lmdb_user_set_login,
+	.user_delete = ks_lmdb_user_delete,
+	.auth_log_add = ks_lmdb_auth_log_add,
+	.auth_log_list = ks_lmdb_auth_log_list,
+	.auth_log_purge = ks_lmdb_auth_log_purge,
+	.txn_user_list = ks_lmdb_txn_user_list,
+	.txn_user_import = ks_lmdb_txn_user_import,
+	.txn_auth_log_list = ks_lmdb_txn_auth_log_list,
+	.txn_auth_log_import = ks_lmdb_txn_auth_log_import,
 };

@@ -52,6 +52,33 @@ static const char *const ks_pg_migrations[] = {
 	"id boolean PRIMARY KEY DEFAULT true CHECK (id), "
 	"n bigint NOT NULL); "
 	"INSERT INTO {s}.change_counter (n) VALUES (0)",
+	/*
+	 * Version 2: accounts. Times are seconds since the epoch, as keys.exp
+	 * is (the interface's int64, whole, with no range to fall out of);
+	 * last_login NULL: never. Writes here leave change_counter alone: no
+	 * instance reloads its keys for a login.
+	 */
+	"CREATE TABLE {s}.users("
+	"id bigint GENERATED ALWAYS AS IDENTITY "
+	"(SEQUENCE NAME {s}.users_id_seq) CONSTRAINT users_pkey PRIMARY KEY, "
+	"username text NOT NULL CONSTRAINT users_username_key UNIQUE "
+	"CHECK (octet_length(username) BETWEEN 1 AND 64), "
+	"password_hash text NOT NULL, "
+	"email text CONSTRAINT users_email_key UNIQUE, "
+	"date_registered bigint NOT NULL, "
+	"last_login bigint, "
+	"locked boolean NOT NULL DEFAULT false); "
+	"CREATE TABLE {s}.auth_logs("
+	"id bigint GENERATED ALWAYS AS IDENTITY "
+	"(SEQUENCE NAME {s}.auth_logs_id_seq) PRIMARY KEY, "
+	"request_ip text NOT NULL, "
+	"request_timestamp bigint NOT NULL, "
+	"user_id bigint REFERENCES {s}.users(id) ON DELETE SET NULL, "
+	"success boolean NOT NULL); "
+	/* For the purge, and for ON DELETE SET NULL of a user's rows. */
+	"CREATE INDEX auth_logs_request_timestamp_idx "
+	"ON {s}.auth_logs (request_timestamp); "
+	"CREATE INDEX auth_logs_user_id_idx ON {s}.auth_logs (user_id)",
 };
 #define KS_PG_VERSIONS \
 	((int)(sizeof(ks_pg_migrations) / sizeof(ks_pg_migrations[0])))
@@ -73,8 +100,32 @@ enum {
 	KS_PG_SQL_SCRUB,
 	KS_PG_SQL_VERSION,
 	KS_PG_SQL_NEXTVAL,
+	KS_PG_SQL_USER_ADD,
+	KS_PG_SQL_USER_LOCK,
+	KS_PG_SQL_USER_IMPORT,
+	KS_PG_SQL_USER_SETVAL,
+	KS_PG_SQL_USER_GET,
+	KS_PG_SQL_USER_LIST,
+	KS_PG_SQL_USER_SET_HASH,
+	KS_PG_SQL_USER_SET_LOCKED,
+	KS_PG_SQL_USER_SET_LOGIN,
+	KS_PG_SQL_USER_DELETE,
+	KS_PG_SQL_LOG_HEAD,
+	KS_PG_SQL_LOG_TAIL,
+	KS_PG_SQL_LOG_LOCK,
+	KS_PG_SQL_LOG_IMPORT_HEAD,
+	KS_PG_SQL_LOG_IMPORT_TAIL,
+	KS_PG_SQL_LOG_SETVAL,
+	KS_PG_SQL_LOG_LIST,
+	KS_PG_SQL_LOG_PURGE,
 	KS_PG_SQL_N
 };
+
+/* Rows a listing of users or auth-log entries reads per statement. */
+#define KS_PG_PAGE 1000
+#define KS_PG_PAGE_TEXT "1000"
+/* Auth-log entries one INSERT carries (4 parameters each). */
+#define KS_PG_LOG_ROWS 1000
 
 static const char *const ks_pg_sql_fmt[KS_PG_SQL_N] = {
 	[KS_PG_SQL_PUT] = "INSERT INTO {s}.keys (kid, key, exp) "
@@ -119,6 +170,72 @@ static const char *const ks_pg_sql_fmt[KS_PG_SQL_N] = {
 	[KS_PG_SQL_VERSION] = "SELECT coalesce(max(version), 0) "
 			      "FROM {s}.schema_version",
 	[KS_PG_SQL_NEXTVAL] = "SELECT nextval('{s}.keys_kid_seq')",
+	[KS_PG_SQL_USER_ADD] = "INSERT INTO {s}.users "
+			       "(username, password_hash, email, "
+			       "date_registered) "
+			       "VALUES ($1, $2, $3, $4) RETURNING id",
+	/*
+	 * An import moves users_id_seq with setval(), which no transaction
+	 * guards: this lock keeps every insert (and its nextval()) out
+	 * meanwhile, and other imports too.
+	 */
+	[KS_PG_SQL_USER_LOCK] = "LOCK TABLE {s}.users "
+				"IN SHARE ROW EXCLUSIVE MODE",
+	[KS_PG_SQL_USER_IMPORT] =
+		"INSERT INTO {s}.users (id, username, password_hash, email, "
+		"date_registered, last_login, locked) "
+		"OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7)",
+	/* Ids only grow: the sequence moves past every imported id. */
+	[KS_PG_SQL_USER_SETVAL] =
+		"SELECT setval('{s}.users_id_seq', greatest($1::bigint, "
+		"(SELECT last_value FROM {s}.users_id_seq)))",
+	[KS_PG_SQL_USER_GET] = "SELECT id, username, email, password_hash, "
+			       "date_registered, last_login, locked "
+			       "FROM {s}.users WHERE username = $1",
+	[KS_PG_SQL_USER_LIST] = "SELECT id, username, email, password_hash, "
+				"date_registered, last_login, locked "
+				"FROM {s}.users WHERE id > $1 "
+				"ORDER BY id LIMIT " KS_PG_PAGE_TEXT,
+	[KS_PG_SQL_USER_SET_HASH] = "UPDATE {s}.users SET password_hash = $2 "
+				    "WHERE id = $1",
+	[KS_PG_SQL_USER_SET_LOCKED] = "UPDATE {s}.users SET locked = $2 "
+				      "WHERE id = $1",
+	[KS_PG_SQL_USER_SET_LOGIN] = "UPDATE {s}.users SET last_login = $2 "
+				     "WHERE id = $1",
+	/* The user's auth-log rows stay: ON DELETE SET NULL. */
+	[KS_PG_SQL_USER_DELETE] = "DELETE FROM {s}.users WHERE id = $1",
+	/*
+	 * The auth-log INSERT is HEAD, then one "($n, $n+1, $n+2, $n+3, i)"
+	 * per entry, then TAIL: ids follow the entries' order (i), and an
+	 * entry whose user was deleted meanwhile gets no user, as the rows
+	 * written before the delete did.
+	 */
+	[KS_PG_SQL_LOG_HEAD] = "INSERT INTO {s}.auth_logs "
+			       "(request_ip, request_timestamp, user_id, "
+			       "success) "
+			       "SELECT v.ip, v.ts, u.id, v.ok FROM (VALUES ",
+	[KS_PG_SQL_LOG_TAIL] = ") AS v(ip, ts, uid, ok, ord) "
+			       "LEFT JOIN {s}.users u ON u.id = v.uid "
+			       "ORDER BY v.ord",
+	/* ks_txn_auth_log_import(): the same, ids kept (copies). */
+	[KS_PG_SQL_LOG_LOCK] = "LOCK TABLE {s}.auth_logs "
+			       "IN SHARE ROW EXCLUSIVE MODE",
+	[KS_PG_SQL_LOG_IMPORT_HEAD] =
+		"INSERT INTO {s}.auth_logs "
+		"(id, request_ip, request_timestamp, user_id, success) "
+		"OVERRIDING SYSTEM VALUE "
+		"SELECT v.id, v.ip, v.ts, u.id, v.ok FROM (VALUES ",
+	[KS_PG_SQL_LOG_IMPORT_TAIL] = ") AS v(id, ip, ts, uid, ok) "
+				      "LEFT JOIN {s}.users u ON u.id = v.uid",
+	[KS_PG_SQL_LOG_SETVAL] =
+		"SELECT setval('{s}.auth_logs_id_seq', greatest($1::bigint, "
+		"(SELECT last_value FROM {s}.auth_logs_id_seq)))",
+	[KS_PG_SQL_LOG_LIST] =
+		"SELECT id, request_ip, request_timestamp, "
+		"user_id, success FROM {s}.auth_logs "
+		"WHERE id > $1 ORDER BY id LIMIT " KS_PG_PAGE_TEXT,
+	[KS_PG_SQL_LOG_PURGE] = "DELETE FROM {s}.auth_logs "
+				"WHERE request_timestamp < $1",
 };
 
 struct ks_pg_store {
@@ -305,6 +422,9 @@ static int ks_pg_code(PGconn *conn, const PGresult *res, int *gone)
 		return KS_EBUSY;
 	if (!strcmp(state, "23505"))
 		return KS_EEXISTS;
+	/* Text that is not UTF-8, or has no place in the server's encoding. */
+	if (!strcmp(state, "22021") || !strcmp(state, "22P05"))
+		return KS_EINVAL;
 	if (!strcmp(state, "42501"))
 		return KS_EACCES;
 	if (!strncmp(state, "53", 2))
@@ -315,8 +435,25 @@ static int ks_pg_code(PGconn *conn, const PGresult *res, int *gone)
 }
 
 /*
+ * What a unique constraint keeps unique, for "the username is taken"
+ * (the constraints are named in the migrations).
+ */
+static const char *ks_pg_taken(const char *constraint)
+{
+	if (!strcmp(constraint, "users_username_key"))
+		return "username";
+	if (!strcmp(constraint, "users_email_key"))
+		return "email";
+	if (strlen(constraint) > 5 &&
+	    !strcmp(constraint + strlen(constraint) - 5, "_pkey"))
+		return "id";
+	return "value";
+}
+
+/*
  * Describe a failure: function, failing call, the store (never its
- * password), PostgreSQL's primary message and its SQLSTATE.
+ * password), PostgreSQL's primary message and its SQLSTATE; for a
+ * duplicate, which value is taken (never the value itself).
  */
 static int ks_pg_fail(struct ks_pg_store *s, PGconn *conn, const PGresult *res,
 		      int *gone, const char *func, const char *what,
@@ -326,9 +463,18 @@ static int ks_pg_fail(struct ks_pg_store *s, PGconn *conn, const PGresult *res,
 		res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	const char *msg =
 		res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+	const char *constraint =
+		res ? PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) : NULL;
 	char text[160];
 	int code = ks_pg_code(conn, res, gone);
 
+	if (code == KS_EEXISTS && constraint)
+		return ks_err_set(
+			err, code,
+			"%s: %s on '%s' failed: the %s is taken "
+			"(unique constraint %s, SQLSTATE 23505)",
+			func, what, s->shown, ks_pg_taken(constraint),
+			ks_pg_message(constraint, text, sizeof(text)));
 	if (!msg && res)
 		msg = PQresultErrorMessage(res);
 	if (!msg || !msg[0])
@@ -433,11 +579,13 @@ static int ks_pg_connect(struct ks_pg_store *s, PGconn **out, int64_t deadline,
 		"keepalives_count",
 		"tcp_user_timeout",
 		"fallback_application_name",
+		"client_encoding",
 		"dbname",
 		NULL,
 	};
-	const char *values[] = {"1",	 "10",	  "3",	       "3",
-				"10000", "jwksd", s->conninfo, NULL};
+	/* Usernames, emails and addresses travel as UTF-8. */
+	const char *values[] = {"1",	 "10",	 "3",	      "3", "10000",
+				"jwksd", "UTF8", s->conninfo, NULL};
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	char text[160];
 	PGconn *conn;
@@ -1491,6 +1639,596 @@ static int ks_pg_wait(struct ks_store *store, unsigned timeout_ms,
 	return announced;
 }
 
+/*
+ * Accounts. Each call is one statement (one transaction of its own), or
+ * BEGIN ... COMMIT around several, on the store's connection under its
+ * lock, with text parameters (NULL: SQL NULL) and binary results. No
+ * advisory lock and no change_counter: keys do not change here.
+ */
+#define KS_PG_TEXTOID 25
+#define KS_PG_BOOLOID 16
+
+/* v as the text of a bigint parameter, in buf. */
+static const char *ks_pg_num(char buf[24], int64_t v)
+{
+	snprintf(buf, 24, "%lld", (long long)v);
+	return buf;
+}
+
+/* Run sql (an index of s->sql) with the lock held and the link up. */
+static int ks_pg_texec(struct ks_pg_store *s, const char *func,
+		       const char *what, const char *sql, int n,
+		       const Oid *types, const char *const *values,
+		       PGresult **out, struct ks_err *err)
+{
+	int ret, gone;
+
+	ret = ks_pg_run(s, s->conn, ks_pg_deadline(s), func, what, sql, n,
+			types, values, NULL, NULL, out, &gone, err);
+	if (gone)
+		ks_pg_drop(s);
+	return ret;
+}
+
+/* One statement as a call of its own: take the lock, connect, run. */
+static int ks_pg_account(struct ks_pg_store *s, const char *func,
+			 const char *what, int sql, int n, const Oid *types,
+			 const char *const *values, PGresult **out,
+			 struct ks_err *err)
+{
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_pg_ensure(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, what, s->sql[sql], n, types, values,
+				  out, err);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+/*
+ * End a transaction of several statements begun with the lock held:
+ * commit when ret is 0, roll back otherwise (also after a failed COMMIT).
+ */
+static int ks_pg_end(struct ks_pg_store *s, const char *func, int ret,
+		     struct ks_err *err)
+{
+	if (!ret && !s->conn)
+		ret = ks_err_set(err, KS_EUNAVAIL, "%s: store '%s' went away",
+				 func, s->shown);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "COMMIT", "COMMIT", 0, NULL, NULL,
+				  NULL, err);
+	if (ret && s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE)
+		ks_pg_texec(s, func, "ROLLBACK", "ROLLBACK", 0, NULL, NULL,
+			    NULL, NULL);
+	return ret;
+}
+
+/* A statement that must touch the user id: KS_ENOTFOUND when none. */
+static int ks_pg_user_one(struct ks_store *store, const char *func,
+			  const char *what, int sql, int64_t id,
+			  const char *value, Oid type, struct ks_err *err)
+{
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	const Oid types[2] = {KS_PG_INT8OID, type};
+	char num[24];
+	const char *values[2] = {ks_pg_num(num, id), value};
+	PGresult *res = NULL;
+	int ret;
+
+	ret = ks_pg_account(s, func, what, sql, 2, types, values, &res, err);
+	if (!ret && strcmp(PQcmdTuples(res), "1") != 0)
+		ret = ks_err_set(err, KS_ENOTFOUND, "%s: no user %lld in '%s'",
+				 func, (long long)id, s->shown);
+	PQclear(res);
+	return ret;
+}
+
+static int ks_pg_user_add(struct ks_store *store, const char *username,
+			  const char *password_hash, const char *email,
+			  int64_t registered, int64_t *id_out,
+			  struct ks_err *err)
+{
+	static const char func[] = "ks_pg_user_add";
+	static const Oid types[4] = {KS_PG_TEXTOID, KS_PG_TEXTOID,
+				     KS_PG_TEXTOID, KS_PG_INT8OID};
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	char num[24];
+	const char *values[4] = {username, password_hash, email,
+				 ks_pg_num(num, registered)};
+	PGresult *res = NULL;
+	int ret;
+
+	ret = ks_pg_account(s, func, "INSERT users", KS_PG_SQL_USER_ADD, 4,
+			    types, values, &res, err);
+	if (!ret && PQntuples(res) != 1)
+		ret = ks_err_set(err, KS_EIO,
+				 "%s: INSERT users on '%s' "
+				 "returned no id",
+				 func, s->shown);
+	if (!ret && id_out)
+		*id_out = ks_pg_int(res, 0, 0);
+	PQclear(res);
+	return ret;
+}
+
+/*
+ * Insert u, id kept, and move users_id_seq past it; inside a transaction,
+ * with the lock held.
+ */
+static int ks_pg_user_insert(struct ks_pg_store *s, const char *func,
+			     const struct ks_user *u, struct ks_err *err)
+{
+	static const Oid types[7] = {
+		KS_PG_INT8OID, KS_PG_TEXTOID, KS_PG_TEXTOID, KS_PG_TEXTOID,
+		KS_PG_INT8OID, KS_PG_INT8OID, KS_PG_BOOLOID};
+	char id[24], registered[24], login[24];
+	const char *values[7] = {
+		ks_pg_num(id, u->id),
+		u->username,
+		u->password_hash,
+		u->email,
+		ks_pg_num(registered, u->registered),
+		u->last_login == KS_NEVER ? NULL
+					  : ks_pg_num(login, u->last_login),
+		u->locked ? "t" : "f",
+	};
+	int ret;
+
+	ret = ks_pg_txn_live(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "LOCK users",
+				  s->sql[KS_PG_SQL_USER_LOCK], 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "INSERT users",
+				  s->sql[KS_PG_SQL_USER_IMPORT], 7, types,
+				  values, NULL, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "setval users_id_seq",
+				  s->sql[KS_PG_SQL_USER_SETVAL], 1, types,
+				  values, NULL, err);
+	return ret;
+}
+
+static int ks_pg_user_import(struct ks_store *store, const struct ks_user *u,
+			     struct ks_err *err)
+{
+	static const char func[] = "ks_pg_user_import";
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	int ret;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_pg_ensure(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_user_insert(s, func, u, err);
+	if (s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE)
+		ret = ks_pg_end(s, func, ret, err);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+/*
+ * A taken id, username or email fails the transaction (ks_write() then
+ * rolls it back), as every failed statement of it does.
+ */
+static int ks_pg_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+				 struct ks_err *err)
+{
+	return ks_pg_user_insert(ks_pg_txn(txn)->s, "ks_pg_txn_user_import", u,
+				 err);
+}
+
+/*
+ * The user of row of res into *u: strings borrowed from res (copy 0) or
+ * malloc()ed (copy 1, then KS_ENOMEM is possible).
+ */
+static int ks_pg_user_row(const PGresult *res, int row, int copy,
+			  struct ks_user *u)
+{
+	char *username = PQgetvalue(res, row, 1);
+	char *email = PQgetisnull(res, row, 2) ? NULL : PQgetvalue(res, row, 2);
+	char *hash = PQgetvalue(res, row, 3);
+
+	u->id = ks_pg_int(res, row, 0);
+	u->registered = ks_pg_int(res, row, 4);
+	u->last_login =
+		PQgetisnull(res, row, 5) ? KS_NEVER : ks_pg_int(res, row, 5);
+	u->locked = ks_pg_int(res, row, 6) != 0;
+	if (!copy) {
+		u->username = username;
+		u->email = email;
+		u->password_hash = hash;
+		return 0;
+	}
+	u->username = strdup(username);
+	u->email = email ? strdup(email) : NULL;
+	u->password_hash = strdup(hash);
+	if (!u->username || (email && !u->email) || !u->password_hash)
+		return KS_ENOMEM;
+	return 0;
+}
+
+/* Wipe the password hashes a result holds before it is freed. */
+static void ks_pg_clear_users(PGresult *res)
+{
+	int i, n = res ? PQntuples(res) : 0;
+
+	for (i = 0; i < n; i++)
+		explicit_bzero(PQgetvalue(res, i, 3),
+			       (size_t)PQgetlength(res, i, 3));
+	PQclear(res);
+}
+
+static int ks_pg_user_get(struct ks_store *store, const char *username,
+			  struct ks_user *out, struct ks_err *err)
+{
+	static const char func[] = "ks_pg_user_get";
+	static const Oid types[1] = {KS_PG_TEXTOID};
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	const char *values[1] = {username};
+	PGresult *res = NULL;
+	int ret;
+
+	ret = ks_pg_account(s, func, "SELECT users", KS_PG_SQL_USER_GET, 1,
+			    types, values, &res, err);
+	/* A name the database cannot hold (not UTF-8) names nobody. */
+	if (ret == KS_EINVAL || (!ret && PQntuples(res) != 1))
+		ret = ks_err_set(err, KS_ENOTFOUND, "%s: no such user in '%s'",
+				 func, s->shown);
+	if (!ret && ks_pg_user_row(res, 0, 1, out))
+		ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory", func);
+	ks_pg_clear_users(res);
+	if (ret)
+		ks_user_release(out);
+	return ret;
+}
+
+/*
+ * Walk a table a page at a time, in id order, calling rows() for each
+ * page: without the lock held (the callback may take its time), or inside
+ * the write transaction (in_txn, the lock held by ks_pg_write()).
+ */
+static int ks_pg_pages(struct ks_pg_store *s, int in_txn, const char *func,
+		       const char *what, int sql, int64_t after_id,
+		       int (*rows)(PGresult *res, int64_t *last, void *ctx),
+		       void *ctx, struct ks_err *err)
+{
+	static const Oid types[1] = {KS_PG_INT8OID};
+
+	for (;;) {
+		char num[24];
+		const char *values[1] = {ks_pg_num(num, after_id)};
+		PGresult *res = NULL;
+		int ret, n;
+
+		if (in_txn) {
+			ret = ks_pg_txn_live(s, func, err);
+			if (!ret)
+				ret = ks_pg_texec(s, func, what, s->sql[sql], 1,
+						  types, values, &res, err);
+		} else {
+			ret = ks_pg_account(s, func, what, sql, 1, types,
+					    values, &res, err);
+		}
+		if (ret)
+			return ret;
+		n = PQntuples(res);
+		ret = rows(res, &after_id, ctx);
+		if (ret || n < KS_PG_PAGE)
+			return ret;
+	}
+}
+
+struct ks_pg_user_walk {
+	ks_user_fn fn;
+	void *arg;
+};
+
+static int ks_pg_user_rows(PGresult *res, int64_t *last, void *ctx)
+{
+	struct ks_pg_user_walk *w = ctx;
+	int i, n = PQntuples(res), ret = 0;
+
+	for (i = 0; !ret && i < n; i++) {
+		struct ks_user u;
+
+		ks_pg_user_row(res, i, 0, &u);
+		*last = u.id;
+		ret = w->fn(&u, w->arg);
+	}
+	ks_pg_clear_users(res);
+	return ret;
+}
+
+static int ks_pg_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
+			   struct ks_err *err)
+{
+	struct ks_pg_user_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_downcast(store), 0, "ks_pg_user_list",
+			   "SELECT users", KS_PG_SQL_USER_LIST, 0,
+			   ks_pg_user_rows, &w, err);
+}
+
+static int ks_pg_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+			       struct ks_err *err)
+{
+	struct ks_pg_user_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_txn(txn)->s, 1, "ks_pg_txn_user_list",
+			   "SELECT users", KS_PG_SQL_USER_LIST, 0,
+			   ks_pg_user_rows, &w, err);
+}
+
+static int ks_pg_user_set_hash(struct ks_store *store, int64_t id,
+			       const char *hash, struct ks_err *err)
+{
+	return ks_pg_user_one(store, "ks_pg_user_set_hash", "UPDATE users",
+			      KS_PG_SQL_USER_SET_HASH, id, hash, KS_PG_TEXTOID,
+			      err);
+}
+
+static int ks_pg_user_set_locked(struct ks_store *store, int64_t id, int locked,
+				 struct ks_err *err)
+{
+	return ks_pg_user_one(store, "ks_pg_user_set_locked", "UPDATE users",
+			      KS_PG_SQL_USER_SET_LOCKED, id, locked ? "t" : "f",
+			      KS_PG_BOOLOID, err);
+}
+
+static int ks_pg_user_set_login(struct ks_store *store, int64_t id,
+				int64_t when, struct ks_err *err)
+{
+	char num[24];
+
+	return ks_pg_user_one(store, "ks_pg_user_set_login", "UPDATE users",
+			      KS_PG_SQL_USER_SET_LOGIN, id,
+			      when == KS_NEVER ? NULL : ks_pg_num(num, when),
+			      KS_PG_INT8OID, err);
+}
+
+static int ks_pg_user_delete(struct ks_store *store, int64_t id,
+			     struct ks_err *err)
+{
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	static const Oid types[1] = {KS_PG_INT8OID};
+	char num[24];
+	const char *values[1] = {ks_pg_num(num, id)};
+	PGresult *res = NULL;
+	int ret;
+
+	ret = ks_pg_account(s, "ks_pg_user_delete", "DELETE users",
+			    KS_PG_SQL_USER_DELETE, 1, types, values, &res, err);
+	if (!ret && strcmp(PQcmdTuples(res), "1") != 0)
+		ret = ks_err_set(err, KS_ENOTFOUND,
+				 "ks_pg_user_delete: no user %lld in '%s'",
+				 (long long)id, s->shown);
+	PQclear(res);
+	return ret;
+}
+
+/*
+ * The INSERT of n (1..KS_PG_LOG_ROWS) auth-log entries, ids assigned in
+ * their order (or kept: with_ids), its parameters in values and types,
+ * their numbers' text in nums (3 per entry).
+ */
+static char *ks_pg_log_insert(const struct ks_pg_store *s, int with_ids,
+			      const struct ks_auth_log *e, size_t n,
+			      const char **values, Oid *types, char (*nums)[24])
+{
+	const char *head = s->sql[with_ids ? KS_PG_SQL_LOG_IMPORT_HEAD
+					   : KS_PG_SQL_LOG_HEAD];
+	const char *tail = s->sql[with_ids ? KS_PG_SQL_LOG_IMPORT_TAIL
+					   : KS_PG_SQL_LOG_TAIL];
+	size_t per = with_ids ? 5 : 4;
+	size_t cap = strlen(head) + strlen(tail) + n * 80 + 1, len, i;
+	char *sql = malloc(cap);
+
+	if (!sql)
+		return NULL;
+	len = (size_t)snprintf(sql, cap, "%s", head);
+	for (i = 0; i < n; i++) {
+		const char **v = values + i * per;
+		Oid *t = types + i * per;
+		size_t p = i * per;
+
+		if (with_ids) {
+			len += (size_t)snprintf(
+				sql + len, cap - len,
+				"%s($%zu, $%zu, $%zu, $%zu, $%zu)",
+				i ? ", " : "", p + 1, p + 2, p + 3, p + 4,
+				p + 5);
+			*v++ = ks_pg_num(nums[3 * i + 2], e[i].id);
+			*t++ = KS_PG_INT8OID;
+		} else {
+			len += (size_t)snprintf(
+				sql + len, cap - len,
+				"%s($%zu, $%zu, $%zu, $%zu, %zu)",
+				i ? ", " : "", p + 1, p + 2, p + 3, p + 4, i);
+		}
+		v[0] = e[i].ip;
+		v[1] = ks_pg_num(nums[3 * i], e[i].when);
+		v[2] = e[i].user_id > 0
+			       ? ks_pg_num(nums[3 * i + 1], e[i].user_id)
+			       : NULL;
+		v[3] = e[i].success ? "t" : "f";
+		t[0] = KS_PG_TEXTOID;
+		t[1] = KS_PG_INT8OID;
+		t[2] = KS_PG_INT8OID;
+		t[3] = KS_PG_BOOLOID;
+	}
+	snprintf(sql + len, cap - len, "%s", tail);
+	return sql;
+}
+
+/*
+ * Write n entries, KS_PG_LOG_ROWS per INSERT, with the lock held; the
+ * caller wraps more than one INSERT in a transaction.
+ */
+static int ks_pg_log_write(struct ks_pg_store *s, const char *func,
+			   int with_ids, const struct ks_auth_log *entries,
+			   size_t n, struct ks_err *err)
+{
+	size_t rows = n < KS_PG_LOG_ROWS ? n : KS_PG_LOG_ROWS, done;
+	const char **values = calloc(rows * 5, sizeof(*values));
+	Oid *types = calloc(rows * 5, sizeof(*types));
+	char(*nums)[24] = calloc(rows * 3, sizeof(*nums));
+	int ret = 0;
+
+	if (!values || !types || !nums)
+		ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory", func);
+	for (done = 0; !ret && done < n; done += rows) {
+		size_t k = n - done < rows ? n - done : rows;
+		char *sql = ks_pg_log_insert(s, with_ids, entries + done, k,
+					     values, types, nums);
+
+		if (!sql)
+			ret = ks_err_set(err, KS_ENOMEM, "%s: out of memory",
+					 func);
+		else if (!s->conn)
+			ret = ks_err_set(err, KS_EUNAVAIL,
+					 "%s: store '%s' went away", func,
+					 s->shown);
+		else
+			ret = ks_pg_texec(s, func, "INSERT auth_logs", sql,
+					  (int)(k * (with_ids ? 5 : 4)), types,
+					  values, NULL, err);
+		free(sql);
+	}
+	free(values);
+	free(types);
+	free(nums);
+	return ret;
+}
+
+static int ks_pg_auth_log_add(struct ks_store *store,
+			      const struct ks_auth_log *entries, size_t n,
+			      struct ks_err *err)
+{
+	static const char func[] = "ks_pg_auth_log_add";
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	int ret, several = n > KS_PG_LOG_ROWS;
+
+	pthread_mutex_lock(&s->lock);
+	ret = ks_pg_ensure(s, func, err);
+	/* One statement is a transaction; more need one around them. */
+	if (!ret && several)
+		ret = ks_pg_texec(s, func, "BEGIN", "BEGIN", 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_log_write(s, func, 0, entries, n, err);
+	if (several && s->conn && PQtransactionStatus(s->conn) != PQTRANS_IDLE)
+		ret = ks_pg_end(s, func, ret, err);
+	pthread_mutex_unlock(&s->lock);
+	return ret;
+}
+
+/*
+ * Entries with their ids, inside the write transaction: the table is
+ * locked against ks_pg_auth_log_add() while auth_logs_id_seq moves past
+ * them. A taken id fails the transaction.
+ */
+static int ks_pg_txn_auth_log_import(struct ks_txn *txn,
+				     const struct ks_auth_log *entries,
+				     size_t n, struct ks_err *err)
+{
+	static const char func[] = "ks_pg_txn_auth_log_import";
+	static const Oid types[1] = {KS_PG_INT8OID};
+	struct ks_pg_store *s = ks_pg_txn(txn)->s;
+	int64_t top = 0;
+	char num[24];
+	const char *values[1] = {num};
+	size_t i;
+	int ret;
+
+	for (i = 0; i < n; i++)
+		if (entries[i].id > top)
+			top = entries[i].id;
+	ks_pg_num(num, top);
+	ret = ks_pg_txn_live(s, func, err);
+	if (!ret)
+		ret = ks_pg_texec(s, func, "LOCK auth_logs",
+				  s->sql[KS_PG_SQL_LOG_LOCK], 0, NULL, NULL,
+				  NULL, err);
+	if (!ret)
+		ret = ks_pg_log_write(s, func, 1, entries, n, err);
+	if (!ret && s->conn)
+		ret = ks_pg_texec(s, func, "setval auth_logs_id_seq",
+				  s->sql[KS_PG_SQL_LOG_SETVAL], 1, types,
+				  values, NULL, err);
+	return ret;
+}
+
+struct ks_pg_log_walk {
+	ks_auth_log_fn fn;
+	void *arg;
+};
+
+static int ks_pg_log_rows(PGresult *res, int64_t *last, void *ctx)
+{
+	struct ks_pg_log_walk *w = ctx;
+	int i, n = PQntuples(res), ret = 0;
+
+	for (i = 0; !ret && i < n; i++) {
+		struct ks_auth_log e;
+
+		e.id = ks_pg_int(res, i, 0);
+		snprintf(e.ip, sizeof(e.ip), "%s", PQgetvalue(res, i, 1));
+		e.when = ks_pg_int(res, i, 2);
+		e.user_id = PQgetisnull(res, i, 3) ? 0 : ks_pg_int(res, i, 3);
+		e.success = ks_pg_int(res, i, 4) != 0;
+		*last = e.id;
+		ret = w->fn(&e, w->arg);
+	}
+	PQclear(res);
+	return ret;
+}
+
+static int ks_pg_auth_log_list(struct ks_store *store, int64_t after_id,
+			       ks_auth_log_fn fn, void *arg, struct ks_err *err)
+{
+	struct ks_pg_log_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_downcast(store), 0, "ks_pg_auth_log_list",
+			   "SELECT auth_logs", KS_PG_SQL_LOG_LIST, after_id,
+			   ks_pg_log_rows, &w, err);
+}
+
+static int ks_pg_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+				   ks_auth_log_fn fn, void *arg,
+				   struct ks_err *err)
+{
+	struct ks_pg_log_walk w = {fn, arg};
+
+	return ks_pg_pages(ks_pg_txn(txn)->s, 1, "ks_pg_txn_auth_log_list",
+			   "SELECT auth_logs", KS_PG_SQL_LOG_LIST, after_id,
+			   ks_pg_log_rows, &w, err);
+}
+
+static int ks_pg_auth_log_purge(struct ks_store *store, int64_t before,
+				size_t *count_out, struct ks_err *err)
+{
+	static const Oid types[1] = {KS_PG_INT8OID};
+	struct ks_pg_store *s = ks_pg_downcast(store);
+	char num[24];
+	const char *values[1] = {ks_pg_num(num, before)};
+	PGresult *res = NULL;
+	int ret;
+
+	ret = ks_pg_account(s, "ks_pg_auth_log_purge", "DELETE auth_logs",
+			    KS_PG_SQL_LOG_PURGE, 1, types, values, &res, err);
+	if (!ret && count_out)
+		*count_out = (size_t)strtoull(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	return ret;
+}
+
 const struct ks_backend ks_backend_postgres = {
 	.name = "postgres",
 	.default_path = "",
@@ -1514,4 +2252,19 @@ const struct ks_backend ks_backend_postgres = {
 	.txn_list = ks_pg_txn_list,
 	.txn_life_put = ks_pg_txn_life_put,
 	.scrub = ks_pg_scrub,
+	.user_add = ks_pg_user_add,
+	.user_import = ks_pg_user_import,
+	.user_get = ks_pg_user_get,
+	.user_list = ks_pg_user_list,
+	.user_set_hash = ks_pg_user_set_hash,
+	.user_set_locked = ks_pg_user_set_locked,
+	.user_set_login = ks_pg_user_set_login,
+	.user_delete = ks_pg_user_delete,
+	.auth_log_add = ks_pg_auth_log_add,
+	.auth_log_list = ks_pg_auth_log_list,
+	.auth_log_purge = ks_pg_auth_log_purge,
+	.txn_user_list = ks_pg_txn_user_list,
+	.txn_user_import = ks_pg_txn_user_import,
+	.txn_auth_log_list = ks_pg_txn_auth_log_list,
+	.txn_auth_log_import = ks_pg_txn_auth_log_import,
 };

@@ -50,6 +50,17 @@ static void ks_backend_validate(const struct ks_backend *be)
 	KS__REQUIRE(txn_delete);
 	KS__REQUIRE(txn_list);
 	KS__REQUIRE(txn_life_put);
+	KS__REQUIRE(user_add);
+	KS__REQUIRE(user_import);
+	KS__REQUIRE(user_get);
+	KS__REQUIRE(user_list);
+	KS__REQUIRE(user_set_hash);
+	KS__REQUIRE(user_set_locked);
+	KS__REQUIRE(user_set_login);
+	KS__REQUIRE(user_delete);
+	KS__REQUIRE(auth_log_add);
+	KS__REQUIRE(auth_log_list);
+	KS__REQUIRE(auth_log_purge);
 #undef KS__REQUIRE
 }
 
@@ -420,3 +431,217 @@ int ks_scrub(struct ks_store *store, struct ks_err *err)
 				  store->be->name);
 	return store->be->scrub(store, err);
 }
+
+void ks_user_release(struct ks_user *u)
+{
+	if (!u)
+		return;
+	free(u->username);
+	free(u->email);
+	if (u->password_hash) {
+		explicit_bzero(u->password_hash, strlen(u->password_hash));
+		free(u->password_hash);
+	}
+	memset(u, 0, sizeof(*u));
+}
+
+/* A username as the interface allows it: 1 to 64 bytes. */
+static int ks_user_name_ok(const char *username)
+{
+	size_t n = username ? strlen(username) : 0;
+
+	return n >= 1 && n <= 64;
+}
+
+int ks_user_add(struct ks_store *store, const char *username,
+		const char *password_hash, const char *email,
+		int64_t registered, int64_t *id_out, struct ks_err *err)
+{
+	if (id_out)
+		*id_out = 0;
+	if (!store || !ks_user_name_ok(username) || !password_hash ||
+	    !*password_hash || (email && !*email))
+		return ks_err_set(err, KS_EINVAL, "ks_user_add: bad argument");
+	return store->be->user_add(store, username, password_hash, email,
+				   registered, id_out, err);
+}
+
+int ks_user_import(struct ks_store *store, const struct ks_user *u,
+		   struct ks_err *err)
+{
+	if (!store || !u || u->id < 1 || !ks_user_name_ok(u->username) ||
+	    !u->password_hash || (u->email && !*u->email))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_user_import: bad argument");
+	return store->be->user_import(store, u, err);
+}
+
+int ks_user_get(struct ks_store *store, const char *username,
+		struct ks_user *out, struct ks_err *err)
+{
+	if (out)
+		memset(out, 0, sizeof(*out));
+	if (!store || !out || !username)
+		return ks_err_set(err, KS_EINVAL, "ks_user_get: bad argument");
+	if (!ks_user_name_ok(username))
+		return ks_err_set(err, KS_ENOTFOUND, "no such user");
+	return store->be->user_get(store, username, out, err);
+}
+
+int ks_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
+		 struct ks_err *err)
+{
+	if (!store || !fn)
+		return ks_err_set(err, KS_EINVAL, "ks_user_list: bad argument");
+	return store->be->user_list(store, fn, arg, err);
+}
+
+int ks_user_set_hash(struct ks_store *store, int64_t id, const char *hash,
+		     struct ks_err *err)
+{
+	if (!store || !hash || !*hash)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_user_set_hash: bad argument");
+	if (id < 1)
+		return ks_err_set(err, KS_ENOTFOUND, "no user %lld",
+				  (long long)id);
+	return store->be->user_set_hash(store, id, hash, err);
+}
+
+int ks_user_set_locked(struct ks_store *store, int64_t id, int locked,
+		       struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_user_set_locked: store is NULL");
+	if (id < 1)
+		return ks_err_set(err, KS_ENOTFOUND, "no user %lld",
+				  (long long)id);
+	return store->be->user_set_locked(store, id, locked ? 1 : 0, err);
+}
+
+int ks_user_set_login(struct ks_store *store, int64_t id, int64_t when,
+		      struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_user_set_login: store is NULL");
+	if (id < 1)
+		return ks_err_set(err, KS_ENOTFOUND, "no user %lld",
+				  (long long)id);
+	return store->be->user_set_login(store, id, when, err);
+}
+
+int ks_user_delete(struct ks_store *store, int64_t id, struct ks_err *err)
+{
+	if (!store)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_user_delete: store is NULL");
+	if (id < 1)
+		return ks_err_set(err, KS_ENOTFOUND, "no user %lld",
+				  (long long)id);
+	return store->be->user_delete(store, id, err);
+}
+
+int ks_auth_log_add(struct ks_store *store, const struct ks_auth_log *entries,
+		    size_t n, struct ks_err *err)
+{
+	size_t i;
+
+	if (!store || (!entries && n))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_auth_log_add: bad argument");
+	for (i = 0; i < n; i++)
+		if (!memchr(entries[i].ip, '\0', sizeof(entries[i].ip)) ||
+		    !entries[i].ip[0] || entries[i].user_id < 0)
+			return ks_err_set(err, KS_EINVAL,
+					  "ks_auth_log_add: bad entry %zu", i);
+	if (!n)
+		return 0;
+	return store->be->auth_log_add(store, entries, n, err);
+}
+
+int ks_auth_log_list(struct ks_store *store, int64_t after_id,
+		     ks_auth_log_fn fn, void *arg, struct ks_err *err)
+{
+	if (!store || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_auth_log_list: bad argument");
+	return store->be->auth_log_list(store, after_id, fn, arg, err);
+}
+
+int ks_auth_log_purge(struct ks_store *store, int64_t before, size_t *count_out,
+		      struct ks_err *err)
+{
+	if (count_out)
+		*count_out = 0;
+	if (!store)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_auth_log_purge: store is NULL");
+	return store->be->auth_log_purge(store, before, count_out, err);
+}
+
+/* The backend's optional transaction slot, or KS_EUNSUPPORTED. */
+#define KS__TXN_SLOT(txn, slot, func, err)                                 \
+	do {                                                               \
+		if (!(txn)->store->be->slot)                               \
+			return ks_err_set(err, KS_EUNSUPPORTED,            \
+					  "%s: backend '%s' cannot do it " \
+					  "in a transaction",              \
+					  func, (txn)->store->be->name);   \
+	} while (0)
+
+int ks_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+		     struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_user_list: bad argument");
+	KS__TXN_SLOT(txn, txn_user_list, "ks_txn_user_list", err);
+	return txn->store->be->txn_user_list(txn, fn, arg, err);
+}
+
+int ks_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+		       struct ks_err *err)
+{
+	if (!txn || !u || u->id < 1 || !ks_user_name_ok(u->username) ||
+	    !u->password_hash || (u->email && !*u->email))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_user_import: bad argument");
+	KS__TXN_SLOT(txn, txn_user_import, "ks_txn_user_import", err);
+	return txn->store->be->txn_user_import(txn, u, err);
+}
+
+int ks_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+			 ks_auth_log_fn fn, void *arg, struct ks_err *err)
+{
+	if (!txn || !fn)
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_auth_log_list: bad argument");
+	KS__TXN_SLOT(txn, txn_auth_log_list, "ks_txn_auth_log_list", err);
+	return txn->store->be->txn_auth_log_list(txn, after_id, fn, arg, err);
+}
+
+int ks_txn_auth_log_import(struct ks_txn *txn,
+			   const struct ks_auth_log *entries, size_t n,
+			   struct ks_err *err)
+{
+	size_t i;
+
+	if (!txn || (!entries && n))
+		return ks_err_set(err, KS_EINVAL,
+				  "ks_txn_auth_log_import: bad argument");
+	for (i = 0; i < n; i++)
+		if (entries[i].id < 1 ||
+		    !memchr(entries[i].ip, '\0', sizeof(entries[i].ip)) ||
+		    !entries[i].ip[0] || entries[i].user_id < 0)
+			return ks_err_set(err, KS_EINVAL,
+					  "ks_txn_auth_log_import: bad entry "
+					  "%zu",
+					  i);
+	if (!n)
+		return 0;
+	KS__TXN_SLOT(txn, txn_auth_log_import, "ks_txn_auth_log_import", err);
+	return txn->store->be->txn_auth_log_import(txn, entries, n, err);
+}
+#undef KS__TXN_SLOT

@@ -328,6 +328,153 @@ int ks_txn_life_put(struct ks_txn *txn, const struct ks_life *life,
 int ks_scrub(struct ks_store *store, struct ks_err *err);
 
 /*
+ * Accounts: users who log in for tokens, and the log of authentication
+ * attempts. Stored beside the keys, in tables (databases) of their own:
+ * SQLite keeps the assignment's `users` and `auth_logs` tables exactly, and
+ * puts anything more (a user's lock, an attempt's outcome) in tables of
+ * its own. Times are seconds since the Unix epoch in this interface;
+ * SQLite stores them as CURRENT_TIMESTAMP writes them ("YYYY-MM-DD
+ * HH:MM:SS", UTC), the others as they see fit. KS_NEVER: no time (a user
+ * who never logged in).
+ *
+ * id: a positive integer the store assigns, that only grows and is never
+ *     reused. username: 1 to 64 bytes, unique. email: NULL for none, unique
+ *     when set. password_hash: a PHC string (Argon2id), opaque here.
+ */
+struct ks_user {
+	int64_t id;
+	char *username;
+	char *email;
+	char *password_hash;
+	int64_t registered;
+	int64_t last_login;
+	int locked;
+};
+
+/* Free the strings of u (filled by ks_user_get()) and reset it. */
+void ks_user_release(struct ks_user *u);
+
+/*
+ * Add a user: username, password_hash, email (may be NULL), registered
+ * at `registered`, not locked, never logged in. *id_out (may be NULL)
+ * receives the id.
+ * Returns 0, KS_EEXISTS (the username, or the email, is taken: err says
+ * which), KS_EBUSY, KS_EUNAVAIL, KS_EIO.
+ */
+int ks_user_add(struct ks_store *store, const char *username,
+		const char *password_hash, const char *email,
+		int64_t registered, int64_t *id_out, struct ks_err *err);
+
+/*
+ * Import a user as it is, id included (jwksd copy). Returns 0, KS_EEXISTS
+ * (id, username or email taken), or the errors of ks_user_add().
+ */
+int ks_user_import(struct ks_store *store, const struct ks_user *u,
+		   struct ks_err *err);
+
+/*
+ * Read the user called username into *out (the caller releases it with
+ * ks_user_release()). Returns 0, KS_ENOTFOUND, KS_EUNAVAIL, KS_EIO.
+ */
+int ks_user_get(struct ks_store *store, const char *username,
+		struct ks_user *out, struct ks_err *err);
+
+/*
+ * Called once per user by ks_user_list(), in increasing id order; u and
+ * its strings are borrowed for the call. Return 0 to go on.
+ */
+typedef int (*ks_user_fn)(const struct ks_user *u, void *arg);
+
+/* Every user. Returns 0, fn's non-zero value, KS_EIO. */
+int ks_user_list(struct ks_store *store, ks_user_fn fn, void *arg,
+		 struct ks_err *err);
+
+/*
+ * Change one user. What: set the password hash (hash), lock or unlock
+ * (locked), record a successful login (last_login), each for the user
+ * with this id. Returns 0, KS_ENOTFOUND, KS_EBUSY, KS_EUNAVAIL, KS_EIO.
+ */
+int ks_user_set_hash(struct ks_store *store, int64_t id, const char *hash,
+		     struct ks_err *err);
+int ks_user_set_locked(struct ks_store *store, int64_t id, int locked,
+		       struct ks_err *err);
+int ks_user_set_login(struct ks_store *store, int64_t id, int64_t when,
+		      struct ks_err *err);
+
+/*
+ * Delete the user with this id. Its auth-log rows stay, their user id
+ * set to none (the log outlives accounts). Returns 0, KS_ENOTFOUND, or
+ * the errors of ks_user_add().
+ */
+int ks_user_delete(struct ks_store *store, int64_t id, struct ks_err *err);
+
+/*
+ * One authentication attempt. id: assigned by the store (ignored by
+ * ks_auth_log_add(), which assigns it). ip: the client address as text.
+ * user_id: 0 when the username was unknown. success: 1 or 0.
+ */
+struct ks_auth_log {
+	int64_t id;
+	char ip[64];
+	int64_t when;
+	int64_t user_id;
+	int success;
+};
+
+/*
+ * Append n entries in one transaction, in order (all or none). A user_id
+ * that names no user (one deleted since the attempt) is stored as 0.
+ * Returns 0, KS_EBUSY, KS_EUNAVAIL, KS_ENOSPC, KS_EIO.
+ */
+int ks_auth_log_add(struct ks_store *store, const struct ks_auth_log *entries,
+		    size_t n, struct ks_err *err);
+
+/*
+ * Called once per entry by ks_auth_log_list(), in increasing id order.
+ * Return 0 to go on.
+ */
+typedef int (*ks_auth_log_fn)(const struct ks_auth_log *entry, void *arg);
+
+/*
+ * Every entry with id greater than after_id. Returns 0, fn's non-zero
+ * value, KS_EIO.
+ */
+int ks_auth_log_list(struct ks_store *store, int64_t after_id,
+		     ks_auth_log_fn fn, void *arg, struct ks_err *err);
+
+/*
+ * Delete every entry older than before (when < before), in one
+ * transaction; *count_out (may be NULL) receives the number. Returns 0,
+ * KS_EBUSY, KS_EUNAVAIL, KS_EIO.
+ */
+int ks_auth_log_purge(struct ks_store *store, int64_t before, size_t *count_out,
+		      struct ks_err *err);
+
+/*
+ * Accounts inside a write transaction of ks_write(), so that ks_copy() can
+ * copy users and the auth log with the keys, all or nothing. The rules of
+ * ks_write() and the ks_txn_* functions apply; the list callbacks must not
+ * call other ks_txn_* functions. A backend without them returns
+ * KS_EUNSUPPORTED (optional slots).
+ *
+ * ks_txn_user_list(), ks_txn_user_import(), ks_txn_auth_log_list(): as
+ * ks_user_list(), ks_user_import() and ks_auth_log_list(), seeing what the
+ * transaction wrote so far.
+ * ks_txn_auth_log_import(): append n entries keeping their ids (each >= 1);
+ * later ks_auth_log_add() calls assign ids above them. Returns 0,
+ * KS_EEXISTS (an id is taken), KS_EINVAL, or a store error.
+ */
+int ks_txn_user_list(struct ks_txn *txn, ks_user_fn fn, void *arg,
+		     struct ks_err *err);
+int ks_txn_user_import(struct ks_txn *txn, const struct ks_user *u,
+		       struct ks_err *err);
+int ks_txn_auth_log_list(struct ks_txn *txn, int64_t after_id,
+			 ks_auth_log_fn fn, void *arg, struct ks_err *err);
+int ks_txn_auth_log_import(struct ks_txn *txn,
+			   const struct ks_auth_log *entries, size_t n,
+			   struct ks_err *err);
+
+/*
  * For bsearch() and qsort() over arrays of kids, or of structs whose first
  * member is an int64_t kid (struct ks_record, struct ks_life, ...):
  * increasing kid order.
@@ -349,22 +496,43 @@ int ks_record_set_add(const struct ks_record *rec, void *arg);
 void ks_record_set_release(struct ks_record_set *set);
 
 /*
+ * What ks_copy() copies and how. KS_COPY_MERGE: the destination may hold
+ * data already (see below). KS_COPY_AUTH_LOG: the auth log too.
+ */
+enum ks_copy_flags {
+	KS_COPY_MERGE = 1 << 0,
+	KS_COPY_AUTH_LOG = 1 << 1,
+};
+
+/* What ks_copy() wrote: records, users, auth-log entries. */
+struct ks_copy_counts {
+	size_t keys;
+	size_t users;
+	size_t auth_logs;
+};
+
+/*
  * Copy every record of src into dst (any two backends), keeping each kid,
  * blob and expiry, so that tokens signed before a switch of backend still
- * verify, and the lifecycle entries of the records copied. src is read
- * first; then everything is checked and written in one ks_write()
- * transaction of dst, so that dst either gets every record with its entry
- * or, on any failure, stays exactly as it was. Without merge, dst must be
- * empty. With merge, a kid already in dst with the same blob and expiry is
- * skipped (it gets src's lifecycle entry only when it has none in dst),
- * and one with other content stops the copy before anything is written.
- * Nothing in dst is ever replaced or removed. *copied_out (may be NULL)
- * receives the number of records written (0 on failure).
+ * verify, and the lifecycle entries of the records copied; then every user
+ * (id, username, email, hash, times and lock kept) and, with
+ * KS_COPY_AUTH_LOG, every auth-log entry (ids kept). src is read first;
+ * then everything is checked and written in one ks_write() transaction of
+ * dst, so that dst either gets all of it or, on any failure, stays exactly
+ * as it was. Without KS_COPY_MERGE, dst must hold no record, and no user
+ * (no auth-log entry) when src has some to copy. With it, a kid already in
+ * dst with the same blob and expiry is skipped (it gets src's lifecycle
+ * entry only when it has none in dst), as is a user (an entry) with the
+ * same id and the same content; one with other content, or a user whose
+ * username or email another user of dst has, stops the copy before
+ * anything is written. Nothing in dst is ever replaced or removed. *out
+ * (may be NULL) receives the numbers written (zeros on failure).
  *
- * Returns 0, KS_EEXISTS (dst not empty, or a conflicting kid), or the
- * errors of ks_list() and ks_write().
+ * Returns 0, KS_EEXISTS (dst not empty, or a conflict), KS_EUNSUPPORTED
+ * (dst's backend cannot import accounts in a transaction), or the errors
+ * of ks_list() and ks_write().
  */
-int ks_copy(struct ks_store *dst, struct ks_store *src, int merge,
-	    size_t *copied_out, struct ks_err *err);
+int ks_copy(struct ks_store *dst, struct ks_store *src, unsigned flags,
+	    struct ks_copy_counts *out, struct ks_err *err);
 
 #endif /* JWKS_KEYSTORE_H */

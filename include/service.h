@@ -230,15 +230,26 @@ int jwks_service_metadata(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
 int jwks_service_publish(struct jwks_service *svc, struct ks_err *err);
 
 /*
- * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json,
- * and with an issuer the two discovery documents) on a
- * running CivetWeb context. With catch_all set, every other path answers a
- * JSON 404, and CivetWeb's per-directory .htpasswd lookup is turned off (for
- * a program that serves nothing else). svc is borrowed and
- * must outlive the context.
+ * What jwks_http_register() mounts: the issuer, and its accounts (NULL:
+ * an open issuer without /register, whose POST /auth takes any
+ * Authorization header and body, as the assignment's does). Both are
+ * borrowed and, like this struct, must outlive the context.
  */
-void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
-			int catch_all);
+struct jwks_accounts;
+struct jwks_http_routes {
+	struct jwks_service *svc;
+	struct jwks_accounts *acct;
+};
+
+/*
+ * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json,
+ * with an issuer the two discovery documents, with accounts POST
+ * /register) on a running CivetWeb context. With catch_all set, every
+ * other path answers a JSON 404, and CivetWeb's per-directory .htpasswd
+ * lookup is turned off (for a program that serves nothing else).
+ */
+void jwks_http_register(struct mg_context *ctx,
+			const struct jwks_http_routes *routes, int catch_all);
 
 struct mg_connection;
 

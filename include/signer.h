@@ -144,6 +144,14 @@ int signer_random(void *buf, size_t n);
 #define B64URL_DECODED_MAX(n) (((n) / 4) * 3 + 2)
 
 size_t b64url_encode(char *dst, const void *src, size_t src_len);
+
+/*
+ * Standard base64 with padding (RFC 4648 §4), strictly: a length of 4k,
+ * nothing outside the alphabet, '=' only at the end. dst must hold
+ * src_len / 4 * 3 bytes. Returns 0 and sets *dst_len, or KS_EINVAL.
+ */
+int b64_decode(unsigned char *dst, size_t *dst_len, const char *src,
+	       size_t src_len);
 int b64url_decode(unsigned char *dst, size_t *dst_len, const char *src,
 		  size_t src_len);
 

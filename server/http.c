@@ -3,20 +3,31 @@
  * call the service, map its errors to status codes and write the answer.
  * They never touch a store or OpenSSL.
  */
+#define _DEFAULT_SOURCE /* explicit_bzero */
+
 #include <civetweb.h>
 #include <ctype.h>
+#include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include "accounts.h"
 #include "http_internal.h"
 #include "service.h"
+#include "signer.h"
 
 #define HTTP_AUTH_PATH "/auth"
 #define HTTP_JWKS_PATH "/.well-known/jwks.json"
 #define HTTP_OIDC_PATH "/.well-known/openid-configuration"
 #define HTTP_OAUTH_PATH "/.well-known/oauth-authorization-server"
+#define HTTP_REGISTER_PATH "/register"
+
+/* The largest request body a route reads (JSON credentials, a user). */
+#define HTTP_BODY_MAX (64 * 1024)
 
 /*
  * Copy at most cap - 1 bytes of in, printable ones only, for a log line.
@@ -95,6 +106,26 @@ static int http_keep_alive(const struct mg_connection *conn, int status)
 }
 
 /*
+ * The Date header's value for now (RFC 9110 5.6.7), formatted once per
+ * second per thread.
+ */
+static void http_date(time_t now, char *out, size_t cap)
+{
+	static _Thread_local time_t cached_at = -1;
+	static _Thread_local char cached[40];
+	struct tm tm;
+
+	if (now != cached_at) {
+		gmtime_r(&now, &tm);
+		if (!strftime(cached, sizeof(cached),
+			      "%a, %d %b %Y %H:%M:%S GMT", &tm))
+			cached[0] = '\0';
+		cached_at = now;
+	}
+	snprintf(out, cap, "%s", cached);
+}
+
+/*
  * Send a complete response: status line, the common headers, the extra
  * ones given as name/value pairs (NULL-terminated), and body unless this
  * is a HEAD, in one write when it fits. Returns status, as a CivetWeb
@@ -109,11 +140,9 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	char buf[8192], date[40];
 	time_t now = time(NULL);
 	size_t len, cap = sizeof(buf);
-	struct tm tm;
 	int n;
 
-	gmtime_r(&now, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	http_date(now, date, sizeof(date));
 	n = snprintf(buf, cap,
 		     "HTTP/1.1 %d %s\r\n"
 		     "Date: %s\r\n"
@@ -258,14 +287,256 @@ int jwks_http__parse_alg(const char *query, char *alg, size_t cap)
 }
 
 /*
- * POST /auth: a signed token. Any Authorization header and body.
- * ?alg=NAME picks one of the configured algorithms; anything else (none,
- * HS256, an unconfigured one, odd bytes) is refused, never echoed.
+ * Read the request body, up to HTTP_BODY_MAX bytes, into *out (the
+ * caller frees it; NUL-terminated). Returns its length, or -1 when it is
+ * larger (what was read is dropped; CivetWeb discards the rest) or cannot
+ * be read.
+ */
+static long http_read_body(struct mg_connection *conn, char **out)
+{
+	long long declared = mg_get_request_info(conn)->content_length;
+	size_t len = 0, cap = 1024;
+	char *buf, *grown, extra;
+	int n, ok = 1;
+
+	*out = NULL;
+	buf = malloc(cap + 1);
+	if (!buf)
+		return -1;
+	for (;;) {
+		if (len == cap && cap == HTTP_BODY_MAX) {
+			/* Full: one byte more means too large. */
+			ok = mg_read(conn, &extra, 1) <= 0;
+			break;
+		}
+		if (len == cap) {
+			cap = cap * 4 > HTTP_BODY_MAX ? HTTP_BODY_MAX : cap * 4;
+			grown = realloc(buf, cap + 1);
+			if (!grown) {
+				ok = 0;
+				break;
+			}
+			buf = grown;
+		}
+		n = mg_read(conn, buf + len, cap - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		/*
+		 * A short read of a declared body means CivetWeb waited the
+		 * request timeout for the rest: the client stalled.
+		 */
+		if ((size_t)n < cap - len + (size_t)n && declared > 0 &&
+		    (long long)len < declared) {
+			ok = 0;
+			break;
+		}
+	}
+	if (!ok) {
+		free(buf);
+		return -1;
+	}
+	buf[len] = '\0';
+	*out = buf;
+	return (long)len;
+}
+
+/* JSON nested deeper than this is refused before jansson sees it. */
+#define HTTP_JSON_DEPTH_MAX 32
+
+/*
+ * Whether body nests arrays and objects at most HTTP_JSON_DEPTH_MAX deep:
+ * jansson parses recursively, and a CivetWeb worker's stack is small.
+ */
+static int http_json_shallow(const char *body, size_t len)
+{
+	int depth = 0, in_string = 0;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		char ch = body[i];
+
+		if (in_string) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_string = 0;
+		} else if (ch == '"') {
+			in_string = 1;
+		} else if (ch == '[' || ch == '{') {
+			if (++depth > HTTP_JSON_DEPTH_MAX)
+				return 0;
+		} else if (ch == ']' || ch == '}') {
+			depth--;
+		}
+	}
+	return 1;
+}
+
+/* Credentials of a request: from HTTP Basic, or a JSON body. */
+struct http_creds {
+	char username[256];
+	char password[1024];
+	size_t password_len;
+};
+
+/*
+ * Basic credentials (RFC 7617) from the Authorization header: 1 found,
+ * 0 none (another scheme, or none at all), -1 malformed.
+ */
+static int http_basic_creds(struct mg_connection *conn, struct http_creds *c)
+{
+	const char *h = mg_get_header(conn, "Authorization");
+	unsigned char decoded[(sizeof(c->username) + sizeof(c->password)) + 4];
+	const unsigned char *colon;
+	size_t len = 0, ulen;
+
+	if (!h || strncasecmp(h, "Basic ", 6))
+		return 0;
+	h += 6;
+	h += strspn(h, " ");
+	if (strlen(h) > sizeof(decoded) / 3 * 4 ||
+	    b64_decode(decoded, &len, h, strlen(h)))
+		return -1;
+	colon = memchr(decoded, ':', len);
+	if (!colon)
+		return -1;
+	ulen = (size_t)(colon - decoded);
+	if (ulen >= sizeof(c->username) || memchr(decoded, '\0', ulen) ||
+	    len - ulen - 1 >= sizeof(c->password))
+		return -1;
+	memcpy(c->username, decoded, ulen);
+	c->username[ulen] = '\0';
+	c->password_len = len - ulen - 1;
+	memcpy(c->password, colon + 1, c->password_len);
+	c->password[c->password_len] = '\0';
+	explicit_bzero(decoded, sizeof(decoded));
+	return 1;
+}
+
+/*
+ * JSON credentials {"username": "...", "password": "..."} in body: 1
+ * found, 0 not (any other body: the open issuer takes any).
+ */
+static int http_json_creds(const char *body, size_t len, struct http_creds *c)
+{
+	json_t *root =
+		http_json_shallow(body, len)
+			? json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL)
+			: NULL;
+	json_t *u = json_object_get(root, "username");
+	json_t *p = json_object_get(root, "password");
+	int found = 0;
+
+	if (json_is_object(root) && json_is_string(u) && json_is_string(p) &&
+	    json_string_length(u) < sizeof(c->username) &&
+	    strlen(json_string_value(u)) == json_string_length(u) &&
+	    json_string_length(p) < sizeof(c->password)) {
+		snprintf(c->username, sizeof(c->username), "%s",
+			 json_string_value(u));
+		c->password_len = json_string_length(p);
+		memcpy(c->password, json_string_value(p), c->password_len);
+		c->password[c->password_len] = '\0';
+		found = 1;
+	}
+	json_decref(root);
+	return found;
+}
+
+/* 401 with the challenge of RFC 7617. */
+static int http_unauthorized(struct mg_connection *conn, const char *reason)
+{
+	static const char *const extra[] = {"WWW-Authenticate",
+					    "Basic realm=\"jwksd\"", NULL};
+	char body[96];
+	int n;
+
+	http_log_failure(conn, 401, reason, NULL);
+	n = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
+	return http_send(conn, 401, "no-store", extra, body, (size_t)n);
+}
+
+/* 429 with Retry-After, before any other work. */
+static int http_too_many(struct mg_connection *conn, unsigned retry_after)
+{
+	static const char body[] = "{\"error\":\"too many requests\"}";
+	const char *extra[] = {"Retry-After", NULL, NULL};
+	char secs[16];
+
+	snprintf(secs, sizeof(secs), "%u", retry_after ? retry_after : 1);
+	extra[1] = secs;
+	return http_send(conn, 429, "no-store", extra, body, sizeof(body) - 1);
+}
+
+/* The client's address for limits and the auth log. */
+static void http_client(struct mg_connection *conn,
+			const struct jwks_accounts *acct, char *out, size_t cap)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+
+	jwks_accounts_client(acct, ri->remote_addr,
+			     mg_get_header(conn, "X-Forwarded-For"), out, cap);
+}
+
+/*
+ * With accounts: the rate limit, then credentials. Returns 0 to issue
+ * (req->sub set for a valid login), or the status already sent.
+ */
+static int http_auth_login(struct mg_connection *conn,
+			   struct jwks_accounts *acct,
+			   struct jwks_issue_request *req,
+			   struct jwks_login *who, struct http_creds *c)
+{
+	struct ks_err e = {{0}};
+	char client[64], *body = NULL;
+	unsigned retry = 0;
+	long len;
+	int found, rc;
+
+	http_client(conn, acct, client, sizeof(client));
+	if (!jwks_accounts_rate(acct, JWKS_RATE_AUTH, client, &retry))
+		return http_too_many(conn, retry);
+	found = http_basic_creds(conn, c);
+	/* Most requests of an open issuer have no body: read none. */
+	if (found == 0 && (mg_get_request_info(conn)->content_length > 0 ||
+			   mg_get_header(conn, "Transfer-Encoding"))) {
+		/* A body too large to hold credentials holds none. */
+		len = http_read_body(conn, &body);
+		found = len < 0 ? 0 : http_json_creds(body, (size_t)len, c);
+		free(body);
+	}
+	if (found <= 0)
+		return jwks_accounts_login_required(acct)
+			       ? http_unauthorized(conn, "credentials required")
+			       : 0;
+	rc = jwks_accounts_login(acct, client, c->username, c->password,
+				 c->password_len, who, &e);
+	if (rc == 0) {
+		req->sub = who->sub;
+		req->preferred_username = who->username;
+		return 0;
+	}
+	if (rc == KS_ENOTFOUND && !jwks_accounts_login_required(acct))
+		return 0;
+	if (rc == KS_ENOTFOUND || rc == KS_EBADSIG)
+		return http_unauthorized(conn, "invalid credentials");
+	return http_service_error(conn, rc, &e);
+}
+
+/*
+ * POST /auth: a signed token. ?alg=NAME picks one of the configured
+ * algorithms; anything else (none, HS256, an unconfigured one, odd bytes)
+ * is refused, never echoed. Without accounts any Authorization header and
+ * body is taken; with them, credentials (Basic or JSON) are checked and a
+ * valid login gets sub and preferred_username.
  */
 static int http_auth(struct mg_connection *conn, void *cbdata)
 {
 	static const char *const methods[] = {"POST", NULL};
+	const struct jwks_http_routes *r = cbdata;
 	struct jwks_issue_request req = JWKS_ISSUE_REQUEST_INIT;
+	struct jwks_login who;
+	struct http_creds creds;
 	const char *query;
 	char body[JWKS_TOKEN_MAX + 16], alg[16];
 	struct ks_err e = {{0}};
@@ -280,18 +551,123 @@ static int http_auth(struct mg_connection *conn, void *cbdata)
 		return http_error(conn, 400, "expired must be true or false",
 				  NULL, NULL);
 	rc = jwks_http__parse_alg(query, alg, sizeof(alg));
-	if (rc < 0 || (rc > 0 && !jwks_service_has_alg(cbdata, alg)))
+	if (rc < 0 || (rc > 0 && !jwks_service_has_alg(r->svc, alg)))
 		return http_error(conn, 400, "algorithm not available", NULL,
 				  NULL);
 	req.alg = rc > 0 ? alg : NULL;
+	if (r->acct) {
+		status = http_auth_login(conn, r->acct, &req, &who, &creds);
+		explicit_bzero(&creds, sizeof(creds));
+		if (status)
+			return status;
+	}
 	memcpy(body, "{\"token\":\"", 10);
-	rc = jwks_service_issue(cbdata, &req, body + 10, JWKS_TOKEN_MAX, &len,
+	rc = jwks_service_issue(r->svc, &req, body + 10, JWKS_TOKEN_MAX, &len,
 				&e);
 	if (rc)
 		return http_service_error(conn, rc, &e);
 	/* A JWT is base64url and dots: nothing in it needs JSON escaping. */
 	memcpy(body + 10 + len, "\"}", 2);
 	return http_send(conn, 200, "no-store", NULL, body, len + 12);
+}
+
+/*
+ * The body of POST /register: a JSON object with "username" (a string)
+ * and optionally "email" (a string, or null), nothing else. Returns NULL
+ * and the fixed reason for a 400.
+ */
+static const char *http_parse_user(const char *body, size_t len,
+				   const char **username, const char **email,
+				   json_t **root_out)
+{
+	json_t *root;
+	const char *name;
+	json_t *v;
+
+	*username = *email = NULL;
+	*root_out = NULL;
+	if (!http_json_shallow(body, len))
+		return "JSON nested too deep";
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+	*root_out = root;
+	if (!json_is_object(root))
+		return "body must be a JSON object";
+	json_object_foreach(root, name, v)
+	{
+		if (!strcmp(name, "username")) {
+			if (!json_is_string(v))
+				return "username must be a string";
+			*username = json_string_value(v);
+			if (strlen(*username) != json_string_length(v))
+				return "invalid username";
+		} else if (!strcmp(name, "email")) {
+			if (json_is_null(v))
+				continue;
+			if (!json_is_string(v))
+				return "email must be a string";
+			*email = json_string_value(v);
+			if (strlen(*email) != json_string_length(v))
+				return "invalid email";
+		} else {
+			return "unknown member";
+		}
+	}
+	if (!*username)
+		return "username required";
+	if (!jwks_accounts_valid_username(*username))
+		return "invalid username";
+	if (*email && !jwks_accounts_valid_email(*email))
+		return "invalid email";
+	return NULL;
+}
+
+/* POST /register: a new user with a generated password, shown once. */
+static int http_register(struct mg_connection *conn, void *cbdata)
+{
+	static const char *const methods[] = {"POST", NULL};
+	const struct jwks_http_routes *r = cbdata;
+	const char *username, *email, *why;
+	char client[64], password[PW_GENERATED_LEN + 1], out[64], *body = NULL;
+	struct ks_err e = {{0}};
+	json_t *root = NULL;
+	unsigned retry = 0;
+	long len;
+	int status, rc;
+
+	if (!http_route(conn, HTTP_REGISTER_PATH, methods, "POST", &status))
+		return status;
+	http_client(conn, r->acct, client, sizeof(client));
+	if (!jwks_accounts_rate(r->acct, JWKS_RATE_REGISTER, client, &retry))
+		return http_too_many(conn, retry);
+	len = http_read_body(conn, &body);
+	if (len < 0)
+		return http_error(conn, 413, "request body too large", NULL,
+				  NULL);
+	why = http_parse_user(body, (size_t)len, &username, &email, &root);
+	if (why) {
+		status = http_error(conn, 400, why, NULL, NULL);
+	} else {
+		rc = jwks_accounts_register(r->acct, username, email, password,
+					    NULL, &e);
+		if (rc == KS_EEXISTS)
+			status = http_error(
+				conn, 409, "username or email taken", NULL, &e);
+		else if (rc == KS_EINVAL)
+			status =
+				http_error(conn, 400, "invalid user", NULL, &e);
+		else if (rc)
+			status = http_service_error(conn, rc, &e);
+		else {
+			snprintf(out, sizeof(out), "{\"password\":\"%s\"}",
+				 password);
+			status = http_send(conn, 201, "no-store", NULL, out,
+					   strlen(out));
+		}
+	}
+	explicit_bzero(password, sizeof(password));
+	json_decref(root);
+	free(body);
+	return status;
 }
 
 /* Whether an If-None-Match header names etag (weak comparison, or *). */
@@ -335,7 +711,9 @@ static int http_jwks(struct mg_connection *conn, void *cbdata)
 
 	if (!http_route(conn, HTTP_JWKS_PATH, methods, "GET, HEAD", &status))
 		return status;
-	status = jwks_service_jwks(cbdata, http_jwks_write, conn);
+	status = jwks_service_jwks(
+		((const struct jwks_http_routes *)cbdata)->svc, http_jwks_write,
+		conn);
 	if (status < 0)
 		return http_service_error(conn, status, NULL);
 	return status;
@@ -356,7 +734,9 @@ static int http_metadata(struct mg_connection *conn, void *cbdata)
 							     : HTTP_OIDC_PATH,
 			methods, "GET, HEAD", &status))
 		return status;
-	status = jwks_service_metadata(cbdata, http_jwks_write, conn);
+	status = jwks_service_metadata(
+		((const struct jwks_http_routes *)cbdata)->svc, http_jwks_write,
+		conn);
 	if (status == KS_ENOTFOUND)
 		return http_not_found(conn);
 	if (status < 0)
@@ -482,16 +862,23 @@ static int http_doc_exists(const struct jwks_doc *doc, void *arg)
 	return 0;
 }
 
-void jwks_http_register(struct mg_context *ctx, struct jwks_service *svc,
-			int catch_all)
+void jwks_http_register(struct mg_context *ctx,
+			const struct jwks_http_routes *routes, int catch_all)
 {
-	mg_set_request_handler(ctx, HTTP_AUTH_PATH, http_auth, svc);
-	mg_set_request_handler(ctx, HTTP_JWKS_PATH, http_jwks, svc);
-	if (jwks_service_metadata(svc, http_doc_exists, NULL) == 0) {
-		mg_set_request_handler(ctx, HTTP_OIDC_PATH, http_metadata, svc);
+	/* CivetWeb's callback data is not const; the handlers never write. */
+	void *data = (void *)(uintptr_t)routes;
+
+	mg_set_request_handler(ctx, HTTP_AUTH_PATH, http_auth, data);
+	mg_set_request_handler(ctx, HTTP_JWKS_PATH, http_jwks, data);
+	if (jwks_service_metadata(routes->svc, http_doc_exists, NULL) == 0) {
+		mg_set_request_handler(ctx, HTTP_OIDC_PATH, http_metadata,
+				       data);
 		mg_set_request_handler(ctx, HTTP_OAUTH_PATH, http_metadata,
-				       svc);
+				       data);
 	}
+	if (routes->acct)
+		mg_set_request_handler(ctx, HTTP_REGISTER_PATH, http_register,
+				       data);
 	if (catch_all) {
 		mg_set_request_handler(ctx, "/", http_catch_all, NULL);
 		/*

@@ -332,6 +332,10 @@ int jose_issuer_check(const char *url, char *why, size_t n)
 		const char *close = memchr(host, ']', host_len);
 
 		host_len = close ? (size_t)(close - host) + 1 : 0;
+		/* After the bracket: the end of the host, or a port. */
+		if (host_len && host_len < (size_t)(end - host) &&
+		    host[host_len] != ':')
+			host_len = 0;
 	} else {
 		const char *colon = memchr(host, ':', host_len);
 

@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
@@ -18,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accounts.h"
 #include "cli.h"
 #include "jose.h"
 #include "keys_cmd.h"
@@ -25,6 +27,7 @@
 #include "lifecycle.h"
 #include "service.h"
 #include "signer.h"
+#include "users_cmd.h"
 
 #ifndef JWKSD_VERSION
 #define JWKSD_VERSION "unknown"
@@ -53,6 +56,14 @@ struct main_config {
 	const char *audiences[JWKS_MAX_AUDIENCES + 1];
 	size_t n_audiences;
 	const char *token_type;
+	/* Accounts. */
+	int login_required;
+	struct pw_params argon2;
+	long long auth_log_days;
+	long long auth_rate;
+	long long register_rate;
+	const char *proxies[JWKS_MAX_TRUSTED_PROXIES + 1];
+	size_t n_proxies;
 };
 
 static const char main_usage_text[] =
@@ -64,11 +75,16 @@ static const char main_usage_text[] =
 	"             [--max-body BYTES] [--request-timeout MS]\n"
 	"             [--alg LIST] [--rsa-bits N] [--issuer URL]\n"
 	"             [--audience AUD]... [--token-type JWT|at+jwt]\n"
-	"             [--help] [--version]\n"
+	"             [--login open|required] [--argon2 m=KIB,t=N,p=N]\n"
+	"             [--auth-rate N] [--register-rate N] [--trust-proxy "
+	"CIDR]...\n"
+	"             [--auth-log-days N] [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
-	"                  [--pg-schema NAME]\n"
+	"                  [--with-auth-log] [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
 	"...\n"
+	"       jwksd users list|add NAME|passwd NAME|lock NAME|unlock NAME|"
+	"delete NAME\n"
 	"\n"
 	"  --listen ADDR:PORT     address to serve on (default "
 	"127.0.0.1:8080)\n"
@@ -117,12 +133,29 @@ static const char main_usage_text[] =
 	"  --token-type TYPE      JWT, or at+jwt for RFC 9068 access tokens\n"
 	"                         (needs --issuer and --audience; default "
 	"JWT)\n"
+	"  --login MODE           open: a request without valid credentials\n"
+	"                         (or naming no user) still gets an anonymous\n"
+	"                         token; required: only valid credentials\n"
+	"                         (default open)\n"
+	"  --argon2 m=KIB,t=N,p=N Argon2id cost of new password hashes, at\n"
+	"                         least the default m=19456,t=2,p=1\n"
+	"  --auth-rate N          POST /auth requests per client address per\n"
+	"                         second (default 10; 0: no limit)\n"
+	"  --register-rate N      POST /register requests per client address\n"
+	"                         per minute (default 5; 0: no limit)\n"
+	"  --trust-proxy CIDR     believe X-Forwarded-For from these peers;\n"
+	"                         repeat for several (default: none)\n"
+	"  --auth-log-days N      keep auth-log entries N days (default 90;\n"
+	"                         0: forever)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
-	"  copy                   copy every key with its kid and expiry from\n"
-	"                         one store to another; the destination must\n"
-	"                         be empty unless --merge is given\n"
+	"  copy                   copy every key with its kid and expiry, and\n"
+	"                         every user with its id, from one store to\n"
+	"                         another (the auth log too with\n"
+	"                         --with-auth-log); the destination must be\n"
+	"                         empty unless --merge is given\n"
 	"  keys                   key administration: jwksd keys --help\n"
+	"  users                  user accounts: jwksd users --help\n"
 	"\n"
 	"backends:";
 
@@ -232,6 +265,12 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"issuer", required_argument, NULL, 'I'},
 		{"audience", required_argument, NULL, 'u'},
 		{"token-type", required_argument, NULL, 'y'},
+		{"login", required_argument, NULL, 'L'},
+		{"argon2", required_argument, NULL, 'G'},
+		{"auth-rate", required_argument, NULL, 'r'},
+		{"register-rate", required_argument, NULL, 'g'},
+		{"trust-proxy", required_argument, NULL, 'x'},
+		{"auth-log-days", required_argument, NULL, 'D'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -353,6 +392,49 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 						      "'%s': JWT or at+jwt",
 						      optarg);
 			cfg->token_type = optarg;
+			break;
+		case 'L':
+			if (strcmp(optarg, "open") &&
+			    strcmp(optarg, "required"))
+				return main_bad_usage("invalid --login '%s': "
+						      "open or required",
+						      optarg);
+			cfg->login_required = !strcmp(optarg, "required");
+			break;
+		case 'G':
+			if (pw_params_parse(&cfg->argon2, optarg, why,
+					    sizeof(why)))
+				return main_bad_usage("invalid --argon2: %s",
+						      why);
+			break;
+		case 'r':
+		case 'g':
+			if (cli_parse_int(optarg, 0, 1000,
+					  c == 'r' ? &cfg->auth_rate
+						   : &cfg->register_rate))
+				return main_bad_usage(
+					"invalid --%s '%s': 0 to 1000",
+					c == 'r' ? "auth-rate"
+						 : "register-rate",
+					optarg);
+			break;
+		case 'x':
+			if (cfg->n_proxies == JWKS_MAX_TRUSTED_PROXIES)
+				return main_bad_usage(
+					"more than %d --trust-proxy ranges",
+					JWKS_MAX_TRUSTED_PROXIES);
+			if (!jwks_accounts_valid_cidr(optarg))
+				return main_bad_usage(
+					"invalid --trust-proxy '%s': want "
+					"ADDR/PREFIX",
+					optarg);
+			cfg->proxies[cfg->n_proxies++] = optarg;
+			break;
+		case 'D':
+			if (cli_parse_int(optarg, 0, 36600,
+					  &cfg->auth_log_days))
+				return main_bad_usage(
+					"invalid --auth-log-days '%s'", optarg);
 			break;
 		case 'h':
 			main_usage(stdout);
@@ -482,7 +564,7 @@ static int main_civetweb_log(const struct mg_connection *conn,
 }
 
 static struct mg_context *main_start_http(struct main_config *cfg,
-					  struct jwks_service *svc)
+					  const struct jwks_http_routes *routes)
 {
 	char threads[24], errtext[256] = "";
 	unsigned errcode = 0;
@@ -530,7 +612,7 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 			errcode);
 		return NULL;
 	}
-	jwks_http_register(ctx, svc, 1);
+	jwks_http_register(ctx, routes, 1);
 	atomic_store(&main_routes_ready, 1);
 	return ctx;
 }
@@ -626,13 +708,14 @@ static int main_parse_store_spec(char *spec, const struct ks_backend **be,
 	return *be ? 0 : 2;
 }
 
-/* jwksd copy --from NAME:PATH --to NAME:PATH [--merge] */
+/* jwksd copy --from NAME:PATH --to NAME:PATH [--merge] [--with-auth-log] */
 static int main_copy(int argc, char **argv, const struct main_config *cfg)
 {
 	static const struct option opts[] = {
 		{"from", required_argument, NULL, 'f'},
 		{"to", required_argument, NULL, 't'},
 		{"merge", no_argument, NULL, 'M'},
+		{"with-auth-log", no_argument, NULL, 'A'},
 		{"lmdb-map-size", required_argument, NULL, 'm'},
 		{"pg-schema", required_argument, NULL, 'P'},
 		{NULL, 0, NULL, 0},
@@ -643,8 +726,9 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 	struct ks_store *from = NULL, *to = NULL;
 	struct main_config c = *cfg;
 	struct ks_err e = {{0}};
-	int opt, rc, merge = 0;
-	size_t copied = 0;
+	struct ks_copy_counts copied = {0, 0, 0};
+	unsigned flags = 0;
+	int opt, rc;
 
 	opterr = 0;
 	optind = 1;
@@ -656,7 +740,9 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		else if (opt == 't')
 			rc = main_parse_store_spec(optarg, &to_be, &to_path);
 		else if (opt == 'M')
-			merge = 1;
+			flags |= KS_COPY_MERGE;
+		else if (opt == 'A')
+			flags |= KS_COPY_AUTH_LOG;
 		else if (opt == 'm' &&
 			 cli_parse_size(optarg, 1LL << 16, 1LL << 40,
 					&c.lmdb_map_size))
@@ -687,20 +773,28 @@ static int main_copy(int argc, char **argv, const struct main_config *cfg)
 		ks_close(from);
 		return 1;
 	}
-	rc = ks_copy(to, from, merge, &copied, &e);
+	rc = ks_copy(to, from, flags, &copied, &e);
 	if (rc)
 		fprintf(stderr,
-			"jwksd: copy from %s '%s' to %s '%s' failed after %zu "
-			"keys: %s (%s)%s\n",
+			"jwksd: copy from %s '%s' to %s '%s' failed, nothing "
+			"was written: %s (%s)%s\n",
 			ks_backend_name(from_be), from_shown,
-			ks_backend_name(to_be), to_shown, copied,
-			ks_strerror(rc), e.text,
-			rc == KS_EEXISTS && !merge ? "; --merge adds to it"
-						   : "");
-	else
-		printf("copied %zu keys from %s '%s' to %s '%s'\n", copied,
+			ks_backend_name(to_be), to_shown, ks_strerror(rc),
+			e.text,
+			rc == KS_EEXISTS && !(flags & KS_COPY_MERGE)
+				? "; --merge adds to it"
+				: "");
+	else if (flags & KS_COPY_AUTH_LOG)
+		printf("copied %zu keys, %zu users and %zu auth-log entries "
+		       "from %s '%s' to %s '%s'\n",
+		       copied.keys, copied.users, copied.auth_logs,
 		       ks_backend_name(from_be), from_shown,
 		       ks_backend_name(to_be), to_shown);
+	else
+		printf("copied %zu keys and %zu users from %s '%s' to %s "
+		       "'%s'\n",
+		       copied.keys, copied.users, ks_backend_name(from_be),
+		       from_shown, ks_backend_name(to_be), to_shown);
 	ks_close(to);
 	ks_close(from);
 	return rc ? 1 : 0;
@@ -717,7 +811,14 @@ int main(int argc, char **argv)
 		.threads = 64,
 		.max_body = 64 * 1024,
 		.request_timeout_ms = 2000,
+		.argon2 = PW_PARAMS_INIT,
+		.auth_log_days = 90,
+		.auth_rate = 10,
+		.register_rate = 5,
 	};
+	struct jwks_accounts_options aopts = JWKS_ACCOUNTS_OPTIONS_INIT;
+	struct jwks_accounts *acct = NULL;
+	struct jwks_http_routes routes = {NULL, NULL};
 	struct jwks_service_options sopts = JWKS_SERVICE_OPTIONS_INIT;
 	const struct ks_backend *be;
 	struct jwks_service *svc = NULL;
@@ -736,9 +837,18 @@ int main(int argc, char **argv)
 		return main_copy(argc - 1, argv + 1, &cfg);
 	if (argc > 1 && !strcmp(argv[1], "keys"))
 		return keys_cmd_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "users"))
+		return users_cmd_main(argc - 1, argv + 1);
 	rc = main_parse_args(argc, argv, &cfg);
 	if (rc)
 		return rc;
+	/*
+	 * Large blocks (Argon2id's m KiB per password hash) straight from the
+	 * kernel and back, always: glibc would otherwise raise its mmap
+	 * threshold after the first large free and keep such blocks in each
+	 * thread's arena, resident long after the hash.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
 	be = cli_find_backend(cfg.backend);
 	if (!be)
 		return 2;
@@ -776,10 +886,24 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	aopts.argon2 = cfg.argon2;
+	aopts.login_required = cfg.login_required;
+	aopts.auth_rate = (unsigned)cfg.auth_rate;
+	aopts.register_rate = (unsigned)cfg.register_rate;
+	aopts.trusted_proxies = cfg.proxies;
+	aopts.auth_log_days = cfg.auth_log_days;
+	rc = jwks_accounts_new(&acct, store, &aopts, &e);
+	if (rc) {
+		fprintf(stderr, "jwksd: cannot set up accounts: %s\n", e.text);
+		goto out;
+	}
+	routes.svc = svc;
+	routes.acct = acct;
+
 	/* Listen at once; requests wait until the first keys are ready. */
 	mg_init_library(0);
 	library = 1;
-	ctx = main_start_http(&cfg, svc);
+	ctx = main_start_http(&cfg, &routes);
 	if (!ctx)
 		goto out;
 	rc = jwks_service_start(svc, &nkeys, &e);
@@ -805,6 +929,7 @@ int main(int argc, char **argv)
 out:
 	if (ctx)
 		main_stop_http(ctx, cfg.listen);
+	jwks_accounts_free(acct);
 	jwks_service_free(svc);
 	ks_close(store);
 	kek_free(kek);

@@ -1251,6 +1251,8 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	if (rc)
 		goto out;
 	svc_keygen_all(gen, want);
+	/* Key generation may take seconds on a busy machine: date from now. */
+	now = svc_now(svc);
 	for (i = 0; i < want; i++) {
 		if (gen[i].rc) {
 			rc = ks_err_set(err, gen[i].rc, "%s key generation: %s",
@@ -1498,19 +1500,49 @@ void jwks_service_free(struct jwks_service *svc)
 
 /*
  * The current snapshot, rebuilt first from memory (never the store) when
- * a key boundary has passed since it was built.
+ * a key boundary has passed since it was built, and the time it is read
+ * at (*now). The time is taken once the first snapshot exists: a request
+ * that waited for it must not be dated before the keys it will use.
  */
 static struct svc_snapshot *svc_acquire_fresh(struct jwks_service *svc,
-					      int64_t now)
+					      int64_t *now)
 {
 	struct svc_snapshot *s = svc_acquire(svc);
 
-	if (s && now >= s->valid_until) {
+	*now = svc_now(svc);
+	if (s && *now >= s->valid_until) {
 		svc_snapshot_release(s);
-		svc_refresh(svc, now);
+		svc_refresh(svc, *now);
 		s = svc_acquire(svc);
 	}
 	return s;
+}
+
+/*
+ * n random bytes for a token id, from a per-thread pool that the CSPRNG
+ * refills SVC_RANDOM_POOL bytes at a time: one DRBG call (its locks and
+ * fork check) per 32 tokens instead of one per token. The pool is used
+ * once, front to back, and wiped as it goes.
+ */
+#define SVC_RANDOM_POOL 512
+static int svc_random(unsigned char *out, size_t n)
+{
+	static _Thread_local unsigned char pool[SVC_RANDOM_POOL];
+	static _Thread_local size_t used = SVC_RANDOM_POOL;
+	int rc;
+
+	if (n > SVC_RANDOM_POOL)
+		return signer_random(out, n);
+	if (SVC_RANDOM_POOL - used < n) {
+		rc = signer_random(pool, sizeof(pool));
+		if (rc)
+			return rc;
+		used = 0;
+	}
+	memcpy(out, pool + used, n);
+	memset(pool + used, 0, n);
+	used += n;
+	return 0;
 }
 
 /*
@@ -1525,7 +1557,7 @@ static int svc_sign_token(const struct svc_key *k, struct jose_claims *c,
 	size_t sig_len = sizeof(sig), claims_len, pos;
 	int rc;
 
-	rc = signer_random(rnd, sizeof(rnd));
+	rc = svc_random(rnd, sizeof(rnd));
 	if (rc)
 		return rc;
 	jose_jti(jti, rnd);
@@ -1566,8 +1598,7 @@ int jwks_service_issue(struct jwks_service *svc,
 	if (a < 0)
 		return ks_err_set(err, KS_EUNSUPPORTED,
 				  "algorithm not configured");
-	now = svc_now(svc);
-	s = svc_acquire_fresh(svc, now);
+	s = svc_acquire_fresh(svc, &now);
 	if (!s)
 		return ks_err_set(err, KS_ENOKEY, "no key set published yet");
 	c.fixed = svc->fixed_claims;
@@ -1634,8 +1665,7 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg)
 
 	if (!svc || !fn)
 		return KS_EINVAL;
-	now = svc_now(svc);
-	s = svc_acquire_fresh(svc, now);
+	s = svc_acquire_fresh(svc, &now);
 	if (!s)
 		return KS_ENOKEY;
 	doc.body = s->body;

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Fails when a third-party header is included outside the one directory that
 # may include it: sqlite3.h, lmdb.h and libpq-fe.h only in backends/, OpenSSL
-# only in crypto/, civetweb.h only in server/ (and tests), ks_backend.h only
-# in backends/. PRIVATE linking cannot stop an #include of a system header.
+# and argon2.h only in crypto/, civetweb.h only in server/ (and tests),
+# ks_backend.h only in backends/. PRIVATE linking cannot stop an #include of
+# a system header.
 root=${1:?usage: check_includes.sh SOURCE_DIR}
 cd "$root" || exit 2
 status=0
@@ -17,6 +18,7 @@ check() { # pattern allowed-dirs-regex
 }
 check 'sqlite3\.h|lmdb\.h|libpq-fe\.h' 'backends'
 check 'openssl/' 'crypto'
+check 'argon2\.h' 'crypto'
 check 'civetweb\.h' 'server|tests'
 check 'jansson\.h' 'server|tests'
 check 'ks_backend\.h' 'backends'

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "keystore.h"
@@ -520,7 +521,7 @@ static void test_list_min_exp(struct ctx *c)
 		char name[64], path[TEST_PATH_MAX], schema[64];
 		struct ks_store *dst = NULL;
 		struct ks_err err = {""};
-		size_t copied = 0;
+		struct ks_copy_counts copied = {0, 0, 0};
 		int rc;
 
 		snprintf(name, sizeof(name), "copy-%s", ks_backend_name(*be));
@@ -546,8 +547,8 @@ static void test_list_min_exp(struct ctx *c)
 		rc = ks_copy(dst, store, 0, &copied, &err);
 		CHECK(rc == 0, "[%s] copy into %s returned %s: %s", c->name,
 		      name, ks_err_name(rc), err.text);
-		CHECK_EQ_INT(copied, 3, "[%s] records copied into %s", c->name,
-			     name);
+		CHECK_EQ_INT(copied.keys, 3, "[%s] records copied into %s",
+			     c->name, name);
 		check_record(c, dst, 1, "k1", 2, INT64_MIN);
 		check_list(c, dst, INT64_MIN, INT64_MAX, all, 3);
 		ks_close(dst);
@@ -1704,7 +1705,7 @@ static void test_copy_life(struct ctx *c)
 		struct ks_record rec = {1, blob_k1, 2, 10};
 		struct ks_store *dst = NULL;
 		struct ks_err err = {""};
-		size_t copied = 0;
+		struct ks_copy_counts copied = {0, 0, 0};
 		int rc, merge;
 
 		for (merge = 0; merge < 2; merge++) {
@@ -1749,10 +1750,11 @@ static void test_copy_life(struct ctx *c)
 					     name);
 				life_put_ok(c, dst, &theirs);
 			}
-			rc = ks_copy(dst, src, merge, &copied, &err);
+			rc = ks_copy(dst, src, merge ? KS_COPY_MERGE : 0,
+				     &copied, &err);
 			CHECK(rc == 0, "[%s] copy into %s returned %s: %s",
 			      c->name, name, ks_err_name(rc), err.text);
-			CHECK_EQ_INT(copied, merge ? 2 : 3,
+			CHECK_EQ_INT(copied.keys, merge ? 2 : 3,
 				     "[%s] records copied into %s", c->name,
 				     name);
 			check_record(c, dst, 1, "k1", 2, 10);
@@ -1844,6 +1846,907 @@ static void test_scrub(struct ctx *c)
 	ks_close(store);
 }
 
+/*
+ * Accounts: users and the auth log. Times are realistic (the SQLite
+ * backend keeps them as text timestamps, PostgreSQL as timestamps).
+ */
+#define T0 ((int64_t)1700000000)
+
+/* A string the interface takes as char * but never writes. */
+#define MUT(text) ((char *)(uintptr_t)(text))
+
+static struct ks_user user(int64_t id, const char *username, const char *email,
+			   const char *hash, int64_t registered,
+			   int64_t last_login, int locked)
+{
+	struct ks_user u = {id,		MUT(username), MUT(email), MUT(hash),
+			    registered, last_login,    locked};
+
+	return u;
+}
+
+static const char hash_a[] = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+static const char hash_b[] = "$argon2id$v=19$m=65536,t=3,p=1$YmJiYg$Y2NjYw";
+
+/* Copies of users, for looking at them after a listing ended. */
+struct user_set {
+	struct ks_user u[64];
+	size_t n;
+};
+
+static int user_set_add(const struct ks_user *u, void *arg)
+{
+	struct user_set *set = arg;
+	struct ks_user *c;
+
+	if (set->n == sizeof(set->u) / sizeof(set->u[0]))
+		return 99;
+	c = &set->u[set->n++];
+	*c = *u;
+	c->username = strdup(u->username);
+	c->email = u->email ? strdup(u->email) : NULL;
+	c->password_hash = strdup(u->password_hash);
+	return 0;
+}
+
+static void user_set_release(struct user_set *set)
+{
+	size_t i;
+
+	for (i = 0; i < set->n; i++)
+		ks_user_release(&set->u[i]);
+	set->n = 0;
+}
+
+/* The users of store into set, in the order ks_user_list() gives. */
+static int list_users(const struct ctx *c, struct ks_store *store,
+		      struct user_set *set)
+{
+	struct ks_err err = {""};
+	int rc;
+
+	set->n = 0;
+	rc = ks_user_list(store, user_set_add, set, &err);
+	CHECK(rc == 0, "[%s] user list returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	return rc;
+}
+
+struct log_set {
+	struct ks_auth_log e[64];
+	size_t n;
+};
+
+static int log_set_add(const struct ks_auth_log *e, void *arg)
+{
+	struct log_set *set = arg;
+
+	if (set->n == sizeof(set->e) / sizeof(set->e[0]))
+		return 99;
+	set->e[set->n++] = *e;
+	return 0;
+}
+
+static int list_log(const struct ctx *c, struct ks_store *store,
+		    int64_t after_id, struct log_set *set)
+{
+	struct ks_err err = {""};
+	int rc;
+
+	set->n = 0;
+	rc = ks_auth_log_list(store, after_id, log_set_add, set, &err);
+	CHECK(rc == 0, "[%s] auth log list after %lld returned %s: %s", c->name,
+	      (long long)after_id, ks_err_name(rc), err.text);
+	return rc;
+}
+
+static int64_t add_user(const struct ctx *c, struct ks_store *store,
+			const char *username, const char *email,
+			int64_t registered)
+{
+	struct ks_err err = {""};
+	int64_t id = -1;
+	int rc = ks_user_add(store, username, hash_a, email, registered, &id,
+			     &err);
+
+	CHECK(rc == 0 && id > 0, "[%s] add of user #%zu returned %s: %s",
+	      c->name, strlen(username), ks_err_name(rc), err.text);
+	return rc ? -1 : id;
+}
+
+static int same_text(const char *a, const char *b)
+{
+	return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Whether a and b are the same user, field by field. */
+static int same_user(const struct ks_user *a, const struct ks_user *b)
+{
+	return a->id == b->id && same_text(a->username, b->username) &&
+	       same_text(a->email, b->email) &&
+	       same_text(a->password_hash, b->password_hash) &&
+	       a->registered == b->registered &&
+	       a->last_login == b->last_login && !a->locked == !b->locked;
+}
+
+/* Check that username reads back as want, field by field. */
+static void check_user(const struct ctx *c, struct ks_store *store,
+		       const char *what, const struct ks_user *want)
+{
+	struct ks_user u;
+	struct ks_err err = {""};
+	int rc = ks_user_get(store, want->username, &u, &err);
+
+	CHECK(rc == 0, "[%s] %s: get returned %s: %s", c->name, what,
+	      ks_err_name(rc), err.text);
+	if (rc)
+		return;
+	CHECK_EQ_INT(u.id, want->id, "[%s] %s: id", c->name, what);
+	CHECK(same_text(u.username, want->username), "[%s] %s: username",
+	      c->name, what);
+	CHECK(same_text(u.email, want->email), "[%s] %s: email '%s'", c->name,
+	      what, u.email ? u.email : "(null)");
+	CHECK(same_text(u.password_hash, want->password_hash), "[%s] %s: hash",
+	      c->name, what);
+	CHECK_EQ_INT(u.registered, want->registered, "[%s] %s: registered",
+		     c->name, what);
+	CHECK_EQ_INT(u.last_login, want->last_login, "[%s] %s: last_login",
+		     c->name, what);
+	CHECK_EQ_INT(u.locked, want->locked, "[%s] %s: locked", c->name, what);
+	ks_user_release(&u);
+}
+
+static void check_no_user(const struct ctx *c, struct ks_store *store,
+			  const char *username, const char *what)
+{
+	struct ks_user u;
+	int rc;
+
+	memset(&u, 0x5a, sizeof(u));
+	rc = ks_user_get(store, username, &u, NULL);
+	CHECK_EQ_INT(rc, KS_ENOTFOUND, "[%s] %s: get", c->name, what);
+	CHECK(u.username == NULL && u.email == NULL && u.password_hash == NULL,
+	      "[%s] %s: a failed get left strings in *out", c->name, what);
+}
+
+static int stop_user(const struct ks_user *u, void *arg)
+{
+	(*(int *)arg)++;
+	return u ? 7 : 0;
+}
+
+static void test_users_basic(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_user want =
+		user(0, "alice", "alice@example.org", hash_a, T0, KS_NEVER, 0);
+	struct user_set set = {.n = 0};
+	int64_t ids[3];
+	int calls = 0;
+
+	if (!store)
+		return;
+	check_no_user(c, store, "alice", "an empty store");
+	ids[0] = add_user(c, store, "alice", "alice@example.org", T0);
+	ids[1] = add_user(c, store, "bob", NULL, T0 + 1);
+	ids[2] = add_user(c, store, "carol", "carol@example.org", T0 + 2);
+	CHECK(ids[0] > 0 && ids[1] > ids[0] && ids[2] > ids[1],
+	      "[%s] ids %lld %lld %lld do not grow", c->name, (long long)ids[0],
+	      (long long)ids[1], (long long)ids[2]);
+	want.id = ids[0];
+	check_user(c, store, "alice", &want);
+	want = user(ids[1], "bob", NULL, hash_a, T0 + 1, KS_NEVER, 0);
+	check_user(c, store, "bob", &want);
+	check_no_user(c, store, "alic", "a prefix of a username");
+	check_no_user(c, store, "Alice", "another case");
+	if (list_users(c, store, &set) == 0) {
+		CHECK_EQ_INT(set.n, 3, "[%s] users listed", c->name);
+		CHECK(set.n == 3 && set.u[0].id == ids[0] &&
+			      set.u[1].id == ids[1] && set.u[2].id == ids[2] &&
+			      !strcmp(set.u[2].username, "carol") &&
+			      !strcmp(set.u[2].email, "carol@example.org") &&
+			      set.u[2].registered == T0 + 2,
+		      "[%s] list is not the users in id order", c->name);
+	}
+	user_set_release(&set);
+	CHECK_EQ_INT(ks_user_list(store, stop_user, &calls, NULL), 7,
+		     "[%s] list returns the callback's value", c->name);
+	CHECK_EQ_INT(calls, 1, "[%s] list stopped after the first user",
+		     c->name);
+	ks_close(store);
+	store = open_store(c);
+	if (store) {
+		want = user(ids[0], "alice", "alice@example.org", hash_a, T0,
+			    KS_NEVER, 0);
+		check_user(c, store, "alice after a reopen", &want);
+	}
+	ks_close(store);
+}
+
+static void test_users_unique(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_user imp =
+		user(500, "zed", "zed@example.org", hash_b, T0, KS_NEVER, 0);
+	struct user_set set = {.n = 0};
+	struct ks_err err = {""};
+	int64_t alice, id = -1;
+	int rc;
+
+	if (!store)
+		return;
+	alice = add_user(c, store, "alice", "a@example.org", T0);
+	rc = ks_user_add(store, "alice", hash_b, "other@example.org", T0, &id,
+			 &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "[%s] a second alice", c->name);
+	CHECK(strstr(err.text, "username") != NULL,
+	      "[%s] the error does not say the username: %s", c->name,
+	      err.text);
+	CHECK_EQ_INT(id, 0, "[%s] a failed add gave an id", c->name);
+	err.text[0] = '\0';
+	rc = ks_user_add(store, "dave", hash_b, "a@example.org", T0, &id, &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "[%s] a taken email", c->name);
+	CHECK(strstr(err.text, "email") != NULL,
+	      "[%s] the error does not say the email: %s", c->name, err.text);
+	/* No email is no conflict, however many have none. */
+	add_user(c, store, "erin", NULL, T0);
+	add_user(c, store, "frank", NULL, T0);
+
+	/* Import: a taken id, username or email is refused too. */
+	imp.id = alice;
+	CHECK_EQ_INT(ks_user_import(store, &imp, NULL), KS_EEXISTS,
+		     "[%s] import of a taken id", c->name);
+	imp.id = 500;
+	imp.username = MUT("alice");
+	CHECK_EQ_INT(ks_user_import(store, &imp, NULL), KS_EEXISTS,
+		     "[%s] import of a taken username", c->name);
+	imp.username = MUT("zed");
+	imp.email = MUT("a@example.org");
+	CHECK_EQ_INT(ks_user_import(store, &imp, NULL), KS_EEXISTS,
+		     "[%s] import of a taken email", c->name);
+	check_no_user(c, store, "dave", "after a refused add");
+	check_no_user(c, store, "zed", "after refused imports");
+	if (list_users(c, store, &set) == 0)
+		CHECK_EQ_INT(set.n, 3, "[%s] refused writes added users",
+			     c->name);
+	user_set_release(&set);
+	ks_close(store);
+}
+
+static void test_users_ids_grow(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	int64_t a, b, d, e, f;
+
+	if (!store)
+		return;
+	a = add_user(c, store, "a", NULL, T0);
+	b = add_user(c, store, "b", NULL, T0);
+	CHECK_EQ_INT(ks_user_delete(store, b, NULL), 0, "[%s] delete b",
+		     c->name);
+	d = add_user(c, store, "d", NULL, T0);
+	CHECK(d > b, "[%s] id %lld after deleting %lld", c->name, (long long)d,
+	      (long long)b);
+	CHECK_EQ_INT(ks_user_delete(store, a, NULL), 0, "[%s] delete a",
+		     c->name);
+	CHECK_EQ_INT(ks_user_delete(store, d, NULL), 0, "[%s] delete d",
+		     c->name);
+	/* Nobody left: ids still do not go back. */
+	e = add_user(c, store, "b", NULL, T0);
+	CHECK(e > d, "[%s] id %lld after deleting %lld", c->name, (long long)e,
+	      (long long)d);
+	ks_close(store);
+	store = open_store(c);
+	if (!store)
+		return;
+	f = add_user(c, store, "f", NULL, T0);
+	CHECK(f > e, "[%s] id %lld after a reopen, after %lld", c->name,
+	      (long long)f, (long long)e);
+	ks_close(store);
+}
+
+static void test_users_import(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_user imp = user(50, "imported", "imp@example.org", hash_b,
+				  T0 - 86400, T0 + 5, 1);
+	struct ks_user low = user(10, "low", NULL, hash_a, T0, KS_NEVER, 0);
+	struct ks_err err = {""};
+	int64_t id;
+	int rc;
+
+	if (!store)
+		return;
+	add_user(c, store, "first", NULL, T0);
+	rc = ks_user_import(store, &imp, &err);
+	CHECK(rc == 0, "[%s] import returned %s: %s", c->name, ks_err_name(rc),
+	      err.text);
+	check_user(c, store, "imported", &imp);
+	id = add_user(c, store, "after", NULL, T0);
+	CHECK(id > 50, "[%s] add after importing id 50 gave %lld", c->name,
+	      (long long)id);
+	/* A free id below the others may be imported; adds stay above. */
+	rc = ks_user_import(store, &low, &err);
+	CHECK(rc == 0, "[%s] import of id 10 returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	check_user(c, store, "low", &low);
+	CHECK(add_user(c, store, "later", NULL, T0) > id,
+	      "[%s] an add after a lower import went back", c->name);
+	ks_close(store);
+}
+
+static void test_users_set(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_user want = user(0, "alice", NULL, hash_b, T0, T0 + 60, 1);
+	struct ks_user other =
+		user(0, "bob", "bob@example.org", hash_a, T0, KS_NEVER, 0);
+	struct ks_err err = {""};
+	int rc;
+
+	if (!store)
+		return;
+	want.id = add_user(c, store, "alice", NULL, T0);
+	other.id = add_user(c, store, "bob", "bob@example.org", T0);
+	rc = ks_user_set_hash(store, want.id, hash_b, &err);
+	CHECK(rc == 0, "[%s] set_hash returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	rc = ks_user_set_locked(store, want.id, 1, &err);
+	CHECK(rc == 0, "[%s] lock returned %s: %s", c->name, ks_err_name(rc),
+	      err.text);
+	CHECK_EQ_INT(ks_user_set_locked(store, want.id, 1, NULL), 0,
+		     "[%s] locking twice", c->name);
+	rc = ks_user_set_login(store, want.id, T0 + 60, &err);
+	CHECK(rc == 0, "[%s] set_login returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	check_user(c, store, "alice changed", &want);
+	check_user(c, store, "bob untouched", &other);
+	CHECK_EQ_INT(ks_user_set_locked(store, want.id, 0, NULL), 0,
+		     "[%s] unlock", c->name);
+	want.locked = 0;
+	CHECK_EQ_INT(ks_user_set_login(store, want.id, T0 + 120, NULL), 0,
+		     "[%s] a later login", c->name);
+	want.last_login = T0 + 120;
+	check_user(c, store, "alice unlocked", &want);
+
+	CHECK_EQ_INT(ks_user_set_hash(store, 9999, hash_a, NULL), KS_ENOTFOUND,
+		     "[%s] set_hash of an unknown id", c->name);
+	CHECK_EQ_INT(ks_user_set_locked(store, 9999, 1, NULL), KS_ENOTFOUND,
+		     "[%s] lock of an unknown id", c->name);
+	CHECK_EQ_INT(ks_user_set_login(store, 9999, T0, NULL), KS_ENOTFOUND,
+		     "[%s] set_login of an unknown id", c->name);
+	CHECK_EQ_INT(ks_user_delete(store, 9999, NULL), KS_ENOTFOUND,
+		     "[%s] delete of an unknown id", c->name);
+	CHECK_EQ_INT(ks_user_set_locked(store, 0, 1, NULL), KS_ENOTFOUND,
+		     "[%s] lock of id 0", c->name);
+	check_no_user(c, store, "9999", "after writes to unknown ids");
+	check_user(c, store, "alice after writes to unknown ids", &want);
+	ks_close(store);
+}
+
+static struct ks_auth_log log_entry(const char *ip, int64_t when,
+				    int64_t user_id, int success)
+{
+	struct ks_auth_log e;
+
+	memset(&e, 0, sizeof(e));
+	e.id = 999999; /* ks_auth_log_add() assigns ids: this is ignored */
+	snprintf(e.ip, sizeof(e.ip), "%s", ip);
+	e.when = when;
+	e.user_id = user_id;
+	e.success = success;
+	return e;
+}
+
+/* Check that got is want with some id, in order, ids growing. */
+static void check_log(const struct ctx *c, const char *what,
+		      const struct log_set *got, const struct ks_auth_log *want,
+		      size_t n)
+{
+	size_t i;
+
+	CHECK_EQ_INT(got->n, n, "[%s] %s: entries", c->name, what);
+	for (i = 0; i < n && i < got->n; i++) {
+		const struct ks_auth_log *g = &got->e[i];
+
+		CHECK(g->id > 0 && (i == 0 || g->id > got->e[i - 1].id),
+		      "[%s] %s: entry %zu has id %lld", c->name, what, i,
+		      (long long)g->id);
+		CHECK(!strcmp(g->ip, want[i].ip) && g->when == want[i].when &&
+			      g->user_id == want[i].user_id &&
+			      !g->success == !want[i].success,
+		      "[%s] %s: entry %zu is (%s, %lld, %lld, %d), want (%s, "
+		      "%lld, %lld, %d)",
+		      c->name, what, i, g->ip, (long long)g->when,
+		      (long long)g->user_id, g->success, want[i].ip,
+		      (long long)want[i].when, (long long)want[i].user_id,
+		      want[i].success);
+	}
+}
+
+static int stop_log(const struct ks_auth_log *e, void *arg)
+{
+	(*(int *)arg)++;
+	return e ? 5 : 0;
+}
+
+static void test_auth_log(struct ctx *c)
+{
+	static const char long_ip[] = "0123456789abcdef0123456789abcdef"
+				      "0123456789abcdef0123456789abcde";
+	struct ks_store *store = open_store(c);
+	struct ks_auth_log batch[5], more[2];
+	struct log_set got = {.n = 0};
+	struct ks_err err = {""};
+	int64_t alice;
+	int rc, calls = 0;
+
+	if (!store)
+		return;
+	alice = add_user(c, store, "alice", NULL, T0);
+	list_log(c, store, 0, &got);
+	CHECK_EQ_INT(got.n, 0, "[%s] a new store's log", c->name);
+	batch[0] = log_entry("127.0.0.1", T0, alice, 1);
+	batch[1] = log_entry("2001:db8::1", T0 + 1, alice, 0);
+	batch[2] = log_entry("10.0.0.7", T0 + 1, 0, 0);
+	batch[3] = log_entry(long_ip, T0 - 3600, 0, 0);
+	batch[4] = log_entry("192.0.2.1", T0 + 2, alice, 1);
+	CHECK_EQ_INT(strlen(long_ip), 63, "[%s] the longest address", c->name);
+	rc = ks_auth_log_add(store, batch, 5, &err);
+	CHECK(rc == 0, "[%s] add of a batch returned %s: %s", c->name,
+	      ks_err_name(rc), err.text);
+	CHECK_EQ_INT(ks_auth_log_add(store, batch, 0, NULL), 0,
+		     "[%s] an empty batch", c->name);
+	if (list_log(c, store, 0, &got) == 0)
+		check_log(c, "the batch", &got, batch, 5);
+	if (got.n == 5) {
+		int64_t second = got.e[1].id, last = got.e[4].id;
+
+		list_log(c, store, second, &got);
+		check_log(c, "after the second", &got, batch + 2, 3);
+		list_log(c, store, last, &got);
+		CHECK_EQ_INT(got.n, 0, "[%s] entries after the last", c->name);
+		list_log(c, store, -5, &got);
+		CHECK_EQ_INT(got.n, 5, "[%s] entries after id -5", c->name);
+
+		/* A second batch comes after the first. */
+		more[0] = log_entry("127.0.0.2", T0 + 3, alice, 1);
+		more[1] = log_entry("127.0.0.3", T0 + 4, 0, 0);
+		CHECK_EQ_INT(ks_auth_log_add(store, more, 2, NULL), 0,
+			     "[%s] add of a second batch", c->name);
+		list_log(c, store, last, &got);
+		check_log(c, "the second batch", &got, more, 2);
+	}
+	CHECK_EQ_INT(ks_auth_log_list(store, 0, stop_log, &calls, NULL), 5,
+		     "[%s] list returns the callback's value", c->name);
+	CHECK_EQ_INT(calls, 1, "[%s] list stopped after the first entry",
+		     c->name);
+
+	/* An id that names no user is stored as none. */
+	more[0] = log_entry("127.0.0.4", T0 + 5, 424242, 0);
+	CHECK_EQ_INT(ks_auth_log_add(store, more, 1, NULL), 0,
+		     "[%s] add naming no user", c->name);
+	if (list_log(c, store, 0, &got) == 0 && got.n == 8)
+		CHECK_EQ_INT(got.e[7].user_id, 0,
+			     "[%s] the id of no user is stored", c->name);
+	ks_close(store);
+}
+
+static void test_auth_log_purge(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_auth_log e[4];
+	struct log_set got = {.n = 0};
+	struct ks_err err = {""};
+	size_t count = 99;
+	int64_t last;
+	int rc;
+
+	if (!store)
+		return;
+	e[0] = log_entry("10.0.0.1", T0 + 20, 0, 1);
+	e[1] = log_entry("10.0.0.2", T0, 0, 0);
+	e[2] = log_entry("10.0.0.3", T0 + 30, 0, 1);
+	e[3] = log_entry("10.0.0.4", T0 + 10, 0, 0);
+	CHECK_EQ_INT(ks_auth_log_add(store, e, 4, NULL), 0, "[%s] add",
+		     c->name);
+	rc = ks_auth_log_purge(store, T0 + 20, &count, &err);
+	CHECK(rc == 0, "[%s] purge returned %s: %s", c->name, ks_err_name(rc),
+	      err.text);
+	CHECK_EQ_INT(count, 2, "[%s] entries purged before T0 + 20", c->name);
+	if (list_log(c, store, 0, &got) == 0) {
+		const struct ks_auth_log kept[] = {e[0], e[2]};
+
+		check_log(c, "after the purge", &got, kept, 2);
+	}
+	last = got.n ? got.e[got.n - 1].id : 0;
+	count = 99;
+	CHECK_EQ_INT(ks_auth_log_purge(store, T0 + 20, &count, NULL), 0,
+		     "[%s] purge again", c->name);
+	CHECK_EQ_INT(count, 0, "[%s] a second purge found entries", c->name);
+	CHECK_EQ_INT(ks_auth_log_purge(store, T0 + 86400, NULL, NULL), 0,
+		     "[%s] purge of everything, no count", c->name);
+	list_log(c, store, 0, &got);
+	CHECK_EQ_INT(got.n, 0, "[%s] entries after purging everything",
+		     c->name);
+	/* Ids are not given again after a purge. */
+	CHECK_EQ_INT(ks_auth_log_add(store, e, 1, NULL), 0,
+		     "[%s] add after purging", c->name);
+	if (list_log(c, store, 0, &got) == 0 && got.n == 1)
+		CHECK(got.e[0].id > last, "[%s] id %lld after purging id %lld",
+		      c->name, (long long)got.e[0].id, (long long)last);
+	ks_close(store);
+}
+
+static void test_users_delete(struct ctx *c)
+{
+	struct ks_store *store = open_store(c);
+	struct ks_auth_log e[3];
+	struct log_set got = {.n = 0};
+	struct ks_err err = {""};
+	int64_t alice, bob, again;
+	int rc;
+
+	if (!store)
+		return;
+	alice = add_user(c, store, "alice", "alice@example.org", T0);
+	bob = add_user(c, store, "bob", NULL, T0);
+	CHECK_EQ_INT(ks_user_set_locked(store, alice, 1, NULL), 0,
+		     "[%s] lock alice", c->name);
+	e[0] = log_entry("10.0.0.1", T0 + 1, alice, 1);
+	e[1] = log_entry("10.0.0.2", T0 + 2, bob, 0);
+	e[2] = log_entry("10.0.0.3", T0 + 3, alice, 0);
+	CHECK_EQ_INT(ks_auth_log_add(store, e, 3, NULL), 0, "[%s] log",
+		     c->name);
+	rc = ks_user_delete(store, alice, &err);
+	CHECK(rc == 0, "[%s] delete returned %s: %s", c->name, ks_err_name(rc),
+	      err.text);
+	check_no_user(c, store, "alice", "after the delete");
+	CHECK_EQ_INT(ks_user_delete(store, alice, NULL), KS_ENOTFOUND,
+		     "[%s] a second delete", c->name);
+	CHECK_EQ_INT(ks_user_set_locked(store, alice, 0, NULL), KS_ENOTFOUND,
+		     "[%s] unlock of a deleted user", c->name);
+	e[0].user_id = 0;
+	e[2].user_id = 0;
+	if (list_log(c, store, 0, &got) == 0)
+		check_log(c, "the log keeps the deleted user's entries", &got,
+			  e, 3);
+	/* The name and the email are free again, under a new id. */
+	again = add_user(c, store, "alice", "alice@example.org", T0 + 9);
+	CHECK(again > bob, "[%s] alice again got id %lld", c->name,
+	      (long long)again);
+	if (again > 0) {
+		struct ks_user want = user(again, "alice", "alice@example.org",
+					   hash_a, T0 + 9, KS_NEVER, 0);
+
+		check_user(c, store, "alice again, not locked", &want);
+	}
+	ks_close(store);
+}
+
+/*
+ * Usernames, emails, hashes and addresses are stored as given, byte for
+ * byte: quotes, SQL, wildcards, backslashes, multi-byte UTF-8.
+ */
+static void test_users_verbatim(struct ctx *c)
+{
+	static const char *const names[] = {
+		"o'brien",
+		"\"; DROP TABLE users; --",
+		"Robert'); DELETE FROM auth_logs;--",
+		"a%_\\",
+		"x\\' OR '1'='1",
+		"名前✓ünï",
+		/* 64 bytes: 32 two-byte characters. */
+		"éééééééééééééééééééééééééééééééé",
+		"\xf0\x9f\x94\x91 key",
+	};
+	const size_t n = sizeof(names) / sizeof(names[0]);
+	struct ks_store *store = open_store(c);
+	struct user_set set = {.n = 0};
+	struct ks_auth_log e;
+	struct log_set got = {.n = 0};
+	int64_t ids[8];
+	size_t i;
+
+	if (!store)
+		return;
+	CHECK_EQ_INT(strlen(names[6]), 65 - 1, "[%s] a 64-byte name", c->name);
+	for (i = 0; i < n; i++) {
+		char email[96];
+		struct ks_err err = {""};
+		int rc;
+
+		snprintf(email, sizeof(email), "%s@ex'ample.org", names[i]);
+		ids[i] = -1;
+		rc = ks_user_add(store, names[i], "$argon2id$'\"\\%_", email,
+				 T0, &ids[i], &err);
+		CHECK(rc == 0, "[%s] add of name %zu returned %s: %s", c->name,
+		      i, ks_err_name(rc), err.text);
+	}
+	for (i = 0; i < n; i++) {
+		char email[96];
+		struct ks_user want =
+			user(ids[i], names[i], email, "$argon2id$'\"\\%_", T0,
+			     KS_NEVER, 0);
+
+		snprintf(email, sizeof(email), "%s@ex'ample.org", names[i]);
+		check_user(c, store, names[i], &want);
+	}
+	check_no_user(c, store, "a%", "a wildcard that matches a name");
+	check_no_user(c, store, "o'brien' OR '1'='1", "an injection");
+	CHECK_EQ_INT(ks_user_add(store, "ééééééééééééééééééééééééééééééééx",
+				 hash_a, NULL, T0, NULL, NULL),
+		     KS_EINVAL, "[%s] a 65-byte name", c->name);
+	if (list_users(c, store, &set) == 0 && set.n == n)
+		for (i = 0; i < n; i++)
+			CHECK(!strcmp(set.u[i].username, names[i]),
+			      "[%s] listed name %zu differs", c->name, i);
+	CHECK_EQ_INT(set.n, n, "[%s] users listed", c->name);
+	user_set_release(&set);
+	e = log_entry("::ffff:10.0.0.1'; --", T0, ids[0], 1);
+	CHECK_EQ_INT(ks_auth_log_add(store, &e, 1, NULL), 0,
+		     "[%s] log an odd address", c->name);
+	if (list_log(c, store, 0, &got) == 0)
+		check_log(c, "an odd address", &got, &e, 1);
+	ks_close(store);
+}
+
+/*
+ * Another handle on the same store, and another process, see every
+ * account write as soon as it is committed.
+ */
+static void test_users_two_handles(struct ctx *c)
+{
+	struct ks_store *a = open_store(c), *b;
+	struct ks_user want = user(0, "alice", NULL, hash_a, T0, KS_NEVER, 1);
+	struct ks_auth_log e = log_entry("10.9.8.7", T0, 0, 1);
+	struct log_set got = {.n = 0};
+	int status = -1;
+	pid_t pid;
+
+	if (!a)
+		return;
+	b = open_store(c);
+	if (!b) {
+		ks_close(a);
+		return;
+	}
+	want.id = add_user(c, a, "alice", NULL, T0);
+	CHECK_EQ_INT(ks_user_set_locked(b, want.id, 1, NULL), 0,
+		     "[%s] lock through b", c->name);
+	check_user(c, a, "a sees b's lock", &want);
+	e.user_id = want.id;
+	CHECK_EQ_INT(ks_auth_log_add(a, &e, 1, NULL), 0, "[%s] log through a",
+		     c->name);
+	if (list_log(c, b, 0, &got) == 0)
+		check_log(c, "b sees a's entry", &got, &e, 1);
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		/* The child: a process of its own, with its own handle. */
+		struct ks_store *s = NULL;
+		struct ks_auth_log ce = log_entry("10.0.0.99", T0 + 1, 0, 0);
+		int64_t id = 0;
+		int ok = open_at(c, c->path, &s, NULL) == 0 &&
+			 ks_user_add(s, "from-child", hash_b, NULL, T0, &id,
+				     NULL) == 0 &&
+			 ks_auth_log_add(s, &ce, 1, NULL) == 0 &&
+			 ks_user_set_login(s, want.id, T0 + 7, NULL) == 0;
+
+		if (s)
+			ks_close(s);
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(pid > 0, "[%s] fork failed: %s", c->name, strerror(errno));
+	if (pid > 0) {
+		waitpid(pid, &status, 0);
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "[%s] the child's writes failed (status %d)", c->name,
+		      status);
+		want.last_login = T0 + 7;
+		check_user(c, a, "a sees the child's login", &want);
+		if (list_log(c, a, 0, &got) == 0)
+			CHECK_EQ_INT(got.n, 2, "[%s] a sees the child's entry",
+				     c->name);
+		{
+			struct ks_user child;
+
+			CHECK_EQ_INT(ks_user_get(b, "from-child", &child, NULL),
+				     0, "[%s] b sees the child's user",
+				     c->name);
+			ks_user_release(&child);
+		}
+	}
+	CHECK_EQ_INT(ks_user_delete(b, want.id, NULL), 0,
+		     "[%s] delete through b", c->name);
+	check_no_user(c, a, "alice", "a after b's delete");
+	ks_close(b);
+	ks_close(a);
+}
+
+/* A store of backend be beside the test's, for copies. */
+static int open_other(const struct ctx *c, const struct ks_backend *be,
+		      const char *name, struct ks_store **out)
+{
+	struct ks_options opts = KS_OPTIONS_INIT;
+	char path[TEST_PATH_MAX], schema[64];
+	struct ks_err err = {""};
+	int rc;
+
+	*out = NULL;
+	if (join(path, sizeof(path), c->dir, name)) {
+		CHECK(0, "[%s] path too long", c->name);
+		return -1;
+	}
+	opts.path = path;
+	if (is_network(be)) {
+		if (!test_pg()) {
+			printf("[%s] note: JWKS_TEST_PG unset, no copy into "
+			       "%s\n",
+			       c->name, ks_backend_name(be));
+			return -1;
+		}
+		opts.path = test_pg();
+		snprintf(schema, sizeof(schema), "t_%ld_%.20s_%.20s",
+			 (long)getpid(), c->name, name);
+		for (rc = 0; schema[rc]; rc++)
+			if (schema[rc] == '-')
+				schema[rc] = '_';
+		opts.pg_schema = schema;
+	}
+	rc = ks_open(out, be, &opts, &err);
+	CHECK(rc == 0, "[%s] open of %s returned %s: %s", c->name, name,
+	      ks_err_name(rc), err.text);
+	return rc;
+}
+
+/* dst holds exactly the users of src, field by field. */
+static void check_same_users(const struct ctx *c, const char *what,
+			     struct ks_store *dst, struct ks_store *src)
+{
+	struct user_set a = {.n = 0}, b = {.n = 0};
+	size_t i;
+
+	if (list_users(c, dst, &a) == 0 && list_users(c, src, &b) == 0) {
+		CHECK_EQ_INT(a.n, b.n, "[%s] %s: users", c->name, what);
+		for (i = 0; i < a.n && i < b.n; i++)
+			CHECK(same_user(&a.u[i], &b.u[i]),
+			      "[%s] %s: user %lld differs", c->name, what,
+			      (long long)b.u[i].id);
+	}
+	user_set_release(&a);
+	user_set_release(&b);
+}
+
+/* dst's auth log is src's, ids included. */
+static void check_same_log(const struct ctx *c, const char *what,
+			   struct ks_store *dst, struct ks_store *src)
+{
+	struct log_set a = {.n = 0}, b = {.n = 0};
+	size_t i;
+
+	if (list_log(c, dst, 0, &a) == 0 && list_log(c, src, 0, &b) == 0) {
+		CHECK_EQ_INT(a.n, b.n, "[%s] %s: entries", c->name, what);
+		for (i = 0; i < a.n && i < b.n; i++)
+			CHECK(a.e[i].id == b.e[i].id &&
+				      !strcmp(a.e[i].ip, b.e[i].ip) &&
+				      a.e[i].when == b.e[i].when &&
+				      a.e[i].user_id == b.e[i].user_id &&
+				      a.e[i].success == b.e[i].success,
+			      "[%s] %s: entry %lld differs", c->name, what,
+			      (long long)b.e[i].id);
+	}
+}
+
+static int count_keys(struct ks_store *store)
+{
+	int n = 0;
+
+	if (ks_list(store, INT64_MIN, INT64_MAX, count_fn, &n, NULL))
+		return -1;
+	return n;
+}
+
+static void copy_accounts_into(struct ctx *c, struct ks_store *src,
+			       const struct ks_backend *be, int64_t max_id)
+{
+	struct ks_user clash =
+		user(1, "someone", NULL, hash_b, T0, KS_NEVER, 0);
+	struct ks_copy_counts n = {9, 9, 9};
+	struct ks_store *dst = NULL;
+	struct log_set got = {.n = 0};
+	struct ks_err err = {""};
+	char name[64];
+	int rc;
+
+	snprintf(name, sizeof(name), "acct-%s", ks_backend_name(be));
+	if (open_other(c, be, name, &dst))
+		return;
+	rc = ks_copy(dst, src, 0, &n, &err);
+	CHECK(rc == 0, "[%s] copy into %s returned %s: %s", c->name, name,
+	      ks_err_name(rc), err.text);
+	CHECK(n.keys == 1 && n.users == 3 && n.auth_logs == 0,
+	      "[%s] copy into %s wrote %zu keys, %zu users, %zu entries",
+	      c->name, name, n.keys, n.users, n.auth_logs);
+	check_same_users(c, name, dst, src);
+	list_log(c, dst, 0, &got);
+	CHECK_EQ_INT(got.n, 0, "[%s] %s: entries copied without the flag",
+		     c->name, name);
+	rc = ks_copy(dst, src, KS_COPY_AUTH_LOG, &n, &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "[%s] a second copy into %s", c->name,
+		     name);
+	rc = ks_copy(dst, src, KS_COPY_MERGE | KS_COPY_AUTH_LOG, &n, &err);
+	CHECK(rc == 0 && n.keys == 0 && n.users == 0 && n.auth_logs == 3,
+	      "[%s] merge into %s returned %s (%zu, %zu, %zu): %s", c->name,
+	      name, ks_err_name(rc), n.keys, n.users, n.auth_logs, err.text);
+	check_same_log(c, name, dst, src);
+	rc = ks_copy(dst, src, KS_COPY_MERGE | KS_COPY_AUTH_LOG, &n, &err);
+	CHECK(rc == 0 && n.keys == 0 && n.users == 0 && n.auth_logs == 0,
+	      "[%s] a second merge into %s returned %s (%zu, %zu, %zu): %s",
+	      c->name, name, ks_err_name(rc), n.keys, n.users, n.auth_logs,
+	      err.text);
+	CHECK(add_user(c, dst, "new", NULL, T0) > max_id,
+	      "[%s] %s: an add after the copy went below the copied ids",
+	      c->name, name);
+	ks_close(dst);
+
+	/* A conflicting user stops the copy before anything is written. */
+	snprintf(name, sizeof(name), "clash-%s", ks_backend_name(be));
+	if (open_other(c, be, name, &dst))
+		return;
+	CHECK_EQ_INT(ks_user_import(dst, &clash, NULL), 0,
+		     "[%s] import into %s", c->name, name);
+	rc = ks_copy(dst, src, KS_COPY_MERGE | KS_COPY_AUTH_LOG, &n, &err);
+	CHECK_EQ_INT(rc, KS_EEXISTS, "[%s] merge into %s with user 1 taken",
+		     c->name, name);
+	CHECK(strstr(err.text, "user 1") != NULL,
+	      "[%s] the error does not name the user: %s", c->name, err.text);
+	CHECK(n.keys == 0 && n.users == 0, "[%s] a failed copy counted",
+	      c->name);
+	CHECK_EQ_INT(count_keys(dst), 0, "[%s] %s: keys after a failed copy",
+		     c->name, name);
+	check_no_user(c, dst, "alice", "a failed copy");
+	list_log(c, dst, 0, &got);
+	CHECK_EQ_INT(got.n, 0, "[%s] %s: entries after a failed copy", c->name,
+		     name);
+	ks_close(dst);
+}
+
+/*
+ * ks_copy() into a store of every backend: users with their ids, times
+ * and locks; the auth log with the flag, ids kept; merges skip what is
+ * there; a conflict writes nothing.
+ */
+static void test_copy_accounts(struct ctx *c)
+{
+	const struct ks_backend *const *be;
+	struct ks_store *src = open_store(c);
+	struct ks_auth_log e[3];
+	int64_t alice, bob, carol, gone;
+
+	if (!src)
+		return;
+	put_str(c, src, "k1", T0);
+	alice = add_user(c, src, "alice", "alice@example.org", T0);
+	gone = add_user(c, src, "gone", NULL, T0);
+	bob = add_user(c, src, "bob", NULL, T0 + 1);
+	carol = add_user(c, src, "carol", "carol@example.org", T0 + 2);
+	CHECK_EQ_INT(ks_user_delete(src, gone, NULL), 0, "[%s] delete",
+		     c->name);
+	CHECK_EQ_INT(ks_user_set_locked(src, bob, 1, NULL), 0, "[%s] lock",
+		     c->name);
+	CHECK_EQ_INT(ks_user_set_login(src, carol, T0 + 50, NULL), 0,
+		     "[%s] login", c->name);
+	e[0] = log_entry("10.0.0.1", T0 + 3, alice, 1);
+	e[1] = log_entry("10.0.0.2", T0 + 4, 0, 0);
+	e[2] = log_entry("10.0.0.3", T0 + 5, carol, 1);
+	CHECK_EQ_INT(ks_auth_log_add(src, e, 3, NULL), 0, "[%s] log", c->name);
+	for (be = ks_backends; *be; be++)
+		copy_accounts_into(c, src, *be, carol);
+	ks_close(src);
+}
+
 /* FILES: the test is about a store's own files (modes, damage, paths). */
 enum {
 	ANY = 0,
@@ -1885,6 +2788,17 @@ static const struct test tests[] = {
 	{"transaction: two handles on one store", test_txn_two_stores, ANY},
 	{"copy keeps lifecycle entries", test_copy_life, ANY},
 	{"scrub leaves no replaced bytes in the files", test_scrub, ANY},
+	{"users: add, get, list in id order", test_users_basic, ANY},
+	{"users: a taken username or email", test_users_unique, ANY},
+	{"users: ids only grow", test_users_ids_grow, ANY},
+	{"users: import keeps the id", test_users_import, ANY},
+	{"users: hash, lock and login", test_users_set, ANY},
+	{"users: delete keeps the auth log", test_users_delete, ANY},
+	{"users: names stored verbatim", test_users_verbatim, ANY},
+	{"users: two handles and another process", test_users_two_handles, ANY},
+	{"auth log: batches, order, after_id", test_auth_log, ANY},
+	{"auth log: purge by time", test_auth_log_purge, ANY},
+	{"copy: users and the auth log", test_copy_accounts, ANY},
 };
 
 static void run_backend(const struct ks_backend *be)

@@ -252,6 +252,9 @@ static void test_issuer(void)
 		"https://id.example/a b",
 		"https://id.example/\"",
 		"HTTPS://id.example",
+		"http://[::1].evil.example",
+		"http://[::1]evil.example/",
+		"http://[::1",
 	};
 	char why[160];
 	size_t i;

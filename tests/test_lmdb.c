@@ -2,7 +2,8 @@
  * LMDB-only behaviour of the key store, written against include/keystore.h
  * only (never lmdb.h): a full map, a map grown by another process, file
  * modes, one environment per process, files that are not stores, a version
- * that sees other processes' commits, a full reader table, a read-only file.
+ * that sees other processes' commits, a full reader table, a read-only file,
+ * accounts in a full map and in a read-only file.
  * Every test runs in a fresh temporary directory, removed afterwards.
  */
 #include <dirent.h>
@@ -819,6 +820,149 @@ struct test {
 	void (*fn)(struct ctx *c);
 };
 
+static int count_user(const struct ks_user *u, void *arg)
+{
+	(void)u;
+	(*(int *)arg)++;
+	return 0;
+}
+
+static int count_entry(const struct ks_auth_log *e, void *arg)
+{
+	(void)e;
+	(*(int *)arg)++;
+	return 0;
+}
+
+/* Users and auth-log entries, or -1 (and a failure) when a list fails. */
+static int count_users(struct ks_store *store)
+{
+	int n = 0, rc = ks_user_list(store, count_user, &n, NULL);
+
+	CHECK(rc == 0, "user list returned %s", ks_err_name(rc));
+	return rc == 0 ? n : -1;
+}
+
+static int count_log(struct ks_store *store)
+{
+	int n = 0, rc = ks_auth_log_list(store, 0, count_entry, &n, NULL);
+
+	CHECK(rc == 0, "auth log list returned %s", ks_err_name(rc));
+	return rc == 0 ? n : -1;
+}
+
+/*
+ * Accounts fill the map like keys do: KS_ENOSPC with nothing of the
+ * failed write kept (a whole batch of entries, all or none), the store
+ * still consistent, and a larger map goes on with ids above.
+ */
+static void test_accounts_map_full(struct ctx *c)
+{
+	static struct ks_auth_log batch[400];
+	struct ks_store *store = open_store(c, 128 * KIB);
+	char hash[1024], name[32];
+	struct ks_err err = {""};
+	int64_t id = 0, last = 0;
+	int n, entries, rc = 0;
+	size_t i;
+
+	if (!store)
+		return;
+	memset(hash, 'h', sizeof(hash) - 1);
+	hash[sizeof(hash) - 1] = '\0';
+	for (i = 0; i < sizeof(batch) / sizeof(batch[0]); i++) {
+		snprintf(batch[i].ip, sizeof(batch[i].ip),
+			 "2001:db8::%zx:ffff:ffff:ffff:ffff", i);
+		batch[i].when = 1700000000 + (int64_t)i;
+	}
+	CHECK_EQ_INT(ks_auth_log_add(store, batch, 10, NULL), 0,
+		     "a first batch of entries");
+	for (n = 0; n < 1000; n++) {
+		snprintf(name, sizeof(name), "user%d", n);
+		rc = ks_user_add(store, name, hash, NULL, 1700000000, &id,
+				 &err);
+		if (rc)
+			break;
+		last = id;
+	}
+	CHECK_EQ_INT(rc, KS_ENOSPC,
+		     "filling the map with users returned %s: %s",
+		     ks_err_name(rc), err.text);
+	CHECK(n > 10 && n < 1000, "%d users fitted into a 128 KiB map", n);
+	CHECK(strstr(err.text, "full") != NULL,
+	      "the map-full detail does not say so: %s", err.text);
+	rc = ks_auth_log_add(store, batch, sizeof(batch) / sizeof(batch[0]),
+			     &err);
+	CHECK_EQ_INT(rc, KS_ENOSPC, "a batch into a full map returned %s: %s",
+		     ks_err_name(rc), err.text);
+	CHECK_EQ_INT(count_users(store), n, "users in the full map");
+	CHECK_EQ_INT(count_log(store), 10,
+		     "entries after a batch that did not fit");
+	check_ok(store, "of a map full of users");
+	ks_close(store);
+
+	store = open_store(c, 1024 * KIB);
+	if (!store)
+		return;
+	rc = ks_user_add(store, "after", hash, NULL, 1700000000, &id, &err);
+	CHECK(rc == 0 && id > last, "add after growing: %s, id %lld after %lld",
+	      ks_err_name(rc), (long long)id, (long long)last);
+	rc = ks_auth_log_add(store, batch, sizeof(batch) / sizeof(batch[0]),
+			     &err);
+	CHECK(rc == 0, "the batch after growing returned %s: %s",
+	      ks_err_name(rc), err.text);
+	entries = count_log(store);
+	CHECK_EQ_INT(entries, 410, "entries after growing");
+	check_ok(store, "after growing the map");
+	ks_close(store);
+}
+
+/* A read-only file: accounts read as they are, every write KS_EACCES. */
+static void test_accounts_read_only(struct ctx *c)
+{
+	struct ks_auth_log e = {0, "10.0.0.1", 1700000000, 0, 1};
+	struct ks_store *store;
+	struct ks_user u;
+	int64_t id = 0;
+
+	if (geteuid() == 0) {
+		printf("note: running as root, which ignores file modes: "
+		       "read-only test skipped\n");
+		return;
+	}
+	store = open_store(c, 0);
+	if (!store)
+		return;
+	CHECK_EQ_INT(
+		ks_user_add(store, "alice", "h", NULL, 1700000000, &id, NULL),
+		0, "add");
+	e.user_id = id;
+	CHECK_EQ_INT(ks_auth_log_add(store, &e, 1, NULL), 0, "log");
+	ks_close(store);
+	CHECK(chmod(c->path, 0400) == 0, "chmod 0400 '%s'", c->path);
+	store = open_store(c, 0);
+	if (store) {
+		CHECK_EQ_INT(ks_user_get(store, "alice", &u, NULL), 0,
+			     "get from a read-only file");
+		CHECK_EQ_INT(u.id, id, "the user's id, read-only");
+		ks_user_release(&u);
+		CHECK_EQ_INT(count_users(store), 1, "users, read-only");
+		CHECK_EQ_INT(count_log(store), 1, "entries, read-only");
+		CHECK_EQ_INT(
+			ks_user_add(store, "bob", "h", NULL, 1, NULL, NULL),
+			KS_EACCES, "add to a read-only file");
+		CHECK_EQ_INT(ks_user_set_locked(store, id, 1, NULL), KS_EACCES,
+			     "lock in a read-only file");
+		CHECK_EQ_INT(ks_auth_log_add(store, &e, 1, NULL), KS_EACCES,
+			     "log into a read-only file");
+		CHECK_EQ_INT(ks_auth_log_purge(store, INT64_MAX, NULL, NULL),
+			     KS_EACCES, "purge of a read-only file");
+		check_ok(store, "of a read-only file with accounts");
+		ks_close(store);
+	}
+	chmod(c->path, 0600);
+}
+
 static const struct test tests[] = {
 	{"a full map: clean error, store still usable", test_map_full},
 	{"a map grown by another process", test_map_grown},
@@ -831,6 +975,9 @@ static const struct test tests[] = {
 	{"a stopped writer: KS_EBUSY after the busy timeout", test_busy_writer},
 	{"a failed scrub reopen: clear errors, then a retry",
 	 test_scrub_reopen_fails},
+	{"accounts fill the map: KS_ENOSPC, all or nothing",
+	 test_accounts_map_full},
+	{"accounts in a read-only data file", test_accounts_read_only},
 };
 
 int main(void)

@@ -989,11 +989,14 @@ static void test_algorithm_schedules(const struct ks_backend *be)
 	CHECK_EQ_INT(issue_alg(&f, "es256", 0, tok, &c), KS_EUNSUPPORTED,
 		     "[%s] names are case-sensitive", f.be_name);
 
-	/* Each schedule makes its own successor, then hands over to it. */
-	atomic_store(&fake_now, t0 + 3100);
+	/*
+	 * Each schedule makes its own successor (due at retire_at, t0 + 3270,
+	 * less publish_ahead and lead), then hands over to it.
+	 */
+	atomic_store(&fake_now, t0 + 3200);
 	jwks_service_tick(f.svc);
 	memset(&cnt, 0, sizeof(cnt));
-	cnt.now = t0 + 3100;
+	cnt.now = t0 + 3200;
 	CHECK(ka_list_keys(f.store, NULL, count_alg, &cnt, NULL) == 0,
 	      "[%s] list", f.be_name);
 	CHECK(jwks_service_jwks(f.svc, copy_doc, &d) == 0, "[%s] jwks",
@@ -1010,7 +1013,7 @@ static void test_algorithm_schedules(const struct ks_backend *be)
 		      "[%s] %s: the old key signs until it retires", f.be_name,
 		      all_algs[i]);
 	}
-	atomic_store(&fake_now, t0 + 3200);
+	atomic_store(&fake_now, t0 + 3300);
 	jwks_service_tick(f.svc);
 	for (i = 0; all_algs[i]; i++)
 		CHECK(issue_alg(&f, all_algs[i], 0, tok, &c) == 0 &&

@@ -446,6 +446,7 @@ class Server:
         # The address it listens on (another one than loopback when it runs
         # in a network namespace of its own, see prefix).
         self.host = host
+        self.limits_off = True
         self.port = None
         self.proc = None
         self.launches = 0
@@ -460,6 +461,15 @@ class Server:
             cmd += ["--backend", self.backend]
         if self.db is not None:
             cmd += db_args(self.db)
+        # POST /auth is limited to 10 requests per client address and
+        # second by default, POST /register to 5 per minute; the suites
+        # drive them from one address much faster, so each limit is off
+        # unless a test sets it itself.
+        # (A test of the defaults sets limits_off to False.)
+        given = [str(a) for a in self.args]
+        for flag in ("--auth-rate", "--register-rate"):
+            if self.limits_off and flag not in given:
+                cmd += [flag, "0"]
         return jwksd_args(cmd + self.args)
 
     def launch(self):

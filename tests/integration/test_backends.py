@@ -250,6 +250,104 @@ class CopyTests(JwksdTestCase):
         self.assertEqual(self.keys_json("sqlite", dst)[signing]["state"],
                          "revoked")
 
+    ACCOUNT_TABLES = (
+        "CREATE TABLE IF NOT EXISTS users(id INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "username TEXT NOT NULL UNIQUE, password_hash TEXT NOT NULL, "
+        "email TEXT UNIQUE, date_registered TIMESTAMP DEFAULT CURRENT_TIMESTAMP, "
+        "last_login TIMESTAMP)",
+        "CREATE TABLE IF NOT EXISTS auth_logs(id INTEGER PRIMARY KEY "
+        "AUTOINCREMENT, request_ip TEXT NOT NULL, request_timestamp TIMESTAMP "
+        "DEFAULT CURRENT_TIMESTAMP, user_id INTEGER, "
+        "FOREIGN KEY(user_id) REFERENCES users(id))")
+
+    def account_store(self, path):
+        """A store with keys (from a server) and accounts written the way
+        the assignment's own Python writes them: timestamps by default."""
+        self.stop_server(self.start_server(backend="sqlite", db=path))
+        with sqlite3.connect(path) as db:
+            for sql in self.ACCOUNT_TABLES:
+                db.execute(sql)
+            db.execute("INSERT INTO users (username, password_hash, email) "
+                       "VALUES ('alice', '$argon2id$v=19$a', 'a@example.org')")
+            db.execute("INSERT INTO users (username, password_hash) "
+                       "VALUES ('gone', 'x')")
+            db.execute("INSERT INTO users (username, password_hash, last_login) "
+                       "VALUES ('o''brien \u540d', 'y', '2024-05-06 07:08:09')")
+            db.execute("DELETE FROM users WHERE username = 'gone'")
+            db.execute("INSERT INTO auth_logs (request_ip, user_id) "
+                       "VALUES ('127.0.0.1', 1)")
+            db.execute("INSERT INTO auth_logs (request_ip, request_timestamp) "
+                       "VALUES ('::1', '2024-01-02 03:04:05')")
+        db.close()
+
+    def account_rows(self, path):
+        with sqlite3.connect(path) as db:
+            rows = (db.execute("SELECT * FROM users ORDER BY id").fetchall(),
+                    db.execute("SELECT * FROM auth_logs ORDER BY id").fetchall())
+        db.close()
+        return rows
+
+    def test_users_and_auth_log_copy_both_ways_as_they_are(self):
+        src, back = self.tmp / "a.db", self.tmp / "c.db"
+        self.account_store(src)
+        users, logs = self.account_rows(src)
+        self.assertEqual(len(users), 2)
+        res = self.copy(f"sqlite:{src}", f"lmdb:{self.tmp / 'b.lmdb'}",
+                        "--with-auth-log")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 2 keys, 2 users and 2 auth-log entries",
+                      res.stdout, res.describe())
+        res = self.copy(f"lmdb:{self.tmp / 'b.lmdb'}", f"sqlite:{back}",
+                        "--with-auth-log")
+        self.assertEqual(res.returncode, 0, res.describe())
+        # Ids, names, hashes and the text of every timestamp come back as
+        # they were: the form CURRENT_TIMESTAMP writes, in UTC.
+        self.assertEqual(self.account_rows(back), (users, logs))
+        stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+        for row in users:
+            self.assertRegex(row[4], stamp, row)
+        for row in logs:
+            self.assertRegex(row[2], stamp, row)
+        with sqlite3.connect(back) as db:
+            typed = db.execute(
+                "SELECT typeof(date_registered), typeof(last_login) "
+                "FROM users ORDER BY id").fetchall()
+        db.close()
+        self.assertEqual(typed, [("text", "null"), ("text", "text")])
+
+    def test_auth_log_is_copied_only_when_asked(self):
+        src, dst = self.tmp / "a.db", self.tmp / "b.db"
+        self.account_store(src)
+        res = self.copy(f"sqlite:{src}", f"sqlite:{dst}")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 2 keys and 2 users", res.stdout, res.describe())
+        users, logs = self.account_rows(dst)
+        self.assertEqual((len(users), logs), (2, []))
+        res = self.copy(f"sqlite:{src}", f"sqlite:{dst}", "--merge",
+                        "--with-auth-log")
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertIn("copied 0 keys, 0 users and 2 auth-log entries",
+                      res.stdout, res.describe())
+        self.assertEqual(self.account_rows(dst), self.account_rows(src))
+
+    def test_a_conflicting_user_stops_the_copy_before_writing(self):
+        src, dst = self.tmp / "a.db", self.tmp / "b.db"
+        self.account_store(src)
+        with sqlite3.connect(dst) as db:
+            for sql in self.ACCOUNT_TABLES:
+                db.execute(sql)
+            db.execute("INSERT INTO users (id, username, password_hash) "
+                       "VALUES (7, 'alice', 'another')")
+        db.close()
+        before = self.account_rows(dst)
+        res = self.copy(f"sqlite:{src}", f"sqlite:{dst}", "--merge",
+                        "--with-auth-log")
+        self.assertEqual(res.returncode, 1, res.describe())
+        self.assertIn("username of user 1 is taken by user 7", res.stderr,
+                      res.describe())
+        self.assertEqual(self.account_rows(dst), before)
+        self.assertEqual(self.sqlite_rows(dst), [], "keys were written")
+
     def test_copy_usage_errors_exit_2(self):
         for args in (["copy"], ["copy", "--from", "sqlite:x.db"],
                      ["copy", "--from", "nosuch:x", "--to", "sqlite:y.db"],

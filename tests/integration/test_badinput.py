@@ -10,6 +10,7 @@ them). Read-only cases share one server per class; cases that need their
 own flags (--max-body, --request-timeout, --threads) start their own.
 """
 
+import base64
 import json
 import socket
 import threading
@@ -17,8 +18,9 @@ import time
 import unittest
 
 from harness import (
-    AUTH_PATH, JWKS_PATH, LOOPBACK, JwksdTestCase, Response,
-    SharedServerTestCase, http_request, jwks_kids, parse_head, split_jwt,
+    AUTH_PATH, BACKEND, JWKS_PATH, LOOPBACK, JwksdTestCase, Response,
+    SharedServerTestCase, db_args, http_request, jwks_kids, parse_head, run_jwksd,
+    split_jwt,
 )
 
 # Unique bytes put into requests; an answer containing them echoes the request.
@@ -781,6 +783,198 @@ class JsonBodyTests(SharedBadInputCase):
                 self.assertIsNotNone(result.response, f"{ctype}: {result.describe()}")
                 self.assertTokenAnswer(result.response, f"Content-Type {ctype}")
                 self.assertNoEcho(result, ctype)
+
+
+# ------------------------------------------------ JSON bodies of the accounts
+
+REGISTER_PATH = "/register"
+# Over the 64 KiB a route reads: 413 (the declared length) or 400.
+BIG = 1024 * 1024
+
+
+def basic_value(raw):
+    """An Authorization value for HTTP Basic of raw bytes user:password."""
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+class AccountJsonCase(SharedBadInputCase):
+    """Hostile JSON on POST /register and POST /auth, with one real user
+    (registered once for the class) whose credentials some bodies nearly
+    carry: no case may register anyone, log anyone in, answer a 5xx or
+    echo the request."""
+
+    login_required = False
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        body = json.dumps({"username": "alice"}).encode()
+        resp = http_request(cls.server.port, "POST", REGISTER_PATH, body=body,
+                            headers={"Content-Type": "application/json"})
+        if resp.status != 201:
+            raise AssertionError(f"registering alice: {resp.describe()}"
+                                 f"{cls.server.context()}")
+        cls.password = resp.json()["password"]
+
+    def post(self, path, body, headers=(), chunked=False):
+        hdrs = ["Content-Type: application/json"] + list(headers)
+        if chunked:
+            hdrs.append("Transfer-Encoding: chunked")
+            step = 64 * 1024
+            body = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step])
+                            for i in range(0, len(body), step)) + b"0\r\n\r\n"
+        else:
+            hdrs.append(f"Content-Length: {len(body)}")
+        return self.send(request_bytes("POST", path, hdrs, body=body), timeout=10.0)
+
+    def bodies(self):
+        """(name, body, chunked) for both routes; MARKER in most of them."""
+        m = MARKER.encode()
+        pw = self.password.encode()
+        return [
+            ("100,000 '['", b"[" * 100_000, False),
+            ("100,000 '[' chunked", b"[" * 100_000, True),
+            ("60,000 '['", b"[" * 60_000, False),
+            ("30,000-deep arrays, closed", b"[" * 30_000 + b"]" * 30_000, False),
+            ("10,000-deep objects", b'{"username":' * 10_000 + b"1" + b"}" * 10_000, False),
+            ("deep value of username",
+             b'{"username": ' + b"[" * 20_000 + b"]" * 20_000 + b', "password": "x"}',
+             False),
+            ("1 MiB username", b'{"username": "' + m + b"u" * BIG + b'"}', False),
+            ("1 MiB username chunked", b'{"username": "' + m + b"u" * BIG + b'"}', True),
+            ("1 MiB email", b'{"username": "a' + m + b'", "email": "' + b"e" * BIG
+             + b'@example.com"}', False),
+            ("60 KiB username", b'{"username": "' + m + b"u" * (60 * 1024) + b'"}', False),
+            ("invalid UTF-8 username", b'{"username": "\xff\xfe' + m + b'"}', False),
+            ("overlong UTF-8 username", b'{"username": "\xc0\xaf' + m + b'"}', False),
+            ("CESU surrogate bytes", b'{"username": "\xed\xa0\x80' + m + b'"}', False),
+            ("lone surrogate escape", b'{"username": "\\ud800' + m + b'"}', False),
+            ("invalid UTF-8 email", b'{"username": "b' + m + b'", "email": "\xff@x.org"}',
+             False),
+            ("invalid UTF-8 in a member name", b'{"user\xffname": "b' + m + b'"}', False),
+            ("duplicate username", b'{"username": "alice", "username": "b' + m + b'"}',
+             False),
+            ("duplicate username, same value",
+             b'{"username": "alice", "username": "alice", "password": "' + pw + b'"}',
+             False),
+            ("duplicate password, the right one last",
+             b'{"username": "alice", "password": "x' + m + b'", "password": "' + pw
+             + b'"}', False),
+            ("number username", b'{"username": 12345, "password": "' + pw + b'"}', False),
+            ("float username", b'{"username": 1e999, "password": "' + pw + b'"}', False),
+            ("huge integer username", b'{"username": ' + b"9" * 20_000 + b"}", False),
+            ("bool username", b'{"username": true, "password": "' + pw + b'"}', False),
+            ("array username", b'{"username": ["alice"], "password": "' + pw + b'"}',
+             False),
+            ("object username", b'{"username": {"alice": 1}, "password": "' + pw
+             + b'"}', False),
+            ("null username", b'{"username": null, "password": "' + pw + b'"}', False),
+            ("number password", b'{"username": "alice", "password": 12345}', False),
+            ("number email", b'{"username": "c' + m + b'", "email": 12345}', False),
+            ("NUL escape in username", b'{"username": "alice\\u0000' + m
+             + b'", "password": "' + pw + b'"}', False),
+            ("NUL escape alone", b'{"username": "\\u0000", "password": "' + pw + b'"}',
+             False),
+            ("NUL escape in email", b'{"username": "d' + m + b'", '
+             b'"email": "d\\u0000@example.com"}', False),
+            ("NUL escape after the password", b'{"username": "alice", "password": "'
+             + pw + b'\\u0000' + m + b'"}', False),
+            ("raw NUL byte in username", b'{"username": "alice\x00' + m + b'", '
+             b'"password": "' + pw + b'"}', False),
+            ("credentials nested", b'{"credentials": {"username": "alice", '
+             b'"password": "' + pw + b'"}}', False),
+            ("credentials in an array", b'[{"username": "alice", "password": "' + pw
+             + b'"}]', False),
+            ("two objects", b'{"username": "alice", "password": "' + pw + b'"}'
+             b'{"username": "e' + m + b'"}', False),
+            ("5,000 members", b"{" + b",".join(b'"k%d":%d' % (i, i) for i in range(5000))
+             + b"}", False),
+        ]
+
+    def assertNoLogin(self, result, what):
+        """A 4xx JSON error, or (open mode, /auth) an anonymous token."""
+        resp = result.response
+        self.assertIsNotNone(resp, f"{what}: no answer: {result.describe()}")
+        self.assertLess(resp.status, 500, f"{what}: {resp.describe()}")
+        if resp.status == 200 and not self.login_required:
+            token = self.assertTokenAnswer(resp, what, expired=False)
+            claims = split_jwt(token)[1]
+            self.assertNotIn("sub", claims, f"{what}: logged in as {claims}")
+            self.assertNotIn("preferred_username", claims, f"{what}: {claims}")
+        else:
+            self.assertJsonErrorAnswer(result, what)
+        self.assertNoEcho(result, what)
+        return resp
+
+    def test_register_refuses_every_hostile_body(self):
+        for name, body, chunked in self.bodies():
+            with self.subTest(name):
+                result = self.post(REGISTER_PATH, body, chunked=chunked)
+                resp = result.response
+                self.assertIsNotNone(resp, f"register, {name}: {result.describe()}")
+                allowed = (400, 413) if len(body) > 64 * 1024 else (400,)
+                self.assertJsonErrorAnswer(result, f"register, {name}", statuses=allowed)
+                self.assertNotIn(b"password", resp.body, resp.describe())
+                self.assertStillServes(f"register, {name}")
+        res = run_jwksd(["users", "list", "--json", "--backend", BACKEND,
+                         *db_args(self.server.db)], cwd=self.server.workdir, timeout=30)
+        self.assertEqual(res.returncode, 0, res.describe())
+        self.assertEqual([u["username"] for u in json.loads(res.stdout)], ["alice"],
+                         "a hostile body registered a user")
+
+    def test_auth_never_logs_in_on_a_hostile_body(self):
+        for name, body, chunked in self.bodies():
+            with self.subTest(name):
+                result = self.post(AUTH_PATH, body, chunked=chunked)
+                resp = self.assertNoLogin(result, f"/auth, {name}")
+                if self.login_required:
+                    self.assertIn(resp.status, (400, 401, 413), resp.describe())
+                self.assertStillServes(f"/auth, {name}")
+
+    def test_auth_never_logs_in_on_hostile_basic_credentials(self):
+        pw = self.password.encode()
+        cases = {
+            "NUL in the username": basic_value(b"alice\x00:" + pw),
+            "NUL after the password": basic_value(b"alice:" + pw + b"\x00"),
+            "invalid UTF-8 username": basic_value(b"\xff\xfe:" + pw),
+            "no colon": basic_value(b"alice" + pw),
+            "empty username": basic_value(b":" + pw),
+            "10 KiB username": basic_value(b"a" * 10240 + b":" + pw),
+            "4 KiB password": basic_value(b"alice:" + b"p" * 4096),
+            "not base64": "Basic " + MARKER + "!!!",
+            "only padding": "Basic " + "=" * 64,
+            "no credentials after the scheme": "Basic",
+            "two schemes": "Basic " + basic_value(b"alice:" + pw)[6:] + ", Bearer x",
+        }
+        for name, value in cases.items():
+            with self.subTest(name):
+                data = request_bytes("POST", AUTH_PATH,
+                                     [f"Authorization: {value}", "Content-Length: 0"])
+                resp = self.assertNoLogin(self.send(data), f"Basic, {name}")
+                if self.login_required:
+                    self.assertEqual(resp.status, 401, resp.describe())
+                self.assertStillServes(f"Basic, {name}")
+
+    def test_the_real_credentials_still_log_in(self):
+        # The control: the cases above are refused for what they are.
+        body = json.dumps({"username": "alice", "password": self.password}).encode()
+        for headers, payload in (([], body),
+                                 ([f"Authorization: {basic_value(b'alice:' + self.password.encode())}"],
+                                  b"")):
+            result = self.post(AUTH_PATH, payload, headers)
+            token = self.assertTokenAnswer(result.response, "alice's login")
+            self.assertEqual(split_jwt(token)[1].get("preferred_username"), "alice")
+
+
+class AccountJsonOpenTests(AccountJsonCase):
+    """--login open (the default): anonymous tokens, never a login."""
+
+
+class AccountJsonRequiredTests(AccountJsonCase):
+    """--login required: every hostile body is a 4xx."""
+
+    server_args = ("--login", "required")
+    login_required = True
 
 
 # ------------------------------------------------------- HTTP/1.0, pipelining

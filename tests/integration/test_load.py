@@ -13,11 +13,13 @@ Clients are threads using http.client; each test starts its own server
 (they measure the process).
 """
 
+import base64
 import http.client
 import json
 import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import unittest
@@ -28,8 +30,8 @@ from pathlib import Path
 import jwt
 
 from harness import (
-    AUTH_PATH, BACKEND, JWKS_PATH, LOOPBACK, JwksdTestCase, jwk_for_kid,
-    jwks_kids, jwksd_bin, split_jwt,
+    AUTH_PATH, BACKEND, JWKS_PATH, LOOPBACK, JwksdTestCase, db_args, jwk_for_kid,
+    jwks_kids, jwksd_bin, run_jwksd, split_jwt,
 )
 
 CLIENT_TIMEOUT = 30.0  # per request; a queued keep-alive client may wait long
@@ -327,6 +329,162 @@ class SigtermUnderLoadTests(JwksdTestCase):
         self.assertEqual(split_jwt(expired2)[0]["kid"], expired_kid)
         for issued in [token] + outcome.tokens[-50:]:
             self.verify_with_served_jwks(again, issued)
+
+
+
+def proc_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+class LoginLoadTests(JwksdTestCase):
+    """200 concurrent keep-alive clients logging in (HTTP Basic, valid
+    credentials, so every request runs one Argon2id verification): peak
+    resident memory (VmHWM) stays within the hash-concurrency bound, at
+    most one m = 19456 KiB block per core at a time on top of the server's
+    usual footprint (measured before the load, after the same number of
+    clients have fetched anonymous tokens and the JWKS, so that worker
+    threads, their stacks and the allocator's arenas exist) plus SLACK_KIB.
+    """
+
+    CLIENTS = 200
+    USERS = 8
+    DURATION = 30.0
+    # Under a sanitizer a hash is 5-20 times slower (TSan: about 1.5 logins
+    # a second on two cores), and RSS says nothing: fewer clients for a
+    # shorter time, so that the queue of first requests drains within
+    # LOGIN_TIMEOUT; the point there is races, not memory.
+    SANITIZER_CLIENTS = 40
+    SANITIZER_DURATION = 10.0
+    ARGON2_M_KIB = 19456
+    # What a login holds beyond its Argon2 block is small (the credentials,
+    # an 8 KiB answer buffer, a token, a queued auth-log entry), but up to
+    # --threads (64) workers hold it at once and each of their malloc
+    # arenas keeps some freed chunks: 16 MiB is 256 KiB per worker.
+    SLACK_KIB = 16 * 1024
+    # 200 clients queue for 2 hashes at a time: on a busy machine a login
+    # may wait in the queue for tens of seconds, which is not an error.
+    LOGIN_TIMEOUT = 120.0
+
+    def test_200_clients_logging_in(self):
+        # The users are made by `jwksd users add` before the server starts:
+        # the server's footprint is measured before it ran any hash but the
+        # one it makes at start.
+        db = self.store_path()
+        users = []
+        for i in range(self.USERS):
+            name = f"load{i}"
+            res = run_jwksd(["users", "add", name, "--backend", BACKEND, *db_args(db)],
+                            cwd=self.tmp, timeout=60)
+            self.assertEqual(res.returncode, 0, res.describe())
+            users.append((name, res.stdout.split("(shown once): ")[1].strip()))
+        server = self.start_server(db=db)
+        pid = server.proc.pid
+        auths = [base64.b64encode(f"{n}:{p}".encode()).decode() for n, p in users]
+
+        # The usual footprint: the same clients, without passwords.
+        outcome = Outcome()
+        deadline = time.monotonic() + 2.0
+        warm = [threading.Thread(target=hammer, daemon=True,
+                                 args=(server.port, i, outcome,
+                                       lambda: time.monotonic() < deadline,
+                                       time.monotonic()))
+                for i in range(self.CLIENTS)]
+        for t in warm:
+            t.start()
+        for t in warm:
+            t.join(CLIENT_TIMEOUT + 5)
+        self.assertEqual(outcome.errors[:5], [], "warm-up requests failed")
+        time.sleep(0.5)
+        base_rss = proc_rss_kib(pid)
+        hwm_before = proc_hwm_kib(pid)
+
+        san = sanitizer()
+        duration = self.SANITIZER_DURATION if san else self.DURATION
+        clients = self.SANITIZER_CLIENTS if san else self.CLIENTS
+        cores = os.sysconf("SC_NPROCESSORS_ONLN")
+        lock = threading.Lock()
+        statuses = Counter()
+        errors, bad, latencies = [], [], []
+        per_client = Counter()
+        stop_at = [0.0]
+        barrier = threading.Barrier(clients + 1)
+
+        def client(i):
+            name, _ = users[i % self.USERS]
+            auth = {"Authorization": "Basic " + auths[i % self.USERS],
+                    "Content-Length": "0"}
+            conn = http.client.HTTPConnection(LOOPBACK, server.port,
+                                              timeout=self.LOGIN_TIMEOUT)
+            barrier.wait()
+            try:
+                while time.monotonic() < stop_at[0]:
+                    t0 = time.monotonic()
+                    try:
+                        conn.request("POST", AUTH_PATH, headers=auth)
+                        resp = conn.getresponse()
+                        body = resp.read()
+                    except (OSError, http.client.HTTPException) as exc:
+                        conn.close()
+                        conn = http.client.HTTPConnection(LOOPBACK, server.port,
+                                                          timeout=self.LOGIN_TIMEOUT)
+                        with lock:
+                            errors.append(repr(exc))
+                        continue
+                    problem = None
+                    if resp.status == 200:
+                        try:
+                            claims = split_jwt(json.loads(body)["token"])[1]
+                            if claims.get("preferred_username") != name:
+                                problem = f"token for {claims} to {name}"
+                        except (ValueError, KeyError, TypeError) as exc:
+                            problem = f"invalid 200 ({exc!r}): {body[:200]!r}"
+                    with lock:
+                        statuses[resp.status] += 1
+                        per_client[i] += 1
+                        latencies.append(time.monotonic() - t0)
+                        if problem:
+                            bad.append(problem)
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True)
+                   for i in range(clients)]
+        for t in threads:
+            t.start()
+        stop_at[0] = time.monotonic() + duration
+        barrier.wait()
+        peak_rss = 0
+        while time.monotonic() < stop_at[0]:
+            peak_rss = max(peak_rss, proc_rss_kib(pid))
+            time.sleep(0.1)
+        for t in threads:
+            t.join(self.LOGIN_TIMEOUT + 5)
+        self.assertFalse(any(t.is_alive() for t in threads), "clients still running")
+        hwm = proc_hwm_kib(pid)
+        total = sum(statuses.values())
+        latencies.sort()
+        bound = base_rss + cores * self.ARGON2_M_KIB + self.SLACK_KIB
+        summary = (f"{total} logins from {clients} clients in {duration:.0f} s "
+                   f"{dict(statuses)}, median answer "
+                   f"{latencies[len(latencies) // 2] if latencies else 0:.2f} s, slowest "
+                   f"{latencies[-1] if latencies else 0:.2f} s; VmRSS before {base_rss} "
+                   f"KiB (VmHWM {hwm_before}), peak sampled {peak_rss} KiB, VmHWM {hwm} "
+                   f"KiB, bound {bound} KiB = before + {cores} cores x "
+                   f"{self.ARGON2_M_KIB} + {self.SLACK_KIB}")
+        print(f"\nlogin load ({BACKEND}): {summary}", file=sys.stderr)
+
+        self.assertTrue(server.running, f"jwksd died under load; {summary}")
+        self.assertEqual(errors[:5], [], f"{len(errors)} connection errors; {summary}")
+        self.assertEqual(dict(statuses), {200: total}, f"every login gets a token; {summary}")
+        self.assertEqual(bad[:5], [], f"{len(bad)} invalid answers; {summary}")
+        starved = [i for i in range(clients) if per_client[i] == 0]
+        self.assertEqual(starved, [], f"clients that never got an answer; {summary}")
+        if san is None:  # shadow memory and quarantines: no RSS bound
+            self.assertLessEqual(hwm, bound, f"peak RSS over the bound; {summary}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,21 @@ ASSIGNMENT_SCHEMA = ("CREATE TABLE IF NOT EXISTS keys("
                      "kid INTEGER PRIMARY KEY AUTOINCREMENT, "
                      "key BLOB NOT NULL, exp INTEGER NOT NULL)")
 INSERT_KEY = "INSERT INTO keys (key, exp) VALUES (?, ?)"
+# The account tables exactly as the follow-up assignment (and issue 12)
+# defines them, as sqlite_master keeps their SQL.
+ASSIGNMENT_USERS = ("CREATE TABLE users("
+                    "id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                    "username TEXT NOT NULL UNIQUE, "
+                    "password_hash TEXT NOT NULL, "
+                    "email TEXT UNIQUE, "
+                    "date_registered TIMESTAMP DEFAULT CURRENT_TIMESTAMP, "
+                    "last_login TIMESTAMP)")
+ASSIGNMENT_AUTH_LOGS = ("CREATE TABLE auth_logs("
+                        "id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                        "request_ip TEXT NOT NULL, "
+                        "request_timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP, "
+                        "user_id INTEGER, "
+                        "FOREIGN KEY(user_id) REFERENCES users(id))")
 
 _pem_cache = []
 
@@ -151,6 +166,53 @@ class StoreFileTests(SqliteStoreTestCase):
         (sql,), = con.execute("SELECT sql FROM sqlite_master "
                               "WHERE type = 'table' AND name = 'keys'")
         self.assertIn("AUTOINCREMENT", sql.upper(), f"keys table SQL: {sql}")
+
+    def test_account_tables_are_exactly_the_assignment_ddl(self):
+        server = self.start_sqlite()
+        self.post_auth(server)
+        con = self.connect()
+        tables = dict(con.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+        self.assertEqual(tables.get("users"), ASSIGNMENT_USERS)
+        self.assertEqual(tables.get("auth_logs"), ASSIGNMENT_AUTH_LOGS)
+        # What they cannot hold lives in tables of its own.
+        self.assertIn("user_locks", tables)
+        self.assertIn("auth_log_results", tables)
+        for name in ("users", "auth_logs"):
+            self.assertEqual(
+                [row for row in con.execute(
+                    "SELECT name FROM sqlite_master "
+                    "WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+                    (name,))], [], f"an index of our own on {name}")
+
+    def test_store_with_the_assignment_account_tables_works(self):
+        """A store the assignment's own tools made, account tables and rows
+        included, serves as it is and keeps those rows unchanged."""
+        pem = pkcs1_pem(0)
+        self.precreate([(pem, int(time.time()) + 3 * 86400)])
+        con = sqlite3.connect(self.db)
+        con.execute(ASSIGNMENT_USERS.replace("CREATE TABLE",
+                                             "CREATE TABLE IF NOT EXISTS"))
+        con.execute(ASSIGNMENT_AUTH_LOGS.replace("CREATE TABLE",
+                                                 "CREATE TABLE IF NOT EXISTS"))
+        con.execute("INSERT INTO users (username, password_hash, email) "
+                    "VALUES ('alice', 'x', 'a@example.org')")
+        con.execute("INSERT INTO auth_logs (request_ip, user_id) "
+                    "VALUES ('127.0.0.1', 1)")
+        con.commit()
+        before = (list(con.execute("SELECT * FROM users")),
+                  list(con.execute("SELECT * FROM auth_logs")))
+        con.close()
+        server = self.start_sqlite()
+        _, token = self.post_auth(server)
+        self.verify_with_served_jwks(server, token)
+        self.stop_server(server)
+        con = self.connect()
+        self.assertEqual((list(con.execute("SELECT * FROM users")),
+                          list(con.execute("SELECT * FROM auth_logs"))), before)
+        self.assertEqual(con.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'users'").fetchone()[0],
+            ASSIGNMENT_USERS)
 
     def test_wal_mode_and_a_concurrent_reader(self):
         server = self.start_sqlite()
@@ -443,6 +505,19 @@ class FailureTests(SqliteStoreTestCase):
         content = os.urandom(4096)
         self.db.write_bytes(content)
         self.run_failing(self.db)
+        self.assertEqual(self.db.read_bytes(), content, "the file was modified")
+
+    def test_a_users_table_of_another_shape_exits_1_unchanged(self):
+        """A users table that is not the assignment's is another program's:
+        the store is refused before anything is written to it."""
+        self.precreate([(pkcs1_pem(0), int(time.time()) + 86400)])
+        con = sqlite3.connect(self.db)
+        con.execute("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)")
+        con.commit()
+        con.close()
+        content = self.db.read_bytes()
+        result = self.run_failing(self.db)
+        self.assertIn("users", result.stderr, result.describe())
         self.assertEqual(self.db.read_bytes(), content, "the file was modified")
 
     def test_bad_flag_exits_2_with_usage(self):

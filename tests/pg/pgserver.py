@@ -3,6 +3,8 @@
 
     pgserver.py start STATE_DIR    initdb + pg_ctl start; writes STATE_DIR/conninfo
     pgserver.py stop STATE_DIR     pg_ctl stop; removes the data directory
+    pgserver.py halt STATE_DIR     pg_ctl stop -m fast; keeps the data directory
+    pgserver.py resume STATE_DIR   pg_ctl start again after halt
     pgserver.py env STATE_DIR PROGRAM ARGS...
                                    runs PROGRAM with JWKS_TEST_PG set to the
                                    conninfo in STATE_DIR/conninfo
@@ -248,18 +250,46 @@ def _cli_start(state):
     print(server.conninfo)
 
 
-def _cli_stop(state):
+def _cli_server(state):
+    """The server that `start` left in state, or None."""
     dirfile = state / "datadir"
     if not dirfile.exists():
-        return
+        return None
     directory = Path(dirfile.read_text().strip())
     server = PgServer.__new__(PgServer)
     server.dir = directory
     server.data = directory / "data"
     server.log = directory / "server.log"
     server.netns = None
+    server.user = server_user()
     server.running = server._postmaster_alive()
     server._removed = False
+    return server
+
+
+def _cli_halt(state):
+    server = _cli_server(state)
+    if server is None:
+        raise PgError(f"no server in {state}")
+    server.stop(mode="fast")
+    print(f"halted {server.dir}")
+
+
+def _cli_resume(state):
+    server = _cli_server(state)
+    if server is None:
+        raise PgError(f"no server in {state}")
+    if not server.running:
+        server.start()
+    print(f"resumed {server.dir}")
+
+
+def _cli_stop(state):
+    server = _cli_server(state)
+    if server is None:
+        return
+    dirfile = state / "datadir"
+    directory = server.dir
     server.remove()
     dirfile.unlink()
     (state / "conninfo").unlink(missing_ok=True)
@@ -271,16 +301,15 @@ def main(argv):
         conninfo = (Path(argv[2]) / "conninfo").read_text().strip()
         os.environ["JWKS_TEST_PG"] = conninfo
         os.execv(argv[3], argv[3:])
-    if len(argv) != 3 or argv[1] not in ("start", "stop"):
-        print(f"usage: {argv[0]} start|stop STATE_DIR | env STATE_DIR PROGRAM ARGS...",
-              file=sys.stderr)
+    commands = {"start": _cli_start, "stop": _cli_stop, "halt": _cli_halt,
+                "resume": _cli_resume}
+    if len(argv) != 3 or argv[1] not in commands:
+        print(f"usage: {argv[0]} start|stop|halt|resume STATE_DIR | "
+              "env STATE_DIR PROGRAM ARGS...", file=sys.stderr)
         return 2
     state = Path(argv[2]).resolve()
     try:
-        if argv[1] == "start":
-            _cli_start(state)
-        else:
-            _cli_stop(state)
+        commands[argv[1]](state)
     except (PgError, OSError, subprocess.SubprocessError) as exc:
         print(f"pgserver: {exc}", file=sys.stderr)
         return 1
