@@ -25,7 +25,12 @@ from harness import (
     jwks_kids, parse_raw_response, raw_exchange, run_jwksd, split_jwt,
 )
 
-NOTICE = 1.5  # a running server shows a store change within a second
+# A running server sees a store change at its next poll (one second by
+# default). The bound is wider than that on purpose: it is how long the test
+# waits, not a speed target, and CI runs this suite beside Argon2 and load
+# suites on two shared cores (1.5 s once failed there with the rotation in
+# place). A passing run returns as soon as the change shows.
+NOTICE = 6.0
 MAX_AGE_RE = re.compile(r"\Apublic, max-age=([0-9]+)\Z")
 ETAG_RE = re.compile(r'\A"[\x21\x23-\x7e]+"\Z')  # strong: no W/ prefix
 
