@@ -2,7 +2,7 @@
 """The flags of jwksd(8) and of `jwksd --help` (and `keys --help`,
 `users --help`, the copy usage) agree, section by section.
 
-Usage: check_man_flags.py JWKSD_BINARY MAN_PAGE
+Usage: check_man_flags.py JWKSD_BINARY MAN_PAGE [DEFAULTS_FILE]
 
 Scopes: the server (man: OPTIONS; help: every flag of `jwksd --help` outside
 the copy usage lines), copy (man: SS "jwksd copy"; help: the copy usage
@@ -17,7 +17,8 @@ In each scope:
   OPTIONS;
 - the man section names no flag that its help does not.
 For keys and users, the subcommand names of the usage lines and the man
-page's entries are the same. Exits 1 with every difference listed.
+page's entries are the same. DEFAULTS_FILE (debian/jwksd.default, the
+packaged /etc/default/jwksd) names exactly the server's flags. Exits 1 with every difference listed.
 """
 import re
 import subprocess
@@ -123,7 +124,7 @@ def man_scopes(path):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     helps = help_scopes(sys.argv[1])
     mans = man_scopes(sys.argv[2])
@@ -147,6 +148,14 @@ def main():
         if subs_help != subs_man:
             problems.append(f"{where}: subcommands {sorted(subs_man)},"
                             f" --help has {sorted(subs_help)}")
+    if len(sys.argv) == 4:
+        with open(sys.argv[3], encoding="utf-8") as f:
+            named = flags(f.read())
+        server = helps["server"][1]
+        for f in sorted(server - named):
+            problems.append(f"{sys.argv[3]}: does not name {f}")
+        for f in sorted(named - server):
+            problems.append(f"{sys.argv[3]}: names {f}, not a server flag")
     for p in problems:
         print(p)
     total = sum(len(set(m[0])) for m in mans.values())
