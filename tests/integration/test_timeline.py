@@ -47,10 +47,12 @@ CHROMIUM = os.environ.get("JWKS_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("JWKS_CHROMEDRIVER", "/usr/bin/chromedriver")
 NEEDS = "chromium chromium-driver python3-selenium (scripts/dev test installs them)"
 
-# A key signs for an hour, a rotation takes effect 10 s after it is asked
-# for (--jwks-max-age + --margin): within the test the states change only
-# when the test asks, and about 10 s after a rotation.
-SCHEDULE = ("--key-ttl", "3600", "--token-ttl", "5", "--jwks-max-age", "5",
+# A key is published 5 minutes and a rotation takes effect 10 s after it
+# is asked for (--jwks-max-age + --margin): the states change when the test
+# asks, and 10 s after the rotation; jwksd makes a successor by itself only
+# 70 s before the first key retires (220 s after the start), when the test
+# has long finished its rotation.
+SCHEDULE = ("--key-ttl", "300", "--token-ttl", "5", "--jwks-max-age", "5",
             "--margin", "5")
 ALGS = ("--alg", "RS256,ES256")
 
