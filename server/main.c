@@ -23,6 +23,7 @@
 #include "admin.h"
 #include "cli.h"
 #include "jose.h"
+#include "jwks_http.h"
 #include "keys_cmd.h"
 #include "keystore.h"
 #include "lifecycle.h"
