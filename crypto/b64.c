@@ -1,6 +1,7 @@
 /*
  * Standard base64 (RFC 4648 §4) decoding, for HTTP Basic credentials
- * (RFC 7617), through OpenSSL's EVP_DecodeBlock.
+ * (RFC 7617), through OpenSSL's EVP_DecodeBlock; and the base64 SHA-256
+ * of a text, for Content-Security-Policy hash sources.
  */
 #include <string.h>
 
@@ -28,5 +29,16 @@ int b64_decode(unsigned char *dst, size_t *dst_len, const char *src,
 	if (n < 0 || (size_t)n < pad)
 		return KS_EINVAL;
 	*dst_len = (size_t)n - pad;
+	return 0;
+}
+
+int b64_sha256(const void *data, size_t len, char *out, size_t cap)
+{
+	unsigned char md[32];
+	unsigned int md_len = 0;
+
+	if (cap < 45 || !EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL))
+		return KS_ECRYPTO;
+	EVP_EncodeBlock((unsigned char *)out, md, (int)md_len);
 	return 0;
 }

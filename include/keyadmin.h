@@ -139,6 +139,14 @@ struct ka_key_info {
 typedef int (*ka_key_fn)(const struct ka_key_info *info, void *arg);
 
 /*
+ * One key as `jwksd keys list --json` shows it at now: kid, alg, state,
+ * created, activate_at, retire_at, exp, encrypted, and revoked_at when
+ * revoked. A new jansson object, or NULL without memory.
+ */
+struct json_t;
+struct json_t *ka_key_json(const struct ka_key_info *info, int64_t now);
+
+/*
  * Call fn for every key of the store, in kid order, with its lifecycle
  * entry and whether it is sealed; each blob is loaded (with kek) to tell
  * its algorithm and usability. Returns 0, fn's value, or store errors.

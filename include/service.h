@@ -157,11 +157,12 @@ struct jwks_issue_request {
 	int expired;
 	const char *sub;
 	const char *preferred_username;
+	int64_t *kid_out; /* may be NULL: receives the kid that signed */
 };
 
-#define JWKS_ISSUE_REQUEST_INIT     \
-	{                           \
-		NULL, 0, NULL, NULL \
+#define JWKS_ISSUE_REQUEST_INIT           \
+	{                                 \
+		NULL, 0, NULL, NULL, NULL \
 	}
 
 /*
@@ -230,6 +231,59 @@ int jwks_service_metadata(struct jwks_service *svc, jwks_doc_fn fn, void *arg);
 int jwks_service_publish(struct jwks_service *svc, struct ks_err *err);
 
 /*
+ * What operators see. Store operations that fail are counted by kind: the
+ * change check, a listing, and a write (a new key).
+ */
+#define JWKS_STORE_OP_CHECK 0
+#define JWKS_STORE_OP_LIST 1
+#define JWKS_STORE_OP_WRITE 2
+#define JWKS_STORE_OPS 3
+#define JWKS_KEY_STATES 5 /* indexed by enum lc_state */
+
+/*
+ * now: the service's clock. Per configured algorithm: its name, tokens
+ * signed, and whether a key can sign now. store_errors: failed background
+ * store operations by kind. sync_age_ms: since the store last answered
+ * the background work (-1: never). keys: the records of the last listing
+ * by state at now. next_change: the next time a key activates, retires or
+ * expires (INT64_MAX: none scheduled).
+ */
+struct jwks_service_stats {
+	int64_t now;
+	size_t n_algs;
+	const char *algs[JWKS_MAX_ALGS];
+	uint64_t tokens[JWKS_MAX_ALGS];
+	int can_sign[JWKS_MAX_ALGS];
+	uint64_t store_errors[JWKS_STORE_OPS];
+	int64_t sync_age_ms;
+	size_t keys[JWKS_KEY_STATES];
+	int64_t next_change;
+};
+
+/* Fill *out from memory, without a store call. Returns 0 or KS_EINVAL. */
+int jwks_service_stats(struct jwks_service *svc,
+		       struct jwks_service_stats *out);
+
+/* "check", "list" or "write". */
+const char *jwks_service_store_op_name(int op);
+
+/*
+ * Whether the service can answer for a load balancer: every configured
+ * algorithm has a key that signs, and the store answered within
+ * max_stale_ms. 1, or 0 with *why a fixed reason ("starting", "no signing
+ * key", "key store unreachable").
+ */
+int jwks_service_ready(struct jwks_service *svc, int64_t max_stale_ms,
+		       const char **why);
+
+/*
+ * The key schedule of the last listing as `jwksd keys list --json` prints
+ * it (public facts only: kids, algorithms, times, states), malloc'd and
+ * NUL-terminated, *len_out its length; NULL without memory.
+ */
+char *jwks_service_keys_json(struct jwks_service *svc, size_t *len_out);
+
+/*
  * What jwks_http_register() mounts: the issuer, and its accounts (NULL:
  * an open issuer without /register, whose POST /auth takes any
  * Authorization header and body, as the assignment's does). Both are
@@ -239,12 +293,14 @@ struct jwks_accounts;
 struct jwks_http_routes {
 	struct jwks_service *svc;
 	struct jwks_accounts *acct;
+	int64_t ready_max_stale_ms; /* /readyz's bound (0: 10 s) */
 };
 
 /*
  * Register jwksd's routes (POST /auth, GET/HEAD /.well-known/jwks.json,
  * with an issuer the two discovery documents, with accounts POST
- * /register) on a running CivetWeb context. With catch_all set, every
+ * /register, and the probes GET/HEAD /healthz and /readyz) on a running
+ * CivetWeb context. With catch_all set, every
  * other path answers a JSON 404, and CivetWeb's per-directory .htpasswd
  * lookup is turned off (for a program that serves nothing else).
  */
@@ -252,6 +308,35 @@ void jwks_http_register(struct mg_context *ctx,
 			const struct jwks_http_routes *routes, int catch_all);
 
 struct mg_connection;
+
+/* The routes, as requests are counted and logged. */
+enum jwks_http_route {
+	JWKS_ROUTE_OTHER,
+	JWKS_ROUTE_AUTH,
+	JWKS_ROUTE_JWKS,
+	JWKS_ROUTE_DISCOVERY,
+	JWKS_ROUTE_REGISTER,
+	JWKS_ROUTE_HEALTHZ,
+	JWKS_ROUTE_READYZ,
+	JWKS_ROUTE_METRICS,
+	JWKS_ROUTE_KEYS,
+	JWKS_ROUTE_TIMELINE,
+	JWKS_ROUTES
+};
+
+/*
+ * What the routes recorded about the request the calling thread answered
+ * last: its route, the body bytes sent, and the kid that signed a token
+ * (0: none). CivetWeb runs a request's handler and its end_request
+ * callback on one worker thread, where this is read; reading clears it.
+ */
+struct jwks_http_note {
+	int route;
+	uint64_t bytes;
+	int64_t kid;
+};
+
+void jwks_http_last_note(struct jwks_http_note *out);
 
 /*
  * For CivetWeb's begin_request callback: refuse, before any route runs, a

@@ -155,4 +155,11 @@ int b64_decode(unsigned char *dst, size_t *dst_len, const char *src,
 int b64url_decode(unsigned char *dst, size_t *dst_len, const char *src,
 		  size_t src_len);
 
+/*
+ * The SHA-256 of data in standard base64 (44 characters and a NUL; cap at
+ * least 45), as a Content-Security-Policy hash source wants it. Returns 0
+ * or KS_ECRYPTO.
+ */
+int b64_sha256(const void *data, size_t len, char *out, size_t cap);
+
 #endif /* JWKS_SIGNER_H */

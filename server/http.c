@@ -25,6 +25,22 @@
 #define HTTP_OIDC_PATH "/.well-known/openid-configuration"
 #define HTTP_OAUTH_PATH "/.well-known/oauth-authorization-server"
 #define HTTP_REGISTER_PATH "/register"
+#define HTTP_HEALTHZ_PATH "/healthz"
+#define HTTP_READYZ_PATH "/readyz"
+
+/* What this worker thread's current request did: see jwks_http_note. */
+static _Thread_local struct jwks_http_note http_note;
+
+void jwks_http_last_note(struct jwks_http_note *out)
+{
+	*out = http_note;
+	memset(&http_note, 0, sizeof(http_note));
+}
+
+void jwks_http__set_route(int route)
+{
+	http_note.route = route;
+}
 
 /* The largest request body a route reads (JSON credentials, a user). */
 #define HTTP_BODY_MAX (64 * 1024)
@@ -125,6 +141,15 @@ static void http_date(time_t now, char *out, size_t cap)
 	snprintf(out, cap, "%s", cached);
 }
 
+/* Whether the name/value pairs of extra (NULL-ended) set name. */
+static int http_has_header(const char *const *extra, const char *name)
+{
+	for (; extra && extra[0]; extra += 2)
+		if (!strcasecmp(extra[0], name))
+			return 1;
+	return 0;
+}
+
 /*
  * Send a complete response: status line, the common headers, the extra
  * ones given as name/value pairs (NULL-terminated), and body unless this
@@ -153,8 +178,10 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	/* A 304 describes the cached answer: no length or type of its own. */
 	if (status != 304 && n > 0 && (size_t)n < cap)
 		n += snprintf(buf + n, cap - (size_t)n,
-			      "Content-Type: application/json\r\n"
-			      "Content-Length: %zu\r\n",
+			      "%sContent-Length: %zu\r\n",
+			      http_has_header(extra, "Content-Type")
+				      ? ""
+				      : "Content-Type: application/json\r\n",
 			      body_len);
 	for (; n > 0 && (size_t)n < cap && extra && extra[0]; extra += 2)
 		n += snprintf(buf + n, cap - (size_t)n, "%s: %s\r\n", extra[0],
@@ -170,6 +197,7 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	len = (size_t)n;
 	if (ri->request_method && !strcmp(ri->request_method, "HEAD"))
 		body_len = 0;
+	http_note.bytes = body_len;
 	if (body_len && body_len <= cap - len) {
 		memcpy(buf + len, body, body_len);
 		len += body_len;
@@ -179,6 +207,12 @@ static int http_send(struct mg_connection *conn, int status, const char *cache,
 	if (body_len)
 		mg_write(conn, body, body_len);
 	return status;
+}
+
+int jwks_http__send(struct mg_connection *conn, int status, const char *cache,
+		    const char *const *extra, const char *body, size_t body_len)
+{
+	return http_send(conn, status, cache, extra, body, body_len);
 }
 
 /*
@@ -204,6 +238,12 @@ static int http_not_found(struct mg_connection *conn)
 	return http_error(conn, 404, "not found", NULL, NULL);
 }
 
+int jwks_http__error(struct mg_connection *conn, int status, const char *reason,
+		     const char *allow)
+{
+	return http_error(conn, status, reason, allow, NULL);
+}
+
 /* Whether the request is for exactly path with one of the allowed methods. */
 static int http_route(struct mg_connection *conn, const char *path,
 		      const char *const *methods, const char *allow,
@@ -221,6 +261,12 @@ static int http_route(struct mg_connection *conn, const char *path,
 			return 1;
 	*status = http_error(conn, 405, "method not allowed", allow, NULL);
 	return 0;
+}
+
+int jwks_http__route(struct mg_connection *conn, const char *path,
+		     const char *const *methods, const char *allow, int *status)
+{
+	return http_route(conn, path, methods, allow, status);
 }
 
 /* Map a service error to a status and a fixed message. */
@@ -543,6 +589,7 @@ static int http_auth(struct mg_connection *conn, void *cbdata)
 	size_t len;
 	int status, rc;
 
+	http_note.route = JWKS_ROUTE_AUTH;
 	if (!http_route(conn, HTTP_AUTH_PATH, methods, "POST", &status))
 		return status;
 	query = mg_get_request_info(conn)->query_string;
@@ -555,6 +602,7 @@ static int http_auth(struct mg_connection *conn, void *cbdata)
 		return http_error(conn, 400, "algorithm not available", NULL,
 				  NULL);
 	req.alg = rc > 0 ? alg : NULL;
+	req.kid_out = &http_note.kid;
 	if (r->acct) {
 		status = http_auth_login(conn, r->acct, &req, &who, &creds);
 		explicit_bzero(&creds, sizeof(creds));
@@ -634,6 +682,7 @@ static int http_register(struct mg_connection *conn, void *cbdata)
 	long len;
 	int status, rc;
 
+	http_note.route = JWKS_ROUTE_REGISTER;
 	if (!http_route(conn, HTTP_REGISTER_PATH, methods, "POST", &status))
 		return status;
 	http_client(conn, r->acct, client, sizeof(client));
@@ -709,6 +758,7 @@ static int http_jwks(struct mg_connection *conn, void *cbdata)
 	static const char *const methods[] = {"GET", "HEAD", NULL};
 	int status;
 
+	http_note.route = JWKS_ROUTE_JWKS;
 	if (!http_route(conn, HTTP_JWKS_PATH, methods, "GET, HEAD", &status))
 		return status;
 	status = jwks_service_jwks(
@@ -729,6 +779,7 @@ static int http_metadata(struct mg_connection *conn, void *cbdata)
 	const char *uri = mg_get_request_info(conn)->local_uri;
 	int status;
 
+	http_note.route = JWKS_ROUTE_DISCOVERY;
 	if (!http_route(conn,
 			uri && !strcmp(uri, HTTP_OAUTH_PATH) ? HTTP_OAUTH_PATH
 							     : HTTP_OIDC_PATH,
@@ -742,6 +793,49 @@ static int http_metadata(struct mg_connection *conn, void *cbdata)
 	if (status < 0)
 		return http_service_error(conn, status, NULL);
 	return status;
+}
+
+/* GET or HEAD /healthz: the process serves. No store, no keys. */
+static int http_healthz(struct mg_connection *conn, void *cbdata)
+{
+	static const char *const methods[] = {"GET", "HEAD", NULL};
+	static const char body[] = "{\"status\":\"ok\"}";
+	int status;
+
+	(void)cbdata;
+	http_note.route = JWKS_ROUTE_HEALTHZ;
+	if (!http_route(conn, HTTP_HEALTHZ_PATH, methods, "GET, HEAD", &status))
+		return status;
+	return http_send(conn, 200, "no-store", NULL, body, sizeof(body) - 1);
+}
+
+/*
+ * GET or HEAD /readyz: 200 when every algorithm can sign and the store
+ * answered recently, else 503 with the reason (from memory: a probe never
+ * waits on the store).
+ */
+static int http_readyz(struct mg_connection *conn, void *cbdata)
+{
+	static const char *const methods[] = {"GET", "HEAD", NULL};
+	const struct jwks_http_routes *r = cbdata;
+	const char *why;
+	char body[96];
+	int status, n;
+
+	http_note.route = JWKS_ROUTE_READYZ;
+	if (!http_route(conn, HTTP_READYZ_PATH, methods, "GET, HEAD", &status))
+		return status;
+	if (jwks_service_ready(r->svc,
+			       r->ready_max_stale_ms > 0 ? r->ready_max_stale_ms
+							 : 10000,
+			       &why)) {
+		n = snprintf(body, sizeof(body), "{\"status\":\"ready\"}");
+		return http_send(conn, 200, "no-store", NULL, body, (size_t)n);
+	}
+	/* why is one of the service's fixed reasons. */
+	n = snprintf(body, sizeof(body),
+		     "{\"status\":\"not ready\",\"reason\":\"%s\"}", why);
+	return http_send(conn, 503, "no-store", NULL, body, (size_t)n);
 }
 
 /* The routes decide for themselves: POST /auth is an open issuer. */
@@ -879,6 +973,8 @@ void jwks_http_register(struct mg_context *ctx,
 	if (routes->acct)
 		mg_set_request_handler(ctx, HTTP_REGISTER_PATH, http_register,
 				       data);
+	mg_set_request_handler(ctx, HTTP_HEALTHZ_PATH, http_healthz, data);
+	mg_set_request_handler(ctx, HTTP_READYZ_PATH, http_readyz, data);
 	if (catch_all) {
 		mg_set_request_handler(ctx, "/", http_catch_all, NULL);
 		/*

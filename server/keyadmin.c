@@ -2,6 +2,7 @@
  * Key administration: see include/keyadmin.h. Every change is one
  * ks_write() transaction that re-reads what it changes.
  */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -564,4 +565,25 @@ int ka_list_keys(struct ks_store *store, const struct kek *kek, ka_key_fn fn,
 		rc = fn(&ctx.v[i], arg);
 	free(ctx.v);
 	return rc;
+}
+
+json_t *ka_key_json(const struct ka_key_info *info, int64_t now)
+{
+	const struct lc_key *k = &info->key;
+	json_t *o;
+
+	o = json_pack("{sIsssssIsIsIsIsb}", "kid", (json_int_t)k->kid, "alg",
+		      info->alg ? info->alg : "?", "state",
+		      lc_state_name(lc_state_at(k, now)), "created",
+		      (json_int_t)(k->has_life ? k->life.created : 0),
+		      "activate_at", (json_int_t)lc_activate_at(k), "retire_at",
+		      (json_int_t)lc_retire_at(k), "exp", (json_int_t)k->exp,
+		      "encrypted", info->sealed);
+	if (o && k->has_life && k->life.revoked_at != KS_NEVER &&
+	    json_object_set_new(o, "revoked_at",
+				json_integer(k->life.revoked_at))) {
+		json_decref(o);
+		o = NULL;
+	}
+	return o;
 }

@@ -230,17 +230,8 @@ static int keys_list_one(const struct ka_key_info *info, void *arg)
 		       t[2], t[3], info->sealed ? "yes" : "no");
 		return 0;
 	}
-	o = json_pack("{sIsssssIsIsIsIsb}", "kid", (json_int_t)k->kid, "alg",
-		      info->alg ? info->alg : "?", "state", state, "created",
-		      (json_int_t)(k->has_life ? k->life.created : 0),
-		      "activate_at", (json_int_t)lc_activate_at(k), "retire_at",
-		      (json_int_t)lc_retire_at(k), "exp", (json_int_t)k->exp,
-		      "encrypted", info->sealed);
+	o = ka_key_json(info, ctx->now);
 	if (!o || json_array_append_new(ctx->arr, o))
-		return KS_ENOMEM;
-	if (k->has_life && k->life.revoked_at != KS_NEVER &&
-	    json_object_set_new(o, "revoked_at",
-				json_integer(k->life.revoked_at)))
 		return KS_ENOMEM;
 	return 0;
 }

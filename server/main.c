@@ -20,11 +20,13 @@
 #include <unistd.h>
 
 #include "accounts.h"
+#include "admin.h"
 #include "cli.h"
 #include "jose.h"
 #include "keys_cmd.h"
 #include "keystore.h"
 #include "lifecycle.h"
+#include "metrics.h"
 #include "service.h"
 #include "signer.h"
 #include "users_cmd.h"
@@ -35,6 +37,9 @@
 
 struct main_config {
 	const char *listen;
+	const char *admin_listen;
+	char admin_text[80];
+	long long stale_after;
 	const char *db;
 	const char *backend;
 	const char *pg_schema;
@@ -78,7 +83,8 @@ static const char main_usage_text[] =
 	"             [--login open|required] [--argon2 m=KIB,t=N,p=N]\n"
 	"             [--auth-rate N] [--register-rate N] [--trust-proxy "
 	"CIDR]...\n"
-	"             [--auth-log-days N] [--help] [--version]\n"
+	"             [--auth-log-days N] [--admin-listen [ADDR:]PORT]\n"
+	"             [--stale-after SECONDS] [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
 	"                  [--with-auth-log] [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
@@ -147,6 +153,13 @@ static const char main_usage_text[] =
 	"                         repeat for several (default: none)\n"
 	"  --auth-log-days N      keep auth-log entries N days (default 90;\n"
 	"                         0: forever)\n"
+	"  --admin-listen [ADDR:]PORT\n"
+	"                         serve /metrics, /keys.json and the key\n"
+	"                         timeline page on a second listener\n"
+	"                         (ADDR 127.0.0.1 when omitted; default: "
+	"off)\n"
+	"  --stale-after SECONDS  /readyz answers 503 once the store has not\n"
+	"                         answered for this long (default 10)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry, and\n"
@@ -271,6 +284,8 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"register-rate", required_argument, NULL, 'g'},
 		{"trust-proxy", required_argument, NULL, 'x'},
 		{"auth-log-days", required_argument, NULL, 'D'},
+		{"admin-listen", required_argument, NULL, 'S'},
+		{"stale-after", required_argument, NULL, 'Z'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -436,6 +451,27 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage(
 					"invalid --auth-log-days '%s'", optarg);
 			break;
+		case 'S':
+			if (strchr(optarg, ':'))
+				snprintf(cfg->admin_text,
+					 sizeof(cfg->admin_text), "%s", optarg);
+			else
+				snprintf(cfg->admin_text,
+					 sizeof(cfg->admin_text),
+					 "127.0.0.1:%s", optarg);
+			if (strlen(optarg) >= sizeof(cfg->admin_text) - 10 ||
+			    !main_valid_listen(cfg->admin_text))
+				return main_bad_usage("invalid --admin-listen "
+						      "'%s': want [ADDR:]PORT",
+						      optarg);
+			cfg->admin_listen = cfg->admin_text;
+			break;
+		case 'Z':
+			if (cli_parse_duration(optarg, 1, CLI_MAX_TTL,
+					       &cfg->stale_after))
+				return main_bad_usage(
+					"invalid --stale-after '%s'", optarg);
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -511,10 +547,23 @@ static void main_connection_close(const struct mg_connection *conn)
 	atomic_fetch_sub(&main_connections, 1);
 }
 
+/* When this worker thread's current request began (CLOCK_MONOTONIC, us). */
+static _Thread_local uint64_t main_request_start_us;
+
+static uint64_t main_mono_us(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
+}
+
 static int main_begin_request(struct mg_connection *conn)
 {
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
+	if (jwks_metrics_enabled())
+		main_request_start_us = main_mono_us();
 	atomic_fetch_add(&main_in_flight, 1);
 	main_wait_for_routes();
 	if (atomic_load(&main_draining))
@@ -531,11 +580,42 @@ static int main_http_error(struct mg_connection *conn, int status,
 	return jwks_http_error_page(conn, status);
 }
 
+/* Count the request just answered (the public and the admin listener). */
+static void main_observe(int status)
+{
+	struct jwks_http_note note;
+
+	jwks_http_last_note(&note);
+	if (jwks_metrics_enabled())
+		jwks_metrics_observe(note.route, status,
+				     main_mono_us() - main_request_start_us);
+}
+
 static void main_end_request(const struct mg_connection *conn, int status)
 {
 	(void)conn;
-	(void)status;
+	main_observe(status);
 	atomic_fetch_sub(&main_in_flight, 1);
+}
+
+/* Set once the admin routes are registered: as main_routes_ready. */
+static atomic_int main_admin_ready;
+
+static int main_admin_begin_request(struct mg_connection *conn)
+{
+	const struct timespec pause = {0, 1000000L};
+	int waited_ms = 0;
+
+	main_request_start_us = main_mono_us();
+	while (!atomic_load(&main_admin_ready) && waited_ms++ < 10000)
+		nanosleep(&pause, NULL);
+	return jwks_http_screen(conn, 0);
+}
+
+static void main_admin_end_request(const struct mg_connection *conn, int status)
+{
+	(void)conn;
+	main_observe(status);
 }
 
 /*
@@ -614,6 +694,63 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 	}
 	jwks_http_register(ctx, routes, 1);
 	atomic_store(&main_routes_ready, 1);
+	return ctx;
+}
+
+/*
+ * The admin listener: a context of its own with a few threads, so that a
+ * scrape never takes a worker from the public routes.
+ */
+static struct mg_context *
+main_start_admin(struct main_config *cfg,
+		 const struct jwks_metrics_sources *metrics)
+{
+	char errtext[256] = "";
+	unsigned errcode = 0;
+	struct mg_callbacks callbacks;
+	struct mg_error_data error = {&errcode, errtext, sizeof(errtext)};
+	struct mg_init_data init = {&callbacks, (void *)cfg, NULL};
+	struct mg_context *ctx;
+	const char *options[] = {
+		"listening_ports",
+		cfg->admin_listen,
+		"num_threads",
+		"4",
+		"request_timeout_ms",
+		cfg->timeout_text,
+		"keep_alive_timeout_ms",
+		cfg->timeout_text,
+		"max_request_size",
+		"16384",
+		"decode_url",
+		"no",
+		"enable_keep_alive",
+		"yes",
+		"access_control_allow_origin",
+		"",
+		NULL,
+	};
+
+	memset(&callbacks, 0, sizeof(callbacks));
+	callbacks.log_message = main_civetweb_log;
+	callbacks.begin_request = main_admin_begin_request;
+	callbacks.end_request = main_admin_end_request;
+	callbacks.http_error = main_http_error;
+	init.configuration_options = options;
+	ctx = mg_start2(&init, &error);
+	if (!ctx) {
+		fprintf(stderr,
+			"jwksd: cannot listen on '%s' (admin): %s (%u)\n",
+			cfg->admin_listen,
+			errtext[0] ? errtext : "unknown error", errcode);
+		return NULL;
+	}
+	if (jwks_admin_register(ctx, metrics)) {
+		fprintf(stderr, "jwksd: cannot set up the admin routes\n");
+		mg_stop(ctx);
+		return NULL;
+	}
+	atomic_store(&main_admin_ready, 1);
 	return ctx;
 }
 
@@ -815,20 +952,22 @@ int main(int argc, char **argv)
 		.auth_log_days = 90,
 		.auth_rate = 10,
 		.register_rate = 5,
+		.stale_after = 10,
 	};
 	struct jwks_accounts_options aopts = JWKS_ACCOUNTS_OPTIONS_INIT;
 	struct jwks_accounts *acct = NULL;
-	struct jwks_http_routes routes = {NULL, NULL};
+	struct jwks_http_routes routes = {NULL, NULL, 0};
 	struct jwks_service_options sopts = JWKS_SERVICE_OPTIONS_INIT;
 	const struct ks_backend *be;
 	struct jwks_service *svc = NULL;
 	struct ks_store *store = NULL;
 	struct kek *kek = NULL;
-	struct mg_context *ctx = NULL;
+	struct mg_context *ctx = NULL, *admin = NULL;
+	struct jwks_metrics_sources metrics = {NULL, NULL, NULL, NULL, NULL, 0};
 	struct ks_err e = {{0}};
 	const char *path;
 	char shown[512];
-	char address[128], algs[64];
+	char address[128], admin_address[128] = "", algs[64];
 	size_t nkeys = 0;
 	sigset_t sigs;
 	int rc, sig, status = 1, library = 0;
@@ -899,13 +1038,27 @@ int main(int argc, char **argv)
 	}
 	routes.svc = svc;
 	routes.acct = acct;
+	routes.ready_max_stale_ms = cfg.stale_after * 1000;
+	metrics.svc = svc;
+	metrics.acct = acct;
+	metrics.version = JWKSD_VERSION;
+	metrics.ready_max_stale_ms = routes.ready_max_stale_ms;
 
 	/* Listen at once; requests wait until the first keys are ready. */
 	mg_init_library(0);
 	library = 1;
+	if (cfg.admin_listen)
+		jwks_metrics_enable();
 	ctx = main_start_http(&cfg, &routes);
 	if (!ctx)
 		goto out;
+	if (cfg.admin_listen) {
+		admin = main_start_admin(&cfg, &metrics);
+		if (!admin)
+			goto out;
+		main_bound_address(admin, cfg.admin_listen, admin_address,
+				   sizeof(admin_address));
+	}
 	rc = jwks_service_start(svc, &nkeys, &e);
 	if (rc) {
 		fprintf(stderr, "jwksd: cannot prepare keys in '%s': %s (%s)\n",
@@ -915,10 +1068,10 @@ int main(int argc, char **argv)
 	main_bound_address(ctx, cfg.listen, address, sizeof(address));
 	fprintf(stderr,
 		"jwksd: listening on %s, backend %s, store '%s', %zu keys, "
-		"signing %s\n",
+		"signing %s%s%s\n",
 		address, ks_backend_name(be), shown, nkeys,
-		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs))
-			    : "RS256");
+		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs)) : "RS256",
+		admin_address[0] ? ", admin on " : "", admin_address);
 
 	while (sigwait(&sigs, &sig) != 0)
 		;
@@ -927,6 +1080,8 @@ int main(int argc, char **argv)
 	main_drain(10000);
 	status = 0;
 out:
+	if (admin)
+		main_stop_http(admin, cfg.admin_listen);
 	if (ctx)
 		main_stop_http(ctx, cfg.listen);
 	jwks_accounts_free(acct);

@@ -44,6 +44,7 @@ struct svc_key {
 	int has_life;
 	struct ks_life life;
 	struct signer_key *key;
+	int sealed;	  /* its blob is sealed under the kek */
 	char *header_b64; /* b64url of the JWS header, ready to sign */
 	size_t header_len;
 };
@@ -71,6 +72,13 @@ struct svc_snapshot {
 struct svc_kid_alg {
 	int64_t kid;
 	const char *alg; /* static storage of the signer */
+};
+
+/* Every record of one listing, in kid order, as ka_list_keys() shows it. */
+struct svc_sched {
+	atomic_uint refs;
+	size_t n;
+	struct ka_key_info keys[];
 };
 
 struct jwks_service {
@@ -117,6 +125,17 @@ struct jwks_service {
 	int last_fault;		/* the last background failure logged */
 	int64_t last_fault_log; /* and when */
 	int store_down;		/* the store failed; logged once */
+
+	/*
+	 * What operators see (read without work_lock): every record of the
+	 * last listing with its state inputs, swapped under sched_lock; when
+	 * the store last answered; counters.
+	 */
+	pthread_mutex_t sched_lock;
+	struct svc_sched *sched;
+	atomic_int_fast64_t last_sync_ms; /* CLOCK_MONOTONIC, 0: never */
+	atomic_uint_fast64_t tokens[JWKS_MAX_ALGS];
+	atomic_uint_fast64_t store_errors[JWKS_STORE_OPS];
 
 	pthread_mutex_t stop_lock;
 	pthread_cond_t stop_cond;
@@ -327,7 +346,10 @@ static int svc_load_record(struct jwks_service *svc,
 			svc_foreign(svc, rec->kid);
 		return rc;
 	}
-	return svc_key_new(svc, out, rec->kid, rec->exp, key);
+	rc = svc_key_new(svc, out, rec->kid, rec->exp, key);
+	if (!rc)
+		(*out)->sealed = kek_is_sealed(rec->blob, rec->blob_len);
+	return rc;
 }
 
 /* Drop the keys a snapshot references and its body (not s itself). */
@@ -670,6 +692,12 @@ static int svc_grow(void **v, size_t *cap, size_t n, size_t sz)
 	return 0;
 }
 
+/* Every record of a listing: what the schedule shows of it. */
+struct svc_rec {
+	int64_t kid, exp;
+	int sealed;
+};
+
 /*
  * One listing of the store, read by the background work: the unexpired
  * keys (parsed, referenced) with their exp, the expired records' kids and
@@ -685,6 +713,8 @@ struct svc_listing {
 	size_t n_expired, cap_expired;
 	struct ks_life *life;
 	size_t n_life, cap_life;
+	struct svc_rec *recs; /* every record, in listing (kid) order */
+	size_t n_recs, cap_recs;
 };
 
 static void svc_listing_release(struct svc_listing *l)
@@ -697,6 +727,7 @@ static void svc_listing_release(struct svc_listing *l)
 	free(l->exp);
 	free(l->expired);
 	free(l->life);
+	free(l->recs);
 }
 
 static int svc_list_one(const struct ks_record *rec, void *arg)
@@ -706,6 +737,11 @@ static int svc_list_one(const struct ks_record *rec, void *arg)
 	struct svc_key *k;
 	int rc;
 
+	if (svc_grow((void **)&l->recs, &l->cap_recs, l->n_recs,
+		     sizeof(*l->recs)))
+		return KS_ENOMEM;
+	l->recs[l->n_recs++] = (struct svc_rec){
+		rec->kid, rec->exp, kek_is_sealed(rec->blob, rec->blob_len)};
 	if (rec->exp <= l->now) {
 		if (svc_grow((void **)&l->expired, &l->cap_expired,
 			     l->n_expired, sizeof(*l->expired)))
@@ -804,7 +840,7 @@ static int svc_listing_expired(struct svc_listing *l,
 {
 	struct jwks_service *svc = l->svc;
 	struct svc_kid_alg *known = NULL;
-	size_t i, n = 0, n_known = 0, filled = 0;
+	size_t i, n_known = 0, filled = 0;
 	int rc = 0;
 
 	memset(out, 0, JWKS_MAX_ALGS * sizeof(*out));
@@ -812,18 +848,18 @@ static int svc_listing_expired(struct svc_listing *l,
 	known = calloc(l->n_expired ? l->n_expired : 1, sizeof(*known));
 	if (!known)
 		return KS_ENOMEM;
-	/* A revoked key never signs again, ?expired=true included. */
-	for (i = 0; i < l->n_expired; i++) {
-		const struct ks_life *life =
-			svc_listing_life(l, l->expired[i].kid);
-
-		if (!life || life->revoked_at == KS_NEVER)
-			l->expired[n++] = l->expired[i];
-	}
-	if (n)
-		qsort(l->expired, n, sizeof(*l->expired), svc_cmp_expired);
-	for (i = 0; !rc && i < n; i++) {
+	if (l->n_expired)
+		qsort(l->expired, l->n_expired, sizeof(*l->expired),
+		      svc_cmp_expired);
+	/*
+	 * Every expired record's algorithm is learnt once (operators see it
+	 * in the schedule); a revoked key never signs again, ?expired=true
+	 * included.
+	 */
+	for (i = 0; !rc && i < l->n_expired; i++) {
 		const struct svc_kid_exp *c = &l->expired[i];
+		const struct ks_life *life = svc_listing_life(l, c->kid);
+		int usable = !life || life->revoked_at == KS_NEVER;
 		const char *alg = svc_known_alg(svc, c->kid);
 		struct svc_key *k = NULL;
 		struct ks_record rec = {0};
@@ -833,7 +869,7 @@ static int svc_listing_expired(struct svc_listing *l,
 			known[n_known].kid = c->kid;
 			known[n_known++].alg = alg;
 		}
-		if (filled == svc->n_algs || (alg && !*alg))
+		if (alg && (!*alg || !usable || filled == svc->n_algs))
 			continue;
 		a = svc_alg_index(svc, alg);
 		if (alg && (a < 0 || out[a]))
@@ -867,7 +903,7 @@ static int svc_listing_expired(struct svc_listing *l,
 			known[n_known].kid = c->kid;
 			known[n_known++].alg = signer_key_alg(k->key);
 		}
-		if (k->alg_ix >= 0 && !out[k->alg_ix]) {
+		if (usable && k->alg_ix >= 0 && !out[k->alg_ix]) {
 			out[k->alg_ix] = k;
 			exp_out[k->alg_ix] = c->exp;
 			filled++;
@@ -888,6 +924,53 @@ static int svc_listing_expired(struct svc_listing *l,
 	svc->expired_algs = known;
 	svc->n_expired_algs = n_known;
 	return 0;
+}
+
+static void svc_sched_release(struct svc_sched *sc)
+{
+	if (sc && atomic_fetch_sub(&sc->refs, 1) == 1)
+		free(sc);
+}
+
+/*
+ * Publish the schedule of listing l (work_lock held, after the swap: the
+ * algorithms come from the keys now in memory). Without memory the old
+ * schedule stays.
+ */
+static void svc_publish_sched(struct jwks_service *svc,
+			      const struct svc_listing *l)
+{
+	struct svc_sched *sc, *old;
+	size_t i;
+
+	sc = malloc(sizeof(*sc) +
+		    (l->n_recs ? l->n_recs : 1) * sizeof(sc->keys[0]));
+	if (!sc)
+		return;
+	atomic_init(&sc->refs, 1);
+	sc->n = l->n_recs;
+	for (i = 0; i < l->n_recs; i++) {
+		const struct svc_rec *r = &l->recs[i];
+		const struct ks_life *life = svc_listing_life(l, r->kid);
+		const char *alg = svc_known_alg(svc, r->kid);
+		struct ka_key_info *info = &sc->keys[i];
+
+		memset(info, 0, sizeof(*info));
+		info->key.kid = r->kid;
+		info->key.exp = r->exp;
+		info->key.has_life = life != NULL;
+		if (life)
+			info->key.life = *life;
+		info->key.usable = alg && *alg;
+		info->sealed = r->sealed;
+		info->alg = alg && *alg ? alg : NULL;
+	}
+	qsort(sc->keys, sc->n, sizeof(sc->keys[0]), ks_kid_cmp);
+	pthread_mutex_lock(&svc->sched_lock);
+	old = svc->sched;
+	svc->sched = sc;
+	pthread_mutex_unlock(&svc->sched_lock);
+	svc_sched_release(old);
 }
 
 /*
@@ -960,6 +1043,7 @@ static int svc_reload(struct jwks_service *svc, int64_t now, struct ks_err *err)
 	free(old_keys);
 	for (i = 0; i < JWKS_MAX_ALGS; i++)
 		svc_key_unref(old_expired[i]);
+	svc_publish_sched(svc, &l);
 	l.keys = NULL;
 	l.n = 0;
 	svc_listing_release(&l);
@@ -1084,6 +1168,7 @@ int jwks_service_new(struct jwks_service **out, struct ks_store *store,
 		return rc;
 	}
 	pthread_mutex_init(&svc->snap_lock, NULL);
+	pthread_mutex_init(&svc->sched_lock, NULL);
 	svc_cond_init(&svc->ready_cond);
 	pthread_mutex_init(&svc->build_lock, NULL);
 	pthread_mutex_init(&svc->work_lock, NULL);
@@ -1181,6 +1266,8 @@ static int svc_rotate(struct jwks_service *svc, const struct signer_key *key,
 		rc = svc_reload(svc, now, err);
 	return rc;
 }
+
+static int64_t svc_mono_ms(void);
 
 static int svc_count_one(const struct ks_record *rec, void *arg)
 {
@@ -1287,6 +1374,7 @@ int jwks_service_start(struct jwks_service *svc, size_t *key_count_out,
 	rc = svc_reload_publish(svc, now, err);
 	if (rc)
 		goto out;
+	atomic_store(&svc->last_sync_ms, svc_mono_ms());
 	if (!pthread_create(&svc->thread, NULL, svc_thread_main, svc))
 		svc->thread_started = 1;
 	else
@@ -1366,8 +1454,15 @@ void jwks_service_tick(struct jwks_service *svc)
 		rc = svc_reload(svc, now, &e);
 	}
 	svc_fault(svc, now, what, rc, &e);
-	if (rc)
+	if (rc) {
+		atomic_fetch_add(
+			&svc->store_errors[what[0] == 'c' ? JWKS_STORE_OP_CHECK
+							  : JWKS_STORE_OP_LIST],
+			1);
 		svc_refresh(svc, now);
+	} else {
+		atomic_store(&svc->last_sync_ms, svc_mono_ms());
+	}
 	for (a = 0; !rc && now >= svc->next_keygen_try && !svc->foreign_kid &&
 		    a < svc->n_algs;
 	     a++) {
@@ -1396,6 +1491,8 @@ void jwks_service_tick(struct jwks_service *svc)
 				now +
 				(rc == KS_EBUSY || rc == KS_EUNAVAIL ? 1 : 5);
 			svc_fault(svc, now, "adding a new key", rc, &e);
+			atomic_fetch_add(
+				&svc->store_errors[JWKS_STORE_OP_WRITE], 1);
 		}
 		pthread_mutex_unlock(&svc->work_lock);
 		signer_key_free(key);
@@ -1480,6 +1577,7 @@ void jwks_service_free(struct jwks_service *svc)
 		pthread_join(svc->thread, NULL);
 	}
 	svc_snapshot_release(svc->cur);
+	svc_sched_release(svc->sched);
 	for (i = 0; i < svc->n_keys; i++)
 		svc_key_unref(svc->keys[i]);
 	free(svc->keys);
@@ -1490,6 +1588,7 @@ void jwks_service_free(struct jwks_service *svc)
 	free(svc->fixed_claims);
 	free(svc->metadata);
 	pthread_mutex_destroy(&svc->snap_lock);
+	pthread_mutex_destroy(&svc->sched_lock);
 	pthread_cond_destroy(&svc->ready_cond);
 	pthread_mutex_destroy(&svc->build_lock);
 	pthread_mutex_destroy(&svc->work_lock);
@@ -1636,6 +1735,11 @@ int jwks_service_issue(struct jwks_service *svc,
 	if (rc)
 		ks_err_set(err, rc, "signing with key %" PRId64 " failed",
 			   k->kid);
+	else
+		atomic_fetch_add_explicit(&svc->tokens[a], 1,
+					  memory_order_relaxed);
+	if (!rc && req->kid_out)
+		*req->kid_out = k->kid;
 	svc_snapshot_release(s);
 	return rc;
 }
@@ -1678,4 +1782,111 @@ int jwks_service_jwks(struct jwks_service *svc, jwks_doc_fn fn, void *arg)
 	rc = fn(&doc, arg);
 	svc_snapshot_release(s);
 	return rc;
+}
+
+/* The current schedule with a reference held, or NULL. */
+static struct svc_sched *svc_sched_acquire(struct jwks_service *svc)
+{
+	struct svc_sched *sc;
+
+	pthread_mutex_lock(&svc->sched_lock);
+	sc = svc->sched;
+	if (sc)
+		atomic_fetch_add(&sc->refs, 1);
+	pthread_mutex_unlock(&svc->sched_lock);
+	return sc;
+}
+
+const char *jwks_service_store_op_name(int op)
+{
+	static const char *const names[JWKS_STORE_OPS] = {"check", "list",
+							  "write"};
+
+	return op >= 0 && op < JWKS_STORE_OPS ? names[op] : "?";
+}
+
+int jwks_service_stats(struct jwks_service *svc, struct jwks_service_stats *out)
+{
+	struct svc_snapshot *s = NULL;
+	struct svc_sched *sc;
+	int64_t synced;
+	size_t i;
+
+	if (!svc || !out)
+		return KS_EINVAL;
+	memset(out, 0, sizeof(*out));
+	out->now = svc_now(svc);
+	out->next_change = INT64_MAX;
+	out->n_algs = svc->n_algs;
+	pthread_mutex_lock(&svc->snap_lock);
+	s = svc->cur;
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	pthread_mutex_unlock(&svc->snap_lock);
+	for (i = 0; i < svc->n_algs; i++) {
+		out->algs[i] = svc->algs[i];
+		out->tokens[i] = atomic_load_explicit(&svc->tokens[i],
+						      memory_order_relaxed);
+		out->can_sign[i] =
+			s && s->signing[i] && s->sign_cap[i] > out->now;
+	}
+	svc_snapshot_release(s);
+	for (i = 0; i < JWKS_STORE_OPS; i++)
+		out->store_errors[i] = atomic_load(&svc->store_errors[i]);
+	synced = atomic_load(&svc->last_sync_ms);
+	out->sync_age_ms = synced ? svc_mono_ms() - synced : -1;
+	sc = svc_sched_acquire(svc);
+	for (i = 0; sc && i < sc->n; i++) {
+		const struct lc_key *k = &sc->keys[i].key;
+		enum lc_state st = lc_state_at(k, out->now);
+
+		out->keys[st]++;
+		if (st == LC_REVOKED || st == LC_EXPIRED)
+			continue;
+		svc_earliest(&out->next_change, lc_activate_at(k), out->now);
+		svc_earliest(&out->next_change, lc_retire_at(k), out->now);
+		svc_earliest(&out->next_change, k->exp, out->now);
+	}
+	svc_sched_release(sc);
+	return 0;
+}
+
+int jwks_service_ready(struct jwks_service *svc, int64_t max_stale_ms,
+		       const char **why)
+{
+	struct jwks_service_stats st;
+	size_t i;
+
+	*why = NULL;
+	if (jwks_service_stats(svc, &st))
+		*why = "internal error";
+	else if (st.sync_age_ms < 0)
+		*why = "starting";
+	else if (st.sync_age_ms > max_stale_ms)
+		*why = "key store unreachable";
+	for (i = 0; !*why && i < st.n_algs; i++)
+		if (!st.can_sign[i])
+			*why = "no signing key";
+	return *why == NULL;
+}
+
+char *jwks_service_keys_json(struct jwks_service *svc, size_t *len_out)
+{
+	struct svc_sched *sc = svc_sched_acquire(svc);
+	json_t *arr = json_array();
+	int64_t now = svc_now(svc);
+	char *text = NULL;
+	size_t i;
+
+	for (i = 0; sc && arr && i < sc->n; i++)
+		if (json_array_append_new(arr, ka_key_json(&sc->keys[i], now)))
+			goto out;
+	if (arr)
+		text = json_dumps(arr, JSON_INDENT(2));
+	if (text && len_out)
+		*len_out = strlen(text);
+out:
+	json_decref(arr);
+	svc_sched_release(sc);
+	return text;
 }
