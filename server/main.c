@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "accounts.h"
 #include "admin.h"
 #include "cli.h"
@@ -39,6 +40,7 @@ struct main_config {
 	const char *listen;
 	const char *admin_listen;
 	char admin_text[80];
+	const char *access_log;
 	long long stale_after;
 	const char *db;
 	const char *backend;
@@ -160,6 +162,9 @@ static const char main_usage_text[] =
 	"off)\n"
 	"  --stale-after SECONDS  /readyz answers 503 once the store has not\n"
 	"                         answered for this long (default 10)\n"
+	"  --access-log PATH      one JSON line per request of the public\n"
+	"                         listener, appended to PATH (- for stderr;\n"
+	"                         reopened on SIGHUP; default: none)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry, and\n"
@@ -286,6 +291,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"auth-log-days", required_argument, NULL, 'D'},
 		{"admin-listen", required_argument, NULL, 'S'},
 		{"stale-after", required_argument, NULL, 'Z'},
+		{"access-log", required_argument, NULL, 'O'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -472,6 +478,11 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage(
 					"invalid --stale-after '%s'", optarg);
 			break;
+		case 'O':
+			if (!*optarg)
+				return main_bad_usage("empty --access-log");
+			cfg->access_log = optarg;
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -549,6 +560,11 @@ static void main_connection_close(const struct mg_connection *conn)
 
 /* When this worker thread's current request began (CLOCK_MONOTONIC, us). */
 static _Thread_local uint64_t main_request_start_us;
+/* The same instant on the wall clock (CLOCK_REALTIME, us), for the log. */
+static _Thread_local int64_t main_request_wall_us;
+
+/* The access log (--access-log), or NULL. */
+static struct jwks_access_log *main_access_log;
 
 static uint64_t main_mono_us(void)
 {
@@ -562,8 +578,14 @@ static int main_begin_request(struct mg_connection *conn)
 {
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
-	if (jwks_metrics_enabled())
+	if (jwks_metrics_enabled() || main_access_log) {
+		struct timespec wall;
+
 		main_request_start_us = main_mono_us();
+		clock_gettime(CLOCK_REALTIME, &wall);
+		main_request_wall_us =
+			(int64_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+	}
 	atomic_fetch_add(&main_in_flight, 1);
 	main_wait_for_routes();
 	if (atomic_load(&main_draining))
@@ -580,21 +602,42 @@ static int main_http_error(struct mg_connection *conn, int status,
 	return jwks_http_error_page(conn, status);
 }
 
-/* Count the request just answered (the public and the admin listener). */
-static void main_observe(int status)
+/*
+ * Count the request just answered (the public and the admin listener);
+ * log it to the access log when log is not NULL.
+ */
+static void main_observe(const struct mg_connection *conn, int status,
+			 struct jwks_access_log *log)
 {
+	const struct mg_request_info *ri;
+	struct jwks_access_entry entry;
 	struct jwks_http_note note;
+	uint64_t took;
 
 	jwks_http_last_note(&note);
+	took = main_mono_us() - main_request_start_us;
 	if (jwks_metrics_enabled())
-		jwks_metrics_observe(note.route, status,
-				     main_mono_us() - main_request_start_us);
+		jwks_metrics_observe(note.route, status, took);
+	if (!log)
+		return;
+	ri = mg_get_request_info(conn);
+	entry = (struct jwks_access_entry){
+		.time_us = main_request_wall_us,
+		.client = ri->remote_addr,
+		.method = ri->request_method,
+		.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri,
+		.query = ri->query_string,
+		.status = status,
+		.bytes = note.bytes,
+		.duration_us = took,
+		.kid = note.kid,
+	};
+	jwks_access_log_write(log, &entry);
 }
 
 static void main_end_request(const struct mg_connection *conn, int status)
 {
-	(void)conn;
-	main_observe(status);
+	main_observe(conn, status, main_access_log);
 	atomic_fetch_sub(&main_in_flight, 1);
 }
 
@@ -614,8 +657,7 @@ static int main_admin_begin_request(struct mg_connection *conn)
 
 static void main_admin_end_request(const struct mg_connection *conn, int status)
 {
-	(void)conn;
-	main_observe(status);
+	main_observe(conn, status, NULL);
 }
 
 /*
@@ -996,14 +1038,26 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+
+	/* Before the store: a bad path is a start error, and nothing else. */
+	if (cfg.access_log) {
+		char why[512];
+
+		if (jwks_access_log_open(&main_access_log, cfg.access_log, 0,
+					 why, sizeof(why))) {
+			fprintf(stderr, "jwksd: access log: %s\n", why);
+			return 1;
+		}
+	}
 
 	path = cfg.db ? cfg.db : ks_backend_default_path(be);
 	/* The store as every message shows it: never with a password. */
 	ks_describe(be, path, shown, sizeof(shown));
 	if (cli_load_kek(cfg.kek_file, &kek))
-		return 1;
+		goto out;
 	if (cli_open_store(&store, be, path, cfg.threads, cfg.lmdb_map_size,
 			   cfg.pg_schema) ||
 	    cli_check_store(store, shown, kek, 1, 1))
@@ -1073,8 +1127,14 @@ int main(int argc, char **argv)
 		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs)) : "RS256",
 		admin_address[0] ? ", admin on " : "", admin_address);
 
-	while (sigwait(&sigs, &sig) != 0)
-		;
+	/* SIGHUP reopens the access log (rotation); SIGINT/TERM stop. */
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig != SIGHUP)
+			break;
+		jwks_access_log_reopen(main_access_log);
+	}
 	fprintf(stderr, "jwksd: %s received, stopping\n",
 		sig == SIGINT ? "SIGINT" : "SIGTERM");
 	main_drain(10000);
@@ -1084,6 +1144,9 @@ out:
 		main_stop_http(admin, cfg.admin_listen);
 	if (ctx)
 		main_stop_http(ctx, cfg.listen);
+	/* After the listeners: no request is left to log. */
+	jwks_access_log_close(main_access_log);
+	main_access_log = NULL;
 	jwks_accounts_free(acct);
 	jwks_service_free(svc);
 	ks_close(store);
