@@ -566,6 +566,9 @@ static _Thread_local int64_t main_request_wall_us;
 /* The access log (--access-log), or NULL. */
 static struct jwks_access_log *main_access_log;
 
+/* Whether this worker thread is between begin_request and end_request. */
+static _Thread_local int main_request_open;
+
 static uint64_t main_mono_us(void)
 {
 	struct timespec t;
@@ -574,18 +577,24 @@ static uint64_t main_mono_us(void)
 	return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
 }
 
+/* Set the start of this thread's request to now. */
+static void main_request_started(void)
+{
+	struct timespec wall;
+
+	main_request_start_us = main_mono_us();
+	clock_gettime(CLOCK_REALTIME, &wall);
+	main_request_wall_us =
+		(int64_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+}
+
 static int main_begin_request(struct mg_connection *conn)
 {
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
-	if (jwks_metrics_enabled() || main_access_log) {
-		struct timespec wall;
-
-		main_request_start_us = main_mono_us();
-		clock_gettime(CLOCK_REALTIME, &wall);
-		main_request_wall_us =
-			(int64_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
-	}
+	main_request_open = 1;
+	if (jwks_metrics_enabled() || main_access_log)
+		main_request_started();
 	atomic_fetch_add(&main_in_flight, 1);
 	main_wait_for_routes();
 	if (atomic_load(&main_draining))
@@ -595,22 +604,71 @@ static int main_begin_request(struct mg_connection *conn)
 	return jwks_http_screen(conn, cfg->max_body);
 }
 
-static int main_http_error(struct mg_connection *conn, int status,
-			   const char *message)
+static int main_admin_http_error(struct mg_connection *conn, int status,
+				 const char *message)
 {
 	(void)message;
 	return jwks_http_error_page(conn, status);
 }
 
 /*
+ * The access log's line of the request this thread answered. parsed 0:
+ * CivetWeb could not parse it, and its request line fields may hold any
+ * part of the request, headers included (credentials): only the client
+ * is logged, with an empty method and path.
+ */
+static void main_log_request(const struct mg_connection *conn, int status,
+			     const struct jwks_http_note *note, uint64_t took,
+			     int parsed)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	struct jwks_access_entry entry = {
+		.time_us = main_request_wall_us,
+		.client = ri ? ri->remote_addr : "",
+		.status = status,
+		.bytes = note->bytes,
+		.duration_us = took,
+		.kid = note->kid,
+	};
+
+	if (ri && parsed) {
+		entry.method = ri->request_method;
+		entry.path =
+			ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+		entry.query = ri->query_string;
+	}
+	jwks_access_log_write(main_access_log, &entry);
+}
+
+/*
+ * CivetWeb's own error answers. For a request it could not parse (a
+ * control byte or a byte over 0x7F in the request line, an unknown HTTP
+ * version) neither begin_request nor end_request runs: the access log
+ * gets the line here.
+ */
+static int main_http_error(struct mg_connection *conn, int status,
+			   const char *message)
+{
+	struct jwks_http_note note;
+	int rc;
+
+	(void)message;
+	if (main_request_open || !main_access_log)
+		return jwks_http_error_page(conn, status);
+	main_request_started();
+	rc = jwks_http_error_page(conn, status);
+	jwks_http_last_note(&note);
+	main_log_request(conn, status, &note,
+			 main_mono_us() - main_request_start_us, 0);
+	return rc;
+}
+
+/*
  * Count the request just answered (the public and the admin listener);
  * log it to the access log when log is not NULL.
  */
-static void main_observe(const struct mg_connection *conn, int status,
-			 struct jwks_access_log *log)
+static void main_observe(const struct mg_connection *conn, int status, int log)
 {
-	const struct mg_request_info *ri;
-	struct jwks_access_entry entry;
 	struct jwks_http_note note;
 	uint64_t took;
 
@@ -618,26 +676,14 @@ static void main_observe(const struct mg_connection *conn, int status,
 	took = main_mono_us() - main_request_start_us;
 	if (jwks_metrics_enabled())
 		jwks_metrics_observe(note.route, status, took);
-	if (!log)
-		return;
-	ri = mg_get_request_info(conn);
-	entry = (struct jwks_access_entry){
-		.time_us = main_request_wall_us,
-		.client = ri->remote_addr,
-		.method = ri->request_method,
-		.path = ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri,
-		.query = ri->query_string,
-		.status = status,
-		.bytes = note.bytes,
-		.duration_us = took,
-		.kid = note.kid,
-	};
-	jwks_access_log_write(log, &entry);
+	if (log && main_access_log)
+		main_log_request(conn, status, &note, took, 1);
 }
 
 static void main_end_request(const struct mg_connection *conn, int status)
 {
-	main_observe(conn, status, main_access_log);
+	main_observe(conn, status, 1);
+	main_request_open = 0;
 	atomic_fetch_sub(&main_in_flight, 1);
 }
 
@@ -657,7 +703,7 @@ static int main_admin_begin_request(struct mg_connection *conn)
 
 static void main_admin_end_request(const struct mg_connection *conn, int status)
 {
-	main_observe(conn, status, NULL);
+	main_observe(conn, status, 0);
 }
 
 /*
@@ -777,7 +823,7 @@ main_start_admin(struct main_config *cfg,
 	callbacks.log_message = main_civetweb_log;
 	callbacks.begin_request = main_admin_begin_request;
 	callbacks.end_request = main_admin_end_request;
-	callbacks.http_error = main_http_error;
+	callbacks.http_error = main_admin_http_error;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
