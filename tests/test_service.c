@@ -12,6 +12,7 @@
 #define _DEFAULT_SOURCE
 
 #include <inttypes.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -935,6 +936,71 @@ static int jwks_count_alg(const char *body, const char *alg)
  * on an empty store, signs only its own tokens, is published in the one
  * JWKS, and rotates on its own schedule.
  */
+/* ka_list_keys() into a JSON array, as `jwksd keys list --json`. */
+struct sched_ctx {
+	int64_t now;
+	json_t *arr;
+};
+
+static int sched_one(const struct ka_key_info *info, void *arg)
+{
+	struct sched_ctx *c = arg;
+
+	return json_array_append_new(c->arr, ka_key_json(info, c->now))
+		       ? KS_ENOMEM
+		       : 0;
+}
+
+/*
+ * What operators see of a running service (its schedule in memory, its
+ * counters) agrees with the store read directly at the same time.
+ */
+static void check_schedule(struct fixture *f, int64_t now, const char *when)
+{
+	struct sched_ctx want = {now, json_array()};
+	struct jwks_service_stats st;
+	size_t len = 0, i, total = 0, states[JWKS_KEY_STATES] = {0};
+	char *text = jwks_service_keys_json(f->svc, &len);
+	json_t *got = text ? json_loads(text, 0, NULL) : NULL, *k;
+	const char *why = NULL;
+
+	CHECK(ka_list_keys(f->store, f->kek, sched_one, &want, NULL) == 0,
+	      "[%s] %s: list", f->be_name, when);
+	CHECK(got && json_equal(got, want.arr) && strlen(text) == len,
+	      "[%s] %s: the schedule in memory is the store's:\n%s", f->be_name,
+	      when, text ? text : "(null)");
+	json_array_foreach(want.arr, i, k)
+	{
+		const char *state =
+			json_string_value(json_object_get(k, "state"));
+		static const char *const names[JWKS_KEY_STATES] = {
+			"pending", "active", "retired", "expired", "revoked"};
+		size_t j;
+
+		for (j = 0; j < JWKS_KEY_STATES; j++)
+			states[j] += state && !strcmp(state, names[j]);
+		CHECK(strcmp(json_string_value(json_object_get(k, "alg")), "?"),
+		      "[%s] %s: every key's algorithm is known", f->be_name,
+		      when);
+	}
+	CHECK(jwks_service_stats(f->svc, &st) == 0, "[%s] stats", f->be_name);
+	for (i = 0; i < JWKS_KEY_STATES; i++) {
+		CHECK_EQ_INT(st.keys[i], states[i],
+			     "[%s] %s: keys in state %zu", f->be_name, when, i);
+		total += st.keys[i];
+	}
+	CHECK_EQ_INT(total, json_array_size(want.arr), "[%s] %s: all keys",
+		     f->be_name, when);
+	CHECK(st.sync_age_ms >= 0 && st.next_change > now &&
+		      st.next_change != INT64_MAX,
+	      "[%s] %s: synced, a change scheduled", f->be_name, when);
+	CHECK(jwks_service_ready(f->svc, 60000, &why) && !why,
+	      "[%s] %s: ready (%s)", f->be_name, when, why ? why : "");
+	free(text);
+	json_decref(got);
+	json_decref(want.arr);
+}
+
 static void test_algorithm_schedules(const struct ks_backend *be)
 {
 	struct jwks_service_options o = policy_options(&rot_policy);
@@ -984,6 +1050,21 @@ static void test_algorithm_schedules(const struct ks_backend *be)
 			      verify_with_store(&f, tok, &key_exp) == 0,
 		      "[%s] %s expired token", f.be_name, all_algs[i]);
 	}
+	check_schedule(&f, t0, "at start");
+	{
+		struct jwks_service_stats st;
+
+		CHECK(jwks_service_stats(f.svc, &st) == 0 && st.n_algs == 4,
+		      "[%s] stats", f.be_name);
+		/* Above: one default, and per algorithm a token and an expired. */
+		for (i = 0; all_algs[i]; i++)
+			CHECK_EQ_INT(st.tokens[i], 2 + (i == 0),
+				     "[%s] %s tokens counted", f.be_name,
+				     all_algs[i]);
+		for (i = 0; all_algs[i]; i++)
+			CHECK(st.can_sign[i], "[%s] %s can sign", f.be_name,
+			      all_algs[i]);
+	}
 	CHECK_EQ_INT(issue_alg(&f, "HS256", 0, tok, &c), KS_EUNSUPPORTED,
 		     "[%s] an algorithm not configured", f.be_name);
 	CHECK_EQ_INT(issue_alg(&f, "es256", 0, tok, &c), KS_EUNSUPPORTED,
@@ -1013,6 +1094,7 @@ static void test_algorithm_schedules(const struct ks_backend *be)
 		      "[%s] %s: the old key signs until it retires", f.be_name,
 		      all_algs[i]);
 	}
+	check_schedule(&f, t0 + 3200, "with successors pending");
 	atomic_store(&fake_now, t0 + 3300);
 	jwks_service_tick(f.svc);
 	for (i = 0; all_algs[i]; i++)
@@ -1021,6 +1103,12 @@ static void test_algorithm_schedules(const struct ks_backend *be)
 			      !strcmp(c.alg, all_algs[i]) &&
 			      verify_with_store(&f, tok, &key_exp) == 0,
 		      "[%s] %s: the successor signs", f.be_name, all_algs[i]);
+	check_schedule(&f, t0 + 3300, "after the hand-over");
+	/* A revoked key shows as revoked, its algorithm known. */
+	CHECK(ka_revoke(f.store, signing[1], t0 + 3300, NULL) == 0,
+	      "[%s] revoke", f.be_name);
+	jwks_service_tick(f.svc);
+	check_schedule(&f, t0 + 3300, "after a revocation");
 	fixture_close(&f);
 }
 
