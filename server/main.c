@@ -567,6 +567,12 @@ static _Thread_local int64_t main_request_wall_us;
 /* The access log (--access-log), or NULL. */
 static struct jwks_access_log *main_access_log;
 
+/* For the metrics: lines the access log dropped. */
+static uint64_t main_access_log_dropped(void *arg)
+{
+	return jwks_access_log_dropped(arg);
+}
+
 /* Whether this worker thread is between begin_request and end_request. */
 static _Thread_local int main_request_open;
 
@@ -1144,6 +1150,10 @@ int main(int argc, char **argv)
 	metrics.acct = acct;
 	metrics.version = JWKSD_VERSION;
 	metrics.ready_max_stale_ms = routes.ready_max_stale_ms;
+	if (main_access_log) {
+		metrics.access_log_dropped = main_access_log_dropped;
+		metrics.access_log_arg = main_access_log;
+	}
 
 	/* Listen at once; requests wait until the first keys are ready. */
 	mg_init_library(0);

@@ -26,7 +26,8 @@ import threading
 import time
 
 from harness import (
-    AUTH_PATH, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK, JwksdTestCase,
+    AUTH_PATH, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK, JwksdTestCase, free_port,
+    http_request,
     parse_raw_response, raw_exchange, run_jwksd, split_jwt,
 )
 
@@ -300,7 +301,9 @@ class AccessLogFifoTests(AccessLogTestCase):
     def test_fifo_nobody_reads(self):
         fifo = self.tmp / "access.fifo"
         os.mkfifo(fifo, 0o600)
-        server = self.start_server("--access-log", fifo)  # start not blocked
+        admin_port = free_port()
+        server = self.start_server("--access-log", fifo,  # start not blocked
+                                   "--admin-listen", str(admin_port))
 
         def client(first):
             statuses = []
@@ -331,6 +334,15 @@ class AccessLogFifoTests(AccessLogTestCase):
         self.assertEqual(len(statuses), self.FLOOD)
         self.assertEqual(set(statuses), {200},
                          "every answer 200 with the log stuck")
+        # The drops are counted in the metrics too (the admin listener's
+        # requests are not logged, so none of them is dropped).
+        metrics = http_request(admin_port, "GET", "/metrics")
+        self.assertEqual(metrics.status, 200, metrics.describe())
+        counted = re.search(rb"^jwksd_access_log_dropped_total (\d+)$",
+                            metrics.body, re.M)
+        self.assertIsNotNone(counted, metrics.body[:2000])
+        self.assertGreater(int(counted.group(1)), 0)
+        self.assertLessEqual(int(counted.group(1)), self.FLOOD)
         # Stopping must not hang on the writer (Server.stop: a hang guard).
         self.stop_server(server)
         err = server.stderr_text()
