@@ -10,6 +10,7 @@
 
 #include "admin.h"
 #include "http_internal.h"
+#include "jwks_http.h"
 #include "service.h"
 #include "signer.h"
 

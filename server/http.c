@@ -17,6 +17,7 @@
 
 #include "accounts.h"
 #include "http_internal.h"
+#include "jwks_http.h"
 #include "service.h"
 #include "signer.h"
 

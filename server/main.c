@@ -19,10 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "accounts.h"
 #include "admin.h"
 #include "cli.h"
 #include "jose.h"
+#include "jwks_http.h"
 #include "keys_cmd.h"
 #include "keystore.h"
 #include "lifecycle.h"
@@ -39,6 +41,7 @@ struct main_config {
 	const char *listen;
 	const char *admin_listen;
 	char admin_text[80];
+	const char *access_log;
 	long long stale_after;
 	const char *db;
 	const char *backend;
@@ -160,6 +163,9 @@ static const char main_usage_text[] =
 	"off)\n"
 	"  --stale-after SECONDS  /readyz answers 503 once the store has not\n"
 	"                         answered for this long (default 10)\n"
+	"  --access-log PATH      one JSON line per request of the public\n"
+	"                         listener, appended to PATH (- for stderr;\n"
+	"                         reopened on SIGHUP; default: none)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry, and\n"
@@ -286,6 +292,7 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"auth-log-days", required_argument, NULL, 'D'},
 		{"admin-listen", required_argument, NULL, 'S'},
 		{"stale-after", required_argument, NULL, 'Z'},
+		{"access-log", required_argument, NULL, 'O'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -472,6 +479,11 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage(
 					"invalid --stale-after '%s'", optarg);
 			break;
+		case 'O':
+			if (!*optarg)
+				return main_bad_usage("empty --access-log");
+			cfg->access_log = optarg;
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -549,6 +561,20 @@ static void main_connection_close(const struct mg_connection *conn)
 
 /* When this worker thread's current request began (CLOCK_MONOTONIC, us). */
 static _Thread_local uint64_t main_request_start_us;
+/* The same instant on the wall clock (CLOCK_REALTIME, us), for the log. */
+static _Thread_local int64_t main_request_wall_us;
+
+/* The access log (--access-log), or NULL. */
+static struct jwks_access_log *main_access_log;
+
+/* For the metrics: lines the access log dropped. */
+static uint64_t main_access_log_dropped(void *arg)
+{
+	return jwks_access_log_dropped(arg);
+}
+
+/* Whether this worker thread is between begin_request and end_request. */
+static _Thread_local int main_request_open;
 
 static uint64_t main_mono_us(void)
 {
@@ -558,12 +584,24 @@ static uint64_t main_mono_us(void)
 	return (uint64_t)t.tv_sec * 1000000u + (uint64_t)t.tv_nsec / 1000u;
 }
 
+/* Set the start of this thread's request to now. */
+static void main_request_started(void)
+{
+	struct timespec wall;
+
+	main_request_start_us = main_mono_us();
+	clock_gettime(CLOCK_REALTIME, &wall);
+	main_request_wall_us =
+		(int64_t)wall.tv_sec * 1000000 + wall.tv_nsec / 1000;
+}
+
 static int main_begin_request(struct mg_connection *conn)
 {
 	const struct main_config *cfg = mg_get_user_data(mg_get_context(conn));
 
-	if (jwks_metrics_enabled())
-		main_request_start_us = main_mono_us();
+	main_request_open = 1;
+	if (jwks_metrics_enabled() || main_access_log)
+		main_request_started();
 	atomic_fetch_add(&main_in_flight, 1);
 	main_wait_for_routes();
 	if (atomic_load(&main_draining))
@@ -573,28 +611,86 @@ static int main_begin_request(struct mg_connection *conn)
 	return jwks_http_screen(conn, cfg->max_body);
 }
 
-static int main_http_error(struct mg_connection *conn, int status,
-			   const char *message)
+static int main_admin_http_error(struct mg_connection *conn, int status,
+				 const char *message)
 {
 	(void)message;
 	return jwks_http_error_page(conn, status);
 }
 
-/* Count the request just answered (the public and the admin listener). */
-static void main_observe(int status)
+/*
+ * The access log's line of the request this thread answered. parsed 0:
+ * CivetWeb could not parse it, and its request line fields may hold any
+ * part of the request, headers included (credentials): only the client
+ * is logged, with an empty method and path.
+ */
+static void main_log_request(const struct mg_connection *conn, int status,
+			     const struct jwks_http_note *note, uint64_t took,
+			     int parsed)
+{
+	const struct mg_request_info *ri = mg_get_request_info(conn);
+	struct jwks_access_entry entry = {
+		.time_us = main_request_wall_us,
+		.client = ri ? ri->remote_addr : "",
+		.status = status,
+		.bytes = note->bytes,
+		.duration_us = took,
+		.kid = note->kid,
+	};
+
+	if (ri && parsed) {
+		entry.method = ri->request_method;
+		entry.path =
+			ri->local_uri_raw ? ri->local_uri_raw : ri->local_uri;
+		entry.query = ri->query_string;
+	}
+	jwks_access_log_write(main_access_log, &entry);
+}
+
+/*
+ * CivetWeb's own error answers. For a request it could not parse (a
+ * control byte or a byte over 0x7F in the request line, an unknown HTTP
+ * version) neither begin_request nor end_request runs: the access log
+ * gets the line here.
+ */
+static int main_http_error(struct mg_connection *conn, int status,
+			   const char *message)
 {
 	struct jwks_http_note note;
+	int rc;
+
+	(void)message;
+	if (main_request_open || !main_access_log)
+		return jwks_http_error_page(conn, status);
+	main_request_started();
+	rc = jwks_http_error_page(conn, status);
+	jwks_http_last_note(&note);
+	main_log_request(conn, status, &note,
+			 main_mono_us() - main_request_start_us, 0);
+	return rc;
+}
+
+/*
+ * Count the request just answered (the public and the admin listener);
+ * log it to the access log when log is not NULL.
+ */
+static void main_observe(const struct mg_connection *conn, int status, int log)
+{
+	struct jwks_http_note note;
+	uint64_t took;
 
 	jwks_http_last_note(&note);
+	took = main_mono_us() - main_request_start_us;
 	if (jwks_metrics_enabled())
-		jwks_metrics_observe(note.route, status,
-				     main_mono_us() - main_request_start_us);
+		jwks_metrics_observe(note.route, status, took);
+	if (log && main_access_log)
+		main_log_request(conn, status, &note, took, 1);
 }
 
 static void main_end_request(const struct mg_connection *conn, int status)
 {
-	(void)conn;
-	main_observe(status);
+	main_observe(conn, status, 1);
+	main_request_open = 0;
 	atomic_fetch_sub(&main_in_flight, 1);
 }
 
@@ -614,8 +710,7 @@ static int main_admin_begin_request(struct mg_connection *conn)
 
 static void main_admin_end_request(const struct mg_connection *conn, int status)
 {
-	(void)conn;
-	main_observe(status);
+	main_observe(conn, status, 0);
 }
 
 /*
@@ -735,7 +830,7 @@ main_start_admin(struct main_config *cfg,
 	callbacks.log_message = main_civetweb_log;
 	callbacks.begin_request = main_admin_begin_request;
 	callbacks.end_request = main_admin_end_request;
-	callbacks.http_error = main_http_error;
+	callbacks.http_error = main_admin_http_error;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
@@ -996,14 +1091,26 @@ int main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
+
+	/* Before the store: a bad path is a start error, and nothing else. */
+	if (cfg.access_log) {
+		char why[512];
+
+		if (jwks_access_log_open(&main_access_log, cfg.access_log, 0,
+					 why, sizeof(why))) {
+			fprintf(stderr, "jwksd: access log: %s\n", why);
+			return 1;
+		}
+	}
 
 	path = cfg.db ? cfg.db : ks_backend_default_path(be);
 	/* The store as every message shows it: never with a password. */
 	ks_describe(be, path, shown, sizeof(shown));
 	if (cli_load_kek(cfg.kek_file, &kek))
-		return 1;
+		goto out;
 	if (cli_open_store(&store, be, path, cfg.threads, cfg.lmdb_map_size,
 			   cfg.pg_schema) ||
 	    cli_check_store(store, shown, kek, 1, 1))
@@ -1043,6 +1150,10 @@ int main(int argc, char **argv)
 	metrics.acct = acct;
 	metrics.version = JWKSD_VERSION;
 	metrics.ready_max_stale_ms = routes.ready_max_stale_ms;
+	if (main_access_log) {
+		metrics.access_log_dropped = main_access_log_dropped;
+		metrics.access_log_arg = main_access_log;
+	}
 
 	/* Listen at once; requests wait until the first keys are ready. */
 	mg_init_library(0);
@@ -1073,8 +1184,14 @@ int main(int argc, char **argv)
 		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs)) : "RS256",
 		admin_address[0] ? ", admin on " : "", admin_address);
 
-	while (sigwait(&sigs, &sig) != 0)
-		;
+	/* SIGHUP reopens the access log (rotation); SIGINT/TERM stop. */
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig != SIGHUP)
+			break;
+		jwks_access_log_reopen(main_access_log);
+	}
 	fprintf(stderr, "jwksd: %s received, stopping\n",
 		sig == SIGINT ? "SIGINT" : "SIGTERM");
 	main_drain(10000);
@@ -1084,6 +1201,9 @@ out:
 		main_stop_http(admin, cfg.admin_listen);
 	if (ctx)
 		main_stop_http(ctx, cfg.listen);
+	/* After the listeners: no request is left to log. */
+	jwks_access_log_close(main_access_log);
+	main_access_log = NULL;
 	jwks_accounts_free(acct);
 	jwks_service_free(svc);
 	ks_close(store);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "accounts.h"
+#include "jwks_http.h"
 #include "lifecycle.h"
 #include "metrics.h"
 #include "service.h"

@@ -125,6 +125,7 @@ struct jwks_service {
 	int last_fault;		/* the last background failure logged */
 	int64_t last_fault_log; /* and when */
 	int store_down;		/* the store failed; logged once */
+	int sched_incomplete;	/* expired records whose alg is not known */
 
 	/*
 	 * What operators see (read without work_lock): every record of the
@@ -845,6 +846,7 @@ static int svc_listing_expired(struct svc_listing *l,
 
 	memset(out, 0, JWKS_MAX_ALGS * sizeof(*out));
 	memset(exp_out, 0, JWKS_MAX_ALGS * sizeof(*exp_out));
+	svc->sched_incomplete = 0;
 	known = calloc(l->n_expired ? l->n_expired : 1, sizeof(*known));
 	if (!known)
 		return KS_ENOMEM;
@@ -852,9 +854,9 @@ static int svc_listing_expired(struct svc_listing *l,
 		qsort(l->expired, l->n_expired, sizeof(*l->expired),
 		      svc_cmp_expired);
 	/*
-	 * Every expired record's algorithm is learnt once (operators see it
-	 * in the schedule); a revoked key never signs again, ?expired=true
-	 * included.
+	 * Every expired record's algorithm is learnt once, by the background
+	 * thread (operators see it in the schedule); a revoked key never
+	 * signs again, ?expired=true included.
 	 */
 	for (i = 0; !rc && i < l->n_expired; i++) {
 		const struct svc_kid_exp *c = &l->expired[i];
@@ -871,6 +873,12 @@ static int svc_listing_expired(struct svc_listing *l,
 		}
 		if (alg && (!*alg || !usable || filled == svc->n_algs))
 			continue;
+		/* Learning only: in the background, never delaying a start. */
+		if (!alg && (!usable || filled == svc->n_algs) &&
+		    !svc->thread_started) {
+			svc->sched_incomplete = 1;
+			continue;
+		}
 		a = svc_alg_index(svc, alg);
 		if (alg && (a < 0 || out[a]))
 			continue;
@@ -1449,7 +1457,7 @@ void jwks_service_tick(struct jwks_service *svc)
 	/* At a boundary the listing also drops keys that expired. */
 	if (rc == KS_EUNSUPPORTED ||
 	    (!rc && (!svc->have_version || version != svc->version ||
-		     now >= svc_valid_until(svc)))) {
+		     svc->sched_incomplete || now >= svc_valid_until(svc)))) {
 		what = "reloading keys";
 		rc = svc_reload(svc, now, &e);
 	}

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jwks_http.h"
 #include "metrics.h"
 #include "service.h"
 #include "test.h"
