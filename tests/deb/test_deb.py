@@ -105,7 +105,8 @@ class DebPackageTest(unittest.TestCase):
             out = run(["dpkg-deb", "-f", str(self.deb), field])
             self.assertEqual(out.stdout.strip(), want, field)
         depends = run(["dpkg-deb", "-f", str(self.deb), "Depends"]).stdout
-        for dep in ("adduser", "libssl3", "libcivetweb1", "libsqlite3-0"):
+        for dep in ("adduser", "procps", "libssl3", "libcivetweb1",
+                    "libsqlite3-0"):
             self.assertIn(dep, depends)
 
     def test_build_is_reproducible(self):
