@@ -62,7 +62,9 @@ enum jwks_http_route {
  * What the routes recorded about the request the calling thread answered
  * last: its route, the body bytes sent, and the kid that signed a token
  * (0: none). CivetWeb runs a request's handler and its end_request
- * callback on one worker thread, where this is read; reading clears it.
+ * callback on one worker thread, where this is read; reading clears it
+ * and frees a request body jwks_http_screen read that no route took: call
+ * it from end_request when the screen is used.
  */
 struct jwks_http_note {
 	int route;
@@ -77,8 +79,11 @@ void jwks_http_last_note(struct jwks_http_note *out);
  * request that no route should see, with a JSON error, closing the
  * connection: both Content-Length and Transfer-Encoding (or a coding other
  * than chunked), a declared body over max_body bytes (413, without reading
- * it), HTTP/1.1 without Host, any protocol upgrade. Returns 0 to let the
- * request through, or the status sent.
+ * it), HTTP/1.1 without Host, more than one Host, a Host other than the
+ * authority of an absolute-form target (400), any protocol upgrade. A
+ * chunked body is read here, at most max_body bytes (more: 413, the rest
+ * left unread), and kept for the route on this thread. Returns 0 to let
+ * the request through, or the status sent.
  */
 int jwks_http_screen(struct mg_connection *conn, long long max_body);
 

@@ -32,10 +32,29 @@
 /* What this worker thread's current request did: see jwks_http_note. */
 static _Thread_local struct jwks_http_note http_note;
 
+/*
+ * A chunked body read by the screen, for the route (see http_read_body);
+ * freed at the end of the request (jwks_http_last_note) or the next screen.
+ * Thread-local: CivetWeb runs begin_request, the handler and end_request
+ * of a request on one worker thread.
+ */
+static _Thread_local struct {
+	char *buf;
+	size_t len;
+	int held;
+} http_body;
+
+static void http_body_drop(void)
+{
+	free(http_body.buf);
+	memset(&http_body, 0, sizeof(http_body));
+}
+
 void jwks_http_last_note(struct jwks_http_note *out)
 {
 	*out = http_note;
 	memset(&http_note, 0, sizeof(http_note));
+	http_body_drop();
 }
 
 void jwks_http__set_route(int route)
@@ -134,6 +153,11 @@ static void http_date(time_t now, char *out, size_t cap)
 
 	if (now != cached_at) {
 		gmtime_r(&now, &tm);
+		/*
+		 * %a and %b are English only in the C locale, which jwksd never
+		 * leaves (it calls no setlocale()); a host program that does
+		 * must keep LC_TIME at "C".
+		 */
 		if (!strftime(cached, sizeof(cached),
 			      "%a, %d %b %Y %H:%M:%S GMT", &tm))
 			cached[0] = '\0';
@@ -347,6 +371,17 @@ static long http_read_body(struct mg_connection *conn, char **out)
 	int n, ok = 1;
 
 	*out = NULL;
+	/* A chunked body the screen read already. */
+	if (http_body.held) {
+		if (http_body.len > HTTP_BODY_MAX) {
+			http_body_drop();
+			return -1;
+		}
+		*out = http_body.buf;
+		len = http_body.len;
+		memset(&http_body, 0, sizeof(http_body));
+		return (long)len;
+	}
 	buf = malloc(cap + 1);
 	if (!buf)
 		return -1;
@@ -742,6 +777,7 @@ static int http_jwks_write(const struct jwks_doc *doc, void *arg)
 	time_t t = (time_t)doc->last_modified;
 	struct tm tm;
 
+	/* The C locale's day and month names, as in http_date. */
 	if (!gmtime_r(&t, &tm) || !strftime(modified, sizeof(modified),
 					    "%a, %d %b %Y %H:%M:%S GMT", &tm))
 		extra[2] = NULL;
@@ -909,12 +945,85 @@ static int http_length_is_sound(const struct mg_request_info *ri)
 	return 1;
 }
 
+/*
+ * Whether the request names one host (RFC 9112 3.2): at most one Host
+ * header and, for an absolute-form target ("GET http://a:1/b"), a Host
+ * equal to its authority (case aside, the port as given). CivetWeb 1.15
+ * passes an absolute-form target in request_uri whole and its path in
+ * local_uri; it lets through only targets whose host is its
+ * authentication_domain (or below it) with the listener's port, and
+ * closes the connection unanswered on any other before begin_request.
+ */
+static int http_host_is_sound(const struct mg_request_info *ri)
+{
+	const char *host = NULL, *target = ri->request_uri, *auth, *end;
+	int i;
+
+	for (i = 0; i < ri->num_headers; i++) {
+		if (strcasecmp(ri->http_headers[i].name, "Host"))
+			continue;
+		if (host)
+			return 0;
+		host = ri->http_headers[i].value ? ri->http_headers[i].value
+						 : "";
+	}
+	if (!target || target[0] == '/' || !strcmp(target, "*"))
+		return 1;
+	auth = strstr(target, "://");
+	if (!auth)
+		return 0;
+	auth += 3;
+	end = auth + strcspn(auth, "/?#");
+	return host && strlen(host) == (size_t)(end - auth) &&
+	       !strncasecmp(host, auth, (size_t)(end - auth));
+}
+
+/*
+ * Read a chunked body of at most max_body bytes into http_body. Returns 0,
+ * 413 when it is larger (the rest is left unread: the connection closes),
+ * or 400 when it cannot be read (malformed chunks, a stalled client).
+ */
+static int http_screen_chunked(struct mg_connection *conn, long long max_body)
+{
+	size_t cap = 0, limit = max_body > 0 ? (size_t)max_body : 0;
+	char *grown;
+	int n;
+
+	for (;;) {
+		if (http_body.len == cap) {
+			if (cap > limit)
+				return 413;
+			cap = cap ? cap * 4 : 1024;
+			if (cap > limit + 1)
+				cap = limit + 1;
+			grown = realloc(http_body.buf, cap + 1);
+			if (!grown)
+				return 503;
+			http_body.buf = grown;
+		}
+		n = mg_read(conn, http_body.buf + http_body.len,
+			    cap - http_body.len);
+		if (n < 0)
+			return 400;
+		if (n == 0)
+			break;
+		http_body.len += (size_t)n;
+	}
+	if (http_body.len > limit)
+		return 413;
+	http_body.buf[http_body.len] = '\0';
+	http_body.held = 1;
+	return 0;
+}
+
 int jwks_http_screen(struct mg_connection *conn, long long max_body)
 {
 	const struct mg_request_info *ri = mg_get_request_info(conn);
 	const char *te = mg_get_header(conn, "Transfer-Encoding");
+	int status;
 
-	if (!http_length_is_sound(ri))
+	http_body_drop();
+	if (!http_length_is_sound(ri) || !http_host_is_sound(ri))
 		return http_refuse(conn, 400);
 
 	/*
@@ -932,6 +1041,20 @@ int jwks_http_screen(struct mg_connection *conn, long long max_body)
 	/* No route speaks another protocol: never switch. */
 	if (mg_get_header(conn, "Upgrade"))
 		return http_refuse(conn, 400);
+	/*
+	 * A chunked body counts against max_body as a declared one. Read here,
+	 * for every route: CivetWeb would otherwise discard the body of a
+	 * route that does not read it, however long it goes on, before the
+	 * next request.
+	 */
+	if (te) {
+		status = http_screen_chunked(conn, max_body);
+		if (status) {
+			http_body_drop();
+			jwks_http_close_after(conn);
+			return http_refuse(conn, status);
+		}
+	}
 	return 0;
 }
 

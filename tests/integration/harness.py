@@ -292,6 +292,16 @@ def file_backends_only(reason):
 
 # ---------------------------------------------------------------- base64url, JWT
 
+def sha256(path):
+    """The hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def as_bytes(value):
+    """A store value (str, bytes or memoryview) as bytes."""
+    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
+
+
 def b64url_decode(text):
     """Decode unpadded base64url; raises ValueError on padding or bad chars."""
     if not isinstance(text, str) or not B64URL_RE.fullmatch(text):

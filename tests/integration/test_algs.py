@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from harness import (
+    as_bytes,
     AUTH_PATH, BACKEND, CLOCK_SLACK, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK,
     JwksdTestCase, PgStore, Server, SharedServerTestCase, b64url_decode,
     free_port, header_of, jwks_kids, parse_raw_response, raw_exchange, run_jwksd,
@@ -114,10 +115,6 @@ def jwk_by_kid(jwks, kid):
 def jwks_algs(jwks):
     """{kid: alg} of a served key set."""
     return {k.get("kid"): k.get("alg") for k in jwks.get("keys", [])}
-
-
-def as_bytes(value):
-    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
 def pem_body_der(pem):

@@ -4,6 +4,7 @@ Runs against the real jwksd binary (env JWKSD_BIN). Tests that need a backend
 that is not compiled in are skipped with the reason.
 """
 
+import os
 import re
 import sqlite3
 import time
@@ -38,9 +39,15 @@ def needs(*names):
 class BackendChoiceTests(JwksdTestCase):
 
     def test_help_lists_every_backend(self):
+        # The build's options, passed by tests/CMakeLists.txt.
+        expected = os.environ.get("JWKS_EXPECT_BACKENDS")
+        if not expected:
+            self.fail("set JWKS_EXPECT_BACKENDS to the backends this build "
+                      "compiles in (comma-separated), as CTest does")
         res = run_jwksd(["--help"], cwd=self.tmp)
         self.assertEqual(res.returncode, 0, res.describe())
-        self.assertIn("sqlite", BACKENDS, res.describe())
+        self.assertEqual(sorted(BACKENDS), sorted(expected.split(",")), res.describe())
+        self.assertEqual(BACKENDS[0], "sqlite", f"the default comes first: {BACKENDS}")
 
     def test_unknown_backend_exits_2_and_lists_the_valid_ones(self):
         res = run_jwksd(["--backend", "nosuchstore", "--listen",

@@ -475,19 +475,15 @@ class SmallBodyCapTests(SharedBadInputCase):
         self.assertIsNotNone(result.response, result.describe())
         self.assertTokenAnswer(result.response, "a 1 KiB body with --max-body 1K")
 
-    def test_chunked_body_over_the_cap_is_not_a_5xx(self):
-        # No declared length: the server may refuse (413) or, as the open
-        # issuer ignores the body, answer 200; never a 5xx or a hang.
+    def test_chunked_body_over_the_cap_is_413(self):
+        # No declared length: the body counts against --max-body as it
+        # arrives, even on the open issuer, which ignores it.
         chunk = b"y" * 1000
         body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8)) + b"0\r\n\r\n"
         data = request_bytes("POST", AUTH_PATH, ["Transfer-Encoding: chunked"], body=body)
-        result = self.send(data)
-        resp = result.response
-        self.assertIsNotNone(resp, f"8 KB chunked body: {result.describe()}")
-        if resp.status == 200:
-            self.assertTokenAnswer(resp, "8 KB chunked body")
-        else:
-            self.assertJsonErrorAnswer(result, "8 KB chunked body", statuses=(413,))
+        result = self.send(data, linger=3.0)
+        self.assertJsonErrorAnswer(result, "8 KB chunked body", statuses=(413,))
+        self.assertTrue(result.closed, f"8 KB chunked body: not closed: {result.describe()}")
         self.assertStillServes("chunked body over the cap")
 
     def assertActsWithinTimeout(self, result, what):
@@ -1060,6 +1056,253 @@ class ConnectionHandlingTests(SharedBadInputCase):
         for resp in result.responses[:2]:
             self.assertTokenAnswer(resp, "pipelined POST with a body")
         self.assertEqual(result.responses[2].status, 200, result.responses[2].describe())
+
+
+# ------------------------------------------------------- Host, chunked bodies
+
+def chunked(body, step=100):
+    """body in chunks of step bytes, with the last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step])
+                    for i in range(0, len(body), step)) + b"0\r\n\r\n"
+
+
+# CivetWeb 1.15 hands an absolute-form target ("GET http://host:port/path")
+# to jwksd only when host is its authentication_domain (default
+# "mydomain.com", which jwksd leaves alone) or below it, with the listener's
+# port; any other closes the connection unanswered before jwksd sees it
+# (PathVariantTests). These targets reach the screen.
+CIVETWEB_DOMAIN = "mydomain.com"
+
+
+class HostHeaderTests(SharedBadInputCase):
+    """RFC 9112 3.2: one Host, equal to an absolute-form target's authority."""
+
+    def test_two_host_headers_are_400_and_close(self):
+        cases = [("a", "b"), (LOOPBACK, LOOPBACK), (LOOPBACK, "evil.example"),
+                 (LOOPBACK, "")]
+        for first, second in cases:
+            for method, path in (("GET", JWKS_PATH), ("POST", AUTH_PATH)):
+                what = f"{method} {path}, Host {first!r} and {second!r}"
+                with self.subTest(what):
+                    data = request_bytes(method, path,
+                                         [f"Host: {first}", f"hOST: {second}",
+                                          "Content-Length: 0"],
+                                         host=False, close=False)
+                    result = self.send(data, linger=3.0)
+                    self.assertJsonErrorAnswer(result, what, statuses=(400,))
+                    self.assertNotIn(b"token", result.raw)
+                    self.assertTrue(result.closed, f"{what}: not closed: {result.describe()}")
+        self.assertStillServes("two Host headers")
+
+    def test_absolute_form_needs_host_equal_to_its_authority(self):
+        authority = f"{CIVETWEB_DOMAIN}:{self.server.port}"
+        mismatched = [f"{MARKER}.example", CIVETWEB_DOMAIN, f"{LOOPBACK}:{self.server.port}",
+                      f"{CIVETWEB_DOMAIN}:{self.server.port}0", f"sub.{authority}",
+                      f"{authority}."]
+        for scheme in ("http", "https"):
+            for method, path in (("GET", JWKS_PATH), ("POST", AUTH_PATH)):
+                target = f"{scheme}://{authority}{path}"
+                for host in mismatched:
+                    what = f"{method} {target}, Host {host}"
+                    with self.subTest(what):
+                        data = request_bytes(method, target,
+                                             [f"Host: {host}", "Content-Length: 0"],
+                                             host=False, close=False)
+                        result = self.send(data, linger=3.0)
+                        self.assertJsonErrorAnswer(result, what, statuses=(400,))
+                        self.assertNotIn(b"token", result.raw)
+                        self.assertTrue(result.closed, f"{what}: {result.describe()}")
+                what = f"{method} {target} without Host"
+                with self.subTest(what):
+                    result = self.send(request_bytes(method, target, ["Content-Length: 0"],
+                                                     host=False))
+                    self.assertJsonErrorAnswer(result, what, statuses=(400,))
+        self.assertStillServes("absolute-form with another Host")
+
+    def test_absolute_form_with_its_own_host_is_served(self):
+        authority = f"{CIVETWEB_DOMAIN}:{self.server.port}"
+        for host in (authority, authority.upper()):
+            with self.subTest(host=host):
+                result = self.send(request_bytes(
+                    "GET", f"http://{authority}{JWKS_PATH}", [f"Host: {host}"], host=False))
+                resp = result.response
+                self.assertIsNotNone(resp, result.describe())
+                self.assertEqual(resp.status, 200, resp.describe())
+                self.assertGreaterEqual(len(jwks_kids(resp.json())), 1, resp.describe())
+                result = self.send(request_bytes(
+                    "POST", f"http://{authority}{AUTH_PATH}?expired=true",
+                    [f"Host: {host}", "Content-Length: 0"], host=False))
+                self.assertIsNotNone(result.response, result.describe())
+                self.assertTokenAnswer(result.response, f"absolute-form POST, Host {host}",
+                                       expired=True)
+
+
+class ChunkedBodyCapTests(SharedBadInputCase):
+    """--max-body 1K: chunked bodies count against it like Content-Length."""
+
+    server_args = ("--max-body", "1K")
+    CAP = 1024
+
+    # Every route, and a path that is none (the body is refused before any
+    # route runs).
+    ROUTES = [("GET", JWKS_PATH), ("HEAD", JWKS_PATH), ("POST", AUTH_PATH),
+              ("POST", REGISTER_PATH), ("GET", "/healthz"), ("GET", "/readyz"),
+              ("POST", f"/{MARKER}"), ("PUT", AUTH_PATH)]
+
+    def test_chunked_body_over_the_cap_is_413_and_closes_on_every_route(self):
+        # The body holds a request, and another one follows it: neither may
+        # be answered.
+        inner = request_bytes("POST", AUTH_PATH + "?expired=true", ["Content-Length: 0"],
+                              close=False)
+        body = inner + b"x" * (self.CAP + 1 - len(inner))
+        after = request_bytes("GET", "/healthz")
+        for method, path in self.ROUTES:
+            for step in (self.CAP + 1, 100, 1):
+                what = f"{method} {path}, {len(body)} bytes in chunks of {step}"
+                with self.subTest(what):
+                    data = request_bytes(method, path, ["Transfer-Encoding: chunked"],
+                                         body=chunked(body, step), close=False) + after
+                    result = self.send(data, expect=2, linger=3.0,
+                                       head_only=method == "HEAD")
+                    self.assertGreaterEqual(len(result.responses), 1, result.describe())
+                    resp = result.responses[0]
+                    self.assertEqual(resp.status, 413, f"{what}: {resp.describe()}")
+                    if method != "HEAD":
+                        self.assertJsonErrorAnswer(result, what, statuses=(413,))
+                    self.assertEqual((resp.header("Connection") or "").lower(), "close",
+                                     resp.describe())
+                    self.assertEqual(len(result.responses), 1,
+                                     f"{what}: bytes after a refused body were answered: "
+                                     f"{result.describe()}")
+                    self.assertNotIn(b"token", result.raw)
+                    self.assertNotIn(b'"ok"', result.raw)
+                    self.assertTrue(result.closed, f"{what}: not closed: {result.describe()}")
+        self.assertStillServes("chunked bodies over the cap")
+
+    def test_endless_chunked_body_is_cut_off(self):
+        # A client that never ends its body: 413 once the cap is passed and
+        # the connection closed while it is still sending, on a route that
+        # reads bodies and on routes that do not.
+        for method, path in (("POST", AUTH_PATH), ("POST", REGISTER_PATH),
+                             ("GET", JWKS_PATH)):
+            with self.subTest(f"{method} {path}"):
+                self.assertEndlessBodyRefused(method, path)
+        self.assertStillServes("endless chunked bodies")
+
+    def assertEndlessBodyRefused(self, method, path, seconds=15.0):
+        sock = socket.create_connection((LOOPBACK, self.server.port), timeout=RAW_TIMEOUT)
+        self.addCleanup(sock.close)
+        sock.sendall(request_bytes(method, path, ["Transfer-Encoding: chunked"],
+                                   close=False))
+        piece = b"%x\r\n%s\r\n" % (512, b"z" * 512)
+        stop = threading.Event()
+        sent = [0]
+
+        def feed():
+            while not stop.is_set():
+                try:
+                    sock.sendall(piece)
+                except OSError:
+                    return
+                sent[0] += len(piece)
+                time.sleep(0.005)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        buf, closed = b"", False
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    chunk = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except ConnectionResetError:
+                    closed = True
+                    break
+                if not chunk:
+                    closed = True
+                    break
+                buf += chunk
+        finally:
+            stop.set()
+            feeder.join(5)
+        what = f"{method} {path} with an endless chunked body ({sent[0]} bytes sent)"
+        parsed = _parse_one(buf)
+        self.assertIsNotNone(parsed, f"{what}: no complete answer: {buf[:300]!r}")
+        self.assertEqual(parsed[0].status, 413, f"{what}: {parsed[0].describe()}")
+        self.assertTrue(closed, f"{what}: still open after {seconds} s")
+
+    def test_chunked_body_at_the_cap_is_read(self):
+        body = b"{" + b" " * (self.CAP - 2) + b"}"
+        for step in (self.CAP, 7):
+            with self.subTest(step=step):
+                data = request_bytes("POST", AUTH_PATH, ["Transfer-Encoding: chunked",
+                                                         "Content-Type: application/json"],
+                                     body=chunked(body, step))
+                result = self.send(data)
+                self.assertIsNotNone(result.response, result.describe())
+                self.assertTokenAnswer(result.response, f"a 1 KiB chunked body, chunks of {step}")
+
+    def test_malformed_chunks_are_400_and_close(self):
+        bodies = [b"zz\r\nabc\r\n0\r\n\r\n", b"5\r\nabc\r\n0\r\n\r\n" + b"x" * 10,
+                  b"-1\r\nabc\r\n0\r\n\r\n", b"ffffffffffffffffffff\r\nabc\r\n"]
+        for body in bodies:
+            with self.subTest(body=body[:20]):
+                data = request_bytes("POST", AUTH_PATH, ["Transfer-Encoding: chunked"],
+                                     body=body, close=False)
+                result = self.send(data, linger=3.0)
+                self.assertIsNotNone(result.response, result.describe())
+                self.assertIn(result.response.status, (400, 413), result.describe())
+                self.assertJsonErrorAnswer(result, f"chunks {body[:20]!r}",
+                                           statuses=(400, 413))
+                self.assertTrue(result.closed, result.describe())
+        self.assertStillServes("malformed chunks")
+
+    def test_chunked_body_under_the_cap_then_a_pipelined_request(self):
+        # The body (which looks like a request) is read as a body, and the
+        # request after it is the next one.
+        body = request_bytes("GET", f"/{MARKER}", close=False)
+        for method, path in (("GET", JWKS_PATH), ("POST", AUTH_PATH)):
+            with self.subTest(f"{method} {path}"):
+                data = (request_bytes(method, path, ["Transfer-Encoding: chunked"],
+                                      body=chunked(body, 9), close=False)
+                        + request_bytes("GET", "/healthz"))
+                result = self.send(data, expect=3, linger=3.0)
+                self.assertEqual(len(result.responses), 2, result.describe())
+                first, second = result.responses
+                self.assertEqual(first.status, 200, first.describe())
+                self.assertEqual(second.status, 200, second.describe())
+                self.assertEqual(second.json(), {"status": "ok"}, second.describe())
+                self.assertNoEcho(result, f"{method} {path}")
+
+    def test_chunked_register_and_login(self):
+        name = f"chunky{int(time.time() * 1000) % 10**9}"
+        body = json.dumps({"username": name}).encode()
+        result = self.send(request_bytes("POST", REGISTER_PATH,
+                                         ["Transfer-Encoding: chunked",
+                                          "Content-Type: application/json"],
+                                         body=chunked(body, 5)))
+        resp = result.response
+        self.assertIsNotNone(resp, result.describe())
+        self.assertEqual(resp.status, 201, resp.describe())
+        password = resp.json()["password"]
+        creds = json.dumps({"username": name, "password": password}).encode()
+        result = self.send(request_bytes("POST", AUTH_PATH,
+                                         ["Transfer-Encoding: chunked",
+                                          "Content-Type: application/json"],
+                                         body=chunked(creds, 3)))
+        self.assertIsNotNone(result.response, result.describe())
+        token = self.assertTokenAnswer(result.response, "chunked credentials")
+        self.assertEqual(split_jwt(token)[1].get("preferred_username"), name)
+        # The control: the wrong password in the same framing gets no login.
+        bad = json.dumps({"username": name, "password": password + "x"}).encode()
+        result = self.send(request_bytes("POST", AUTH_PATH,
+                                         ["Transfer-Encoding: chunked",
+                                          "Content-Type: application/json"],
+                                         body=chunked(bad, 3)))
+        self.assertIsNotNone(result.response, result.describe())
+        self.assertEqual(result.response.status, 401, result.response.describe())
 
 
 if __name__ == "__main__":

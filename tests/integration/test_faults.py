@@ -15,7 +15,6 @@ the reason when that is not possible.
 """
 
 import base64
-import hashlib
 import os
 import random
 import re
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import (
+    sha256, as_bytes,
     AUTH_PATH, BACKEND, DEFAULT_STORE_NAMES, JWKS_PATH, LOOPBACK, JwksdTestCase,
     PgStore, Server, file_backends_only, free_port, http_request, int_from_b64url,
     jwks_kids, jwksd_bin, raw_exchange, run_jwksd, split_jwt, store_for,
@@ -55,14 +55,6 @@ def companions(db, backend=BACKEND):
     """The store file and the companion files its backend may create."""
     suffixes = SQLITE_COMPANIONS if backend == "sqlite" else LMDB_COMPANIONS
     return [Path(db)] + [Path(f"{db}{suffix}") for suffix in suffixes]
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def as_bytes(value):
-    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
 def sqlite_records(path, immutable=False):

@@ -17,7 +17,6 @@ under test is never opened by the reader). The LMDB data file's bytes are
 also searched for a PEM header.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 import jwt
 
 from harness import (
+    sha256, as_bytes,
     BACKEND, CLOCK_SLACK, DEFAULT_STORE_NAMES, JwksdTestCase, PgStore,
     file_backends_only, free_port, jwk_for_kid, jwks_kids, run_jwksd, split_jwt,
     store_display,
@@ -47,14 +47,6 @@ KEYGEN_NOTICE = 10.0
 # The server's and the keys commands' default schedule.
 DEFAULT_MAX_AGE = 300
 DEFAULT_MARGIN = 300
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def as_bytes(value):
-    return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
 def sqlite_state(path):

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from harness import (
+    as_bytes,
     AUTH_PATH, LOOPBACK, REPO_ROOT, JwksdTestCase, SharedServerTestCase,
     free_port, int_from_b64url, jwk_for_kid, jwks_kids, run_jwksd,
 )
@@ -53,10 +54,6 @@ def pkcs1_pem(index):
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption()))
     return _pem_cache[index]
-
-
-def as_bytes(value):
-    return value.encode("ascii") if isinstance(value, str) else bytes(value)
 
 
 def load_private(pem):
