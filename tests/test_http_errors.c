@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "accounts.h"
+#include "jwks_http.h"
 #include "ks_fake.h"
 #include "service.h"
 #include "test.h"
