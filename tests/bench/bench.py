@@ -39,8 +39,9 @@ project's targets are stated in:
           move, the callbacks' share, and one scrape's cost. `--only admin`
           runs these rows alone.
 
-Each figure is the median of --runs runs (the admin rows: of the pairs). The table is also written to
-OUT/bench-<time>.md and OUT/last.md; the previous last.md is shown beside it.
+Each figure is the median of --runs runs (in the admin rows, of the pairs).
+The table is also written to OUT/bench-<time>.md and OUT/last.md (with --only
+X, OUT/last-X.md); the previous one is shown beside it.
 Only loopback traffic; every run is bounded by --duration.
 """
 
@@ -671,7 +672,8 @@ def admin_figures(args, work, lua):
         wrk_total = {label: 0 for label, _, _ in ADMIN_ROUTES}
         for label, method, path in ADMIN_ROUTES:
             for s in servers.values():
-                warm_up(s.url(path), args, str(lua) if method == "POST" else None)
+                warm_up(s.url(path), args,
+                        str(lua) if method == "POST" else None)
         runs = {(label, mode): [] for label, _, _ in ADMIN_ROUTES
                 for mode in servers}
         before = admin_counts(metrics_url)
