@@ -28,14 +28,26 @@ project's targets are stated in:
           (its HTTP path without a signature, beside H), then S, back to
           back, so that the figures of a ratio come from the same minute of
           a shared machine. `--only algs` runs these rows alone.
+  admin   the cost of counting requests (issue 13): two jwksd, one with
+          --admin-listen (every request counted, /metrics scraped once a
+          second by a thread of this script, as Prometheus would) and one
+          without, --admin-pairs pairs of wrk runs per route (/auth, JWKS),
+          the order inside a pair alternating so that drift on a shared
+          machine falls on both; each run, the medians, the ratio on/off
+          and its spread. Then the same under valgrind's callgrind:
+          instructions per request off and on, which machine noise does not
+          move, the callbacks' share, and one scrape's cost. `--only admin`
+          runs these rows alone.
 
-Each figure is the median of --runs runs. The table is also written to
-OUT/bench-<time>.md and OUT/last.md; the previous last.md is shown beside it.
+Each figure is the median of --runs runs (in the admin rows, of the pairs).
+The table is also written to OUT/bench-<time>.md and OUT/last.md (with --only
+X, OUT/last-X.md); the previous one is shown beside it.
 Only loopback traffic; every run is bounded by --duration.
 """
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import re
@@ -128,7 +140,8 @@ def run_wrk(url, args, lua=None):
     p99 = to_ms(re.search(r"\n\s+99%\s+(\S+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99,
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": p50, "p99": p99, "requests": requests,
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "errors": errors.group(1) if errors else ""}
 
@@ -179,9 +192,11 @@ def openssl_signs_per_second(args):
 
 
 class Jwksd:
-    def __init__(self, binary, workdir, db, threads, extra=()):
+    def __init__(self, binary, workdir, db, threads, extra=(), prefix=(),
+                 start_timeout=10.0):
         self.port = free_port()
-        cmd = [binary, "--listen", f"{LOOP}:{self.port}", "--db", str(db)]
+        cmd = list(prefix) + [binary, "--listen", f"{LOOP}:{self.port}",
+                              "--db", str(db)]
         # jwksd limits POST /auth to 10 requests per client address and
         # second by default; wrk drives it from one address, so the
         # benchmark turns that limit off (and says so in its header).
@@ -192,7 +207,8 @@ class Jwksd:
         self.log = open(workdir / f"jwksd-{self.port}.log", "wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
-        self.listen_after = wait_listening(self.port, self.proc)
+        self.listen_after = wait_listening(self.port, self.proc,
+                                           start_timeout)
         # Ready: the first JWKS answered (keys loaded or generated).
         urllib.request.urlopen(self.url(JWKS), timeout=30).read()
         self.ready_after = time.monotonic() - self.started
@@ -202,7 +218,7 @@ class Jwksd:
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout=30)
+        rc = self.proc.wait(timeout=120)
         self.log.close()
         if rc != 0:
             raise RuntimeError(f"jwksd exited with {rc}")
@@ -587,6 +603,315 @@ def alg_lines(res, args):
     return lines
 
 
+# The routes the admin rows drive: (label, method, path).
+ADMIN_ROUTES = (("POST /auth", "POST", "/auth"), ("GET JWKS", "GET", JWKS))
+
+
+class Scraper:
+    """GET url every `interval` seconds from a thread, as Prometheus
+    scrapes /metrics."""
+
+    def __init__(self, url, interval=1.0):
+        self.url, self.interval = url, interval
+        self.done = threading.Event()
+        self.scrapes, self.failures, self.last = 0, 0, b""
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        deadline = time.monotonic()
+        while True:
+            deadline += self.interval
+            if self.done.wait(max(0.0, deadline - time.monotonic())):
+                return
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    self.last = r.read()
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
+def metric_value(text, name, labels):
+    """The value of sample name{labels...} in Prometheus text, or None."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def admin_counts(metrics_url):
+    """{route label: jwksd_http_requests_total with code 200} from /metrics."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return {label: metric_value(text, "jwksd_http_requests_total",
+                                {"route": route, "code": "200"}) or 0
+            for (label, _, _), route in zip(ADMIN_ROUTES, ("auth", "jwks"))}
+
+
+def admin_figures(args, work, lua):
+    """jwksd with the admin listener off and on (on: /metrics scraped every
+    second), --admin-pairs pairs of wrk runs per route, the order inside a
+    pair alternating (off-on, on-off, ...) so that drift on a shared machine
+    falls on both."""
+    off = on = scraper = None
+    try:
+        off = Jwksd(args.jwksd, work, work / "admin-off.db", args.threads)
+        admin_port = free_port()
+        on = Jwksd(args.jwksd, work, work / "admin-on.db", args.threads,
+                   ["--admin-listen", f"{LOOP}:{admin_port}"])
+        servers = {"off": off, "on": on}
+        metrics_url = f"http://{LOOP}:{admin_port}/metrics"
+        scraper = Scraper(metrics_url)
+        wrk_total = {label: 0 for label, _, _ in ADMIN_ROUTES}
+        for label, method, path in ADMIN_ROUTES:
+            for s in servers.values():
+                warm_up(s.url(path), args,
+                        str(lua) if method == "POST" else None)
+        runs = {(label, mode): [] for label, _, _ in ADMIN_ROUTES
+                for mode in servers}
+        before = admin_counts(metrics_url)
+        for i in range(args.admin_pairs):
+            order = ("off", "on") if i % 2 == 0 else ("on", "off")
+            print(f"  pair {i + 1} of {args.admin_pairs} ({order[0]} "
+                  f"first) ...", file=sys.stderr)
+            for label, method, path in ADMIN_ROUTES:
+                for mode in order:
+                    s = servers[mode]
+                    r = wrk_run([s.proc.pid], s.url(path), args,
+                                str(lua) if method == "POST" else None)
+                    runs[(label, mode)].append(r)
+                    if mode == "on":
+                        wrk_total[label] += r["requests"]
+        scraper.stop()
+        # Counting was on: over the measured runs the counters moved by what
+        # wrk saw, plus the answers in flight when each run stopped.
+        after = admin_counts(metrics_url)
+        counted = {label: after[label] - before[label] for label in after}
+        return {"runs": runs, "scrapes": scraper.scrapes,
+                "scrape_failures": scraper.failures,
+                "scrape_bytes": len(scraper.last),
+                "counted": counted, "wrk_total": wrk_total}
+    finally:
+        if scraper:
+            scraper.stop()
+        for s in (off, on):
+            if s:
+                s.stop()
+
+
+def spread(values):
+    """(max - min) / median, as a fraction."""
+    return (max(values) - min(values)) / statistics.median(values)
+
+
+def admin_lines(res, args):
+    runs = res["runs"]
+    lines = [
+        f"Admin listener off vs on (on: `--admin-listen`, every request "
+        f"counted; /metrics scraped once a second, {res['scrapes']} scrapes "
+        f"of {res['scrape_bytes']} bytes, {res['scrape_failures']} failed): "
+        f"two servers, a fresh SQLite store each, {args.admin_pairs} pairs of "
+        f"wrk runs per route, off first in odd pairs and on first in even "
+        f"ones. ratio = on / off; pair ratios: median (min-max); spread of "
+        f"a column = (max - min) / median.",
+        "",
+        "| route | req/s off | req/s on | ratio | pair ratios | "
+        "req per server CPU-s off | on | ratio | pair ratios | "
+        "spread off, on (req/s) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    detail = []
+    for label, _, _ in ADMIN_ROUTES:
+        a, b = runs[(label, "off")], runs[(label, "on")]
+        cells = []
+        for key in ("rps", "per_cpu"):
+            pr = [y[key] / x[key] for x, y in zip(a, b)]
+            mo = statistics.median(x[key] for x in a)
+            mn = statistics.median(y[key] for y in b)
+            cells.append(f"{mo:.0f} | {mn:.0f} | {mn / mo:.3f} | "
+                         f"{statistics.median(pr):.3f} "
+                         f"({min(pr):.3f}-{max(pr):.3f})")
+        lines.append(
+            f"| {label} | {cells[0]} | {cells[1]} | "
+            f"{spread([x['rps'] for x in a]) * 100:.1f} %, "
+            f"{spread([y['rps'] for y in b]) * 100:.1f} % | "
+            f"ratio >= 0.98 |")
+        detail.append(f"{label}, each pair (req/s, req per server CPU-s): "
+                      + "; ".join(
+                          f"off {x['rps']:.0f}/{x['per_cpu']:.0f} "
+                          f"on {y['rps']:.0f}/{y['per_cpu']:.0f}"
+                          for x, y in zip(a, b)))
+    lines += [""] + detail
+    lines += ["", "Counted by the on server over its measured runs "
+              "(jwksd_http_requests_total, code 200) vs the answers wrk "
+              "saw: " + "; ".join(
+                  f"{label} {res['counted'][label]:.0f} vs "
+                  f"{res['wrk_total'][label]}"
+                  for label, _, _ in ADMIN_ROUTES)
+              + f" (the counters also hold the answers in flight when each "
+              f"run stopped: at most {args.connections} a run)."]
+    return lines
+
+
+def http_requests(port, method, path, n):
+    """n requests one after another on one kept-alive connection; each must
+    answer 200."""
+    conn = http.client.HTTPConnection(LOOP, port, timeout=120)
+    try:
+        for _ in range(n):
+            conn.request(method, path, body=b"" if method == "POST" else None)
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{method} {path}: {r.status}")
+    finally:
+        conn.close()
+
+
+def callgrind_calls(path):
+    """({function: [calls, inclusive Ir]}, total Ir) of a callgrind output
+    file: the call records summed per callee, names uncompressed."""
+    names, calls, total = {}, {}, 0
+    callee, pending = None, None
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("cfn="):
+                    callee = names.get(m.group(1))
+            elif line.startswith("calls="):
+                pending = int(line[6:].split()[0])
+            elif pending is not None and line[:1] in "0123456789+-*":
+                cost = line.split()
+                rec = calls.setdefault(callee, [0, 0])
+                rec[0] += pending
+                rec[1] += int(cost[1]) if len(cost) > 1 else 0
+                pending = None
+            elif line.startswith("summary:"):
+                total = int(line.split()[1])
+    return calls, total
+
+
+# The functions the admin rows' callgrind figures show one by one.
+CG_FUNCTIONS = ("main_begin_request", "main_end_request",
+                "jwks_metrics_observe", "clock_gettime")
+
+
+def callgrind_figures(args, work):
+    """Instructions per request, admin listener off and on: jwksd under
+    callgrind (one thread per output file), N requests on one connection
+    after a warm-up, counters zeroed before and dumped after them. The
+    serving figure sums the threads that answered requests (those that
+    called main_end_request); the process figure adds every other thread
+    (the store poll, idle workers) over the same interval."""
+    db = work / "callgrind.db"
+    Jwksd(args.jwksd, work, db, args.threads).stop()  # keys made natively
+    res = {}
+    for mode in ("off", "on"):
+        out = work / f"callgrind-{mode}.out"
+        extra = (["--admin-listen", f"{LOOP}:{free_port()}"]
+                 if mode == "on" else [])
+        server = Jwksd(args.jwksd, work, db, args.threads, extra,
+                       prefix=["valgrind", "--tool=callgrind",
+                               "--separate-threads=yes",
+                               f"--callgrind-out-file={out}"],
+                       start_timeout=120)
+        try:
+            for dump, (label, method, path) in enumerate(ADMIN_ROUTES, 1):
+                n = args.cg_auth if method == "POST" else args.cg_jwks
+                print(f"  callgrind, admin {mode}, {label} x {n} ...",
+                      file=sys.stderr)
+                http_requests(server.port, method, path, max(1, n // 10))
+                ctl = ["callgrind_control", str(server.proc.pid)]
+                subprocess.run(ctl[:1] + ["-z"] + ctl[1:], check=True,
+                               capture_output=True, timeout=120)
+                http_requests(server.port, method, path, n)
+                subprocess.run(ctl[:1] + ["-d"] + ctl[1:], check=True,
+                               capture_output=True, timeout=120)
+                serving = process = 0
+                funcs = {}
+                for f in work.glob(f"{out.name}.{dump}-*"):
+                    calls, ir = callgrind_calls(f)
+                    process += ir
+                    if "main_end_request" not in calls:
+                        continue
+                    serving += ir
+                    for name, (c, inc) in calls.items():
+                        key = next((k for k in CG_FUNCTIONS
+                                    if name and k in name), None)
+                        if key:
+                            acc = funcs.setdefault(key, [0, 0])
+                            acc[0] += c
+                            acc[1] += inc
+                res[(label, mode)] = {
+                    "n": n, "serving": serving / n, "process": process / n,
+                    "funcs": {k: (c / n, inc / n)
+                              for k, (c, inc) in funcs.items()}}
+            if mode == "on":
+                # What one scrape costs: the whole process, 10 scrapes.
+                port = int(extra[1].rsplit(":", 1)[1])
+                subprocess.run(ctl[:1] + ["-z"] + ctl[1:], check=True,
+                               capture_output=True, timeout=120)
+                http_requests(port, "GET", "/metrics", 10)
+                subprocess.run(ctl[:1] + ["-d"] + ctl[1:], check=True,
+                               capture_output=True, timeout=120)
+                dump = len(ADMIN_ROUTES) + 1
+                res["scrape"] = sum(
+                    callgrind_calls(f)[1]
+                    for f in work.glob(f"{out.name}.{dump}-*")) / 10
+        finally:
+            server.stop()
+    return res
+
+
+def callgrind_lines(res):
+    lines = [
+        "Instructions per request (valgrind --tool=callgrind, jwksd under "
+        "it; N requests one after another on one connection after N/10 "
+        "warm-up ones; no scrape meanwhile): the threads that answered "
+        "them, and the whole process over the same interval. Under "
+        "valgrind clock_gettime is a system call (no vDSO), so the clock "
+        "reads count fewer instructions than they take natively.",
+        "",
+        "| route | N | Ir per request off | on | on - off | (on - off) / off "
+        "| in the begin and end callbacks: on - off | whole process off "
+        "| on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, _, _ in ADMIN_ROUTES:
+        a, b = res[(label, "off")], res[(label, "on")]
+        d = b["serving"] - a["serving"]
+        hooks = [sum(r["funcs"].get(k, (0, 0))[1]
+                     for k in ("main_begin_request", "main_end_request"))
+                 for r in (a, b)]
+        lines.append(
+            f"| {label} | {a['n']} | {a['serving']:.0f} | {b['serving']:.0f} "
+            f"| {d:+.0f} | {d / a['serving'] * 100:+.3f} % | "
+            f"{hooks[1] - hooks[0]:+.0f} | "
+            f"{a['process']:.0f} | {b['process']:.0f} |")
+    lines.append("")
+    for label, _, _ in ADMIN_ROUTES:
+        parts = []
+        for mode in ("off", "on"):
+            funcs = res[(label, mode)]["funcs"]
+            parts.append(f"{mode}: " + ", ".join(
+                f"{k} {funcs[k][0]:.2f} calls {funcs[k][1]:.0f} Ir"
+                for k in CG_FUNCTIONS if k in funcs))
+        lines.append(f"{label}, per request, inclusive: " + "; ".join(parts))
+    lines += ["", f"One scrape of /metrics: {res['scrape']:.0f} Ir (the whole "
+              f"process, mean of 10)."]
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jwksd", required=True)
@@ -600,8 +925,18 @@ def main():
                     help="cross-instance changes timed on postgres")
     ap.add_argument("--threads", type=int, default=0,
                     help="jwksd --threads (default: jwksd's default)")
-    ap.add_argument("--only", choices=["algs"],
-                    help="run only these rows (algs: one per --algs)")
+    ap.add_argument("--only", choices=["algs", "admin"],
+                    help="run only these rows (algs: one per --algs; "
+                    "admin: the admin listener off vs on)")
+    ap.add_argument("--admin-pairs", type=int, default=5,
+                    help="off/on pairs of wrk runs per route in the admin "
+                    "rows (default %(default)s)")
+    ap.add_argument("--cg-auth", type=int, default=200,
+                    help="POST /auth requests counted under callgrind "
+                    "(default %(default)s)")
+    ap.add_argument("--cg-jwks", type=int, default=2000,
+                    help="JWKS requests counted under callgrind "
+                    "(default %(default)s)")
     ap.add_argument("--algs", default=",".join(SPEED_ALG),
                     help="signing algorithms of the algs rows "
                     "(default %(default)s)")
@@ -624,22 +959,36 @@ def main():
     lines = [
         f"jwksd benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}, "
         f"{os.cpu_count()} cores ({cpu.strip()}), wrk -t{args.wrk_threads} "
-        f"-c{args.connections} -d{args.duration}s, median of {args.runs} runs, "
+        f"-c{args.connections} -d{args.duration}s, "
+        + (f"{args.admin_pairs} off/on pairs" if args.only == "admin"
+           else f"median of {args.runs} runs")
+        + ", "
         f"jwksd --threads {args.threads or 'default'} --auth-rate 0 (no rate "
         f"limit: wrk is one client address)",
         "",
     ]
     results = {}
-    if args.only != "algs":
+    if not args.only:
         lines += classic_rows(args, work, lua, results)
-    print("signing algorithms: " + ", ".join(args.algs) + " ...",
-          file=sys.stderr)
-    algres = alg_figures(args, work, lua)
-    for alg, row in algres["rows"].items():
-        results[f"--alg {alg} /auth"] = row["auth"]
-    results["nginx (H)"] = algres["nginx"]
-    results["--alg JWKS"] = algres["jwks"]
-    lines += alg_lines(algres, args)
+    if args.only in (None, "algs"):
+        print("signing algorithms: " + ", ".join(args.algs) + " ...",
+              file=sys.stderr)
+        algres = alg_figures(args, work, lua)
+        for alg, row in algres["rows"].items():
+            results[f"--alg {alg} /auth"] = row["auth"]
+        results["nginx (H)"] = algres["nginx"]
+        results["--alg JWKS"] = algres["jwks"]
+        lines += alg_lines(algres, args)
+    if args.only in (None, "admin"):
+        print("admin listener off vs on ...", file=sys.stderr)
+        adres = admin_figures(args, work, lua)
+        for (label, mode), runs in adres["runs"].items():
+            results[f"admin {mode} {label}"] = median_of(runs)
+        lines += ([""] if lines[-1] else []) + admin_lines(adres, args)
+        if shutil.which("valgrind") and shutil.which("callgrind_control"):
+            lines += [""] + callgrind_lines(callgrind_figures(args, work))
+        else:
+            lines += ["", "valgrind not installed: no instruction counts."]
     load1 = os.getloadavg()
     lines += ["", "Load average (1, 5, 15 min) at the start: "
               + ", ".join(f"{x:.2f}" for x in load0) + "; at the end: "
@@ -652,7 +1001,7 @@ def main():
         lines += ["", "Errors during the runs: " + "; ".join(bad)]
     table = "\n".join(lines) + "\n"
 
-    last = out / ("last-algs.md" if args.only == "algs" else "last.md")
+    last = out / (f"last-{args.only}.md" if args.only else "last.md")
     previous = last.read_text() if last.exists() else None
     (out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(table)
     last.write_text(table)
