@@ -118,6 +118,7 @@ class EmbedTests(unittest.TestCase):
         self.assertTrue(any(re.match(r"-I.*include/jwksd$", f) for f in flags), flags)
         binary = self.tmp / "embed-outside"
         cc = subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror",
+                             *os.environ.get("JWKS_EMBED_CFLAGS", "").split(),
                              str(SOURCE / "examples" / "embed.c"), *flags,
                              "-o", str(binary)],
                             cwd=self.tmp, capture_output=True, text=True, timeout=120)
