@@ -6,8 +6,10 @@
  */
 #include "crypto_internal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +28,13 @@
 
 /* The largest certificate or key file read: far more than any chain. */
 #define JWKS_TLS_FILE_MAX (1024 * 1024)
+
+/* The compatibility objects for CivetWeb (crypto/tls_compat.c). */
+#ifndef JWKS_TLS_COMPAT_DIR
+#define JWKS_TLS_COMPAT_DIR "/usr/local/lib/jwksd"
+#endif
+#define JWKS_TLS_COMPAT_CRYPTO "libjwksd-compat-crypto.so"
+#define JWKS_TLS_COMPAT_SSL "libjwksd-compat-ssl.so"
 
 /* The weakest key accepted, in bits of security (RSA 2048, P-256). */
 #define JWKS_TLS_MIN_SECURITY_BITS 112
@@ -435,6 +444,51 @@ void jwks_tls_describe(struct jwks_tls *tls, char *out, size_t len)
 	BN_free(bn);
 	X509_free(cert);
 	ERR_clear_error();
+}
+
+/*
+ * dlopen() the object name from the running program's directory, else
+ * from JWKS_TLS_COMPAT_DIR. Returns the handle, or NULL after filling err.
+ */
+static void *jwks_tls_compat_open(const char *name, struct ks_err *err)
+{
+	char exe[PATH_MAX], path[PATH_MAX + 64], *slash;
+	ssize_t n;
+	void *handle;
+
+	n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	if (n > 0) {
+		exe[n] = '\0';
+		slash = strrchr(exe, '/');
+		if (slash) {
+			*slash = '\0';
+			snprintf(path, sizeof(path), "%s/%s", exe, name);
+			handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+			if (handle)
+				return handle;
+		}
+	}
+	snprintf(path, sizeof(path), "%s/%s", JWKS_TLS_COMPAT_DIR, name);
+	handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!handle)
+		ks_err_set(
+			err, KS_ENOTFOUND,
+			"cannot load %s, which CivetWeb needs to use OpenSSL "
+			"3: %s",
+			name, dlerror());
+	return handle;
+}
+
+int jwks_tls_civetweb_init(struct ks_err *err)
+{
+	/* Never closed: CivetWeb keeps using what they resolve to. */
+	static void *crypto, *ssl;
+
+	if (!crypto)
+		crypto = jwks_tls_compat_open(JWKS_TLS_COMPAT_CRYPTO, err);
+	if (crypto && !ssl)
+		ssl = jwks_tls_compat_open(JWKS_TLS_COMPAT_SSL, err);
+	return crypto && ssl ? 0 : KS_ENOTFOUND;
 }
 
 void jwks_tls_free(struct jwks_tls *tls)

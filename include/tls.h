@@ -84,6 +84,16 @@ int jwks_tls_setup_ctx(struct jwks_tls *tls, void *ssl_ctx, struct ks_err *err);
  */
 void jwks_tls_describe(struct jwks_tls *tls, char *out, size_t len);
 
+/*
+ * Make CivetWeb's TLS work with OpenSSL 3: load the two compatibility
+ * objects of crypto/tls_compat.c (from the directory of the running
+ * program, else from JWKS_TLS_COMPAT_DIR), before mg_init_library() with
+ * MG_FEATURES_TLS or the start of a listener with TLS. They stay loaded.
+ * Once is enough; calling it again does nothing. Not thread-safe.
+ * Returns 0 or KS_ENOTFOUND (an object is missing or does not load).
+ */
+int jwks_tls_civetweb_init(struct ks_err *err);
+
 /* Free tls and the pair it holds; NULL is a no-op. */
 void jwks_tls_free(struct jwks_tls *tls);
 

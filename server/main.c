@@ -1311,6 +1311,10 @@ int main(int argc, char **argv)
 
 	/* Listen at once; requests wait until the first keys are ready. */
 	if (cfg.tls || cfg.admin_tls) {
+		if (jwks_tls_civetweb_init(&e)) {
+			fprintf(stderr, "jwksd: TLS: %s\n", e.text);
+			goto out;
+		}
 		library = 1;
 		if (!(mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS)) {
 			fprintf(stderr,
