@@ -78,30 +78,40 @@ class Pki:
     """A test certificate authority (ECDSA P-256) that issues server
     certificates for 127.0.0.1 and localhost."""
 
-    def __init__(self, directory, name="jwksd test CA"):
+    def __init__(self, directory, name="jwksd test CA", parent=None):
+        """A root CA (written as ca.pem), or with parent an intermediate
+        CA signed by it (not written: it goes into the certificate file)."""
         self.dir = directory
+        self.parent = parent
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        issuer = parent.cert.subject if parent else subject
         now = datetime.datetime.now(datetime.timezone.utc)
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
+            .subject_name(subject).issuer_name(issuer)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(
+                ca=True, path_length=0 if parent else 1), critical=True)
             .add_extension(x509.KeyUsage(
                 digital_signature=True, key_cert_sign=True, crl_sign=True,
                 content_commitment=False, key_encipherment=False,
                 data_encipherment=False, key_agreement=False,
                 encipher_only=False, decipher_only=False), critical=True)
-            .sign(self.key, hashes.SHA256()))
-        self.ca_path = directory / "ca.pem"
-        self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+            .sign(parent.key if parent else self.key, hashes.SHA256()))
+        root = self
+        while root.parent:
+            root = root.parent
+        self.ca_path = root.dir / "ca.pem"
+        if not parent:
+            self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, common_name, serial, key_type="ec"):
-        """(certificate PEM, unencrypted PKCS#8 key PEM) for a new key."""
+        """(certificate PEM, unencrypted PKCS#8 key PEM) for a new key; the
+        certificate PEM of an intermediate CA's is followed by its own."""
         if key_type == "rsa":
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         else:
@@ -121,7 +131,12 @@ class Pki:
             .add_extension(x509.ExtendedKeyUsage(
                 [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256()))
-        return (cert.public_bytes(serialization.Encoding.PEM),
+        chain = b""
+        ca = self
+        while ca.parent:
+            chain += ca.cert.public_bytes(serialization.Encoding.PEM)
+            ca = ca.parent
+        return (cert.public_bytes(serialization.Encoding.PEM) + chain,
                 key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
@@ -289,6 +304,24 @@ class TlsServingTests(TlsTestCase):
         claims = jwt.decode(token, key.key, algorithms=[header["alg"]],
                             options={"require": ["exp", "iat"]})
         self.assertGreater(claims["exp"], claims["iat"])
+
+    def test_chain_with_an_intermediate_verifies_against_the_root(self):
+        intermediate = Pki(self.tmp, "jwksd test intermediate", parent=self.pki)
+        cert_pem, key_pem = intermediate.issue("jwksd chained", 7007)
+        self.assertEqual(cert_pem.count(b"BEGIN CERTIFICATE"), 2)
+        cert_path, key_path = self.pki.write("chained", cert_pem, key_pem)
+        server = self.start_server("--tls-cert", cert_path, "--tls-key", key_path)
+        status, _, serial = self.get(server, JWKS_PATH)
+        self.assertEqual((status, serial), (200, 7007),
+                         "the client trusts only the root: jwksd sent the intermediate")
+        # Without the intermediate in the file, the same client cannot verify.
+        leaf_only = cert_pem[:cert_pem.index(b"-----END CERTIFICATE-----") + 26]
+        self.pki.write("chained", leaf_only, key_pem)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: RELOADED in server.stderr_text(), "the reload line")
+        with socket.create_connection((LOOPBACK, server.port), timeout=10) as raw:
+            with self.assertRaises(ssl.SSLCertVerificationError):
+                self.pki.client_context().wrap_socket(raw, server_hostname=LOOPBACK)
 
     def test_tls12_negotiates_an_ecdhe_aead_cipher(self):
         for key_type in ("rsa", "ec"):
