@@ -27,9 +27,11 @@ import http.client
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import warnings
@@ -372,6 +374,39 @@ class TlsServingTests(TlsTestCase):
                 exc = self.assertRefused(server.port, ctx, f"{name} refused")
                 self.assertIn("PROTOCOL_VERSION", exc.reason or str(exc),
                               f"a protocol_version alert, not another failure: {exc!r}")
+        self.assertStillServes(server)
+
+    def test_tls12_renegotiation_is_refused(self):
+        openssl = shutil.which("openssl")
+        if not openssl:
+            self.skipTest("the openssl command is not installed")
+        server, _, _ = self.start_tls()
+        # s_client renegotiates when it reads "R" on a line of its own.
+        # (OpenSSL 3 servers refuse client renegotiation unless told to
+        # allow it; jwksd also sets SSL_OP_NO_RENEGOTIATION. This pins the
+        # behaviour, whichever of the two provides it.)
+        proc = subprocess.Popen(
+            [openssl, "s_client", "-connect", f"{LOOPBACK}:{server.port}",
+             "-tls1_2", "-CAfile", str(self.pki.ca_path), "-verify_return_error"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.addCleanup(proc.wait)
+        self.addCleanup(proc.kill)
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        output = b""
+        os.set_blocking(proc.stdout.fileno(), False)
+        deadline = time.monotonic() + WAIT
+        while b"no renegotiation" not in output and time.monotonic() < deadline:
+            chunk = proc.stdout.read()
+            if chunk:
+                output += chunk
+            elif proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        text = output.decode("latin-1")
+        self.assertIn("Verify return code: 0 (ok)", text)
+        self.assertIn("RENEGOTIATING", text, "the client asked")
+        self.assertIn("no renegotiation", text, "the server refused")
         self.assertStillServes(server)
 
     def test_plain_http_on_the_tls_port_is_refused(self):
