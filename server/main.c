@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "service.h"
 #include "signer.h"
+#include "tls.h"
 #include "users_cmd.h"
 
 #ifndef JWKSD_VERSION
@@ -72,6 +73,16 @@ struct main_config {
 	long long register_rate;
 	const char *proxies[JWKS_MAX_TRUSTED_PROXIES + 1];
 	size_t n_proxies;
+	/* TLS: the files of each listener, and what was loaded from them. */
+	const char *tls_cert;
+	const char *tls_key;
+	const char *admin_tls_cert;
+	const char *admin_tls_key;
+	struct jwks_tls *tls;
+	struct jwks_tls *admin_tls;
+	/* CivetWeb's listening_ports: the address, with "s" for TLS. */
+	char listen_ports[96];
+	char admin_ports[96];
 };
 
 static const char main_usage_text[] =
@@ -87,7 +98,10 @@ static const char main_usage_text[] =
 	"             [--auth-rate N] [--register-rate N] [--trust-proxy "
 	"CIDR]...\n"
 	"             [--auth-log-days N] [--admin-listen [ADDR:]PORT]\n"
-	"             [--stale-after SECONDS] [--help] [--version]\n"
+	"             [--stale-after SECONDS] [--access-log PATH]\n"
+	"             [--tls-cert PEM --tls-key PEM]\n"
+	"             [--admin-tls-cert PEM --admin-tls-key PEM]\n"
+	"             [--help] [--version]\n"
 	"       jwksd copy --from NAME:PATH --to NAME:PATH [--merge]\n"
 	"                  [--with-auth-log] [--pg-schema NAME]\n"
 	"       jwksd keys list|rotate|revoke KID|export-public|purge|rewrap "
@@ -166,6 +180,14 @@ static const char main_usage_text[] =
 	"  --access-log PATH      one JSON line per request of the public\n"
 	"                         listener, appended to PATH (- for stderr;\n"
 	"                         reopened on SIGHUP; default: none)\n"
+	"  --tls-cert PEM         serve the public listener over HTTPS (TLS "
+	"1.2\n"
+	"                         and 1.3) with this certificate, followed by\n"
+	"                         its chain; reloaded on SIGHUP\n"
+	"  --tls-key PEM          the certificate's private key, unencrypted\n"
+	"                         (mode 0600); needed with --tls-cert\n"
+	"  --admin-tls-cert PEM   the same for the admin listener\n"
+	"  --admin-tls-key PEM    its private key (mode 0600)\n"
 	"  SECONDS values also take an s, m, h or d suffix (90d).\n"
 	"\n"
 	"  copy                   copy every key with its kid and expiry, and\n"
@@ -293,6 +315,10 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 		{"admin-listen", required_argument, NULL, 'S'},
 		{"stale-after", required_argument, NULL, 'Z'},
 		{"access-log", required_argument, NULL, 'O'},
+		{"tls-cert", required_argument, NULL, 'C'},
+		{"tls-key", required_argument, NULL, 'E'},
+		{"admin-tls-cert", required_argument, NULL, 'c'},
+		{"admin-tls-key", required_argument, NULL, 'e'},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
@@ -484,6 +510,26 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 				return main_bad_usage("empty --access-log");
 			cfg->access_log = optarg;
 			break;
+		case 'C':
+			if (!*optarg)
+				return main_bad_usage("empty --tls-cert");
+			cfg->tls_cert = optarg;
+			break;
+		case 'E':
+			if (!*optarg)
+				return main_bad_usage("empty --tls-key");
+			cfg->tls_key = optarg;
+			break;
+		case 'c':
+			if (!*optarg)
+				return main_bad_usage("empty --admin-tls-cert");
+			cfg->admin_tls_cert = optarg;
+			break;
+		case 'e':
+			if (!*optarg)
+				return main_bad_usage("empty --admin-tls-key");
+			cfg->admin_tls_key = optarg;
+			break;
 		case 'h':
 			main_usage(stdout);
 			exit(0);
@@ -501,6 +547,13 @@ static int main_parse_args(int argc, char **argv, struct main_config *cfg)
 	}
 	if (optind < argc)
 		return main_bad_usage("unexpected argument '%s'", argv[optind]);
+	if (!cfg->tls_cert != !cfg->tls_key)
+		return main_bad_usage("--tls-cert and --tls-key go together");
+	if (!cfg->admin_tls_cert != !cfg->admin_tls_key)
+		return main_bad_usage("--admin-tls-cert and --admin-tls-key go "
+				      "together");
+	if (cfg->admin_tls_cert && !cfg->admin_listen)
+		return main_bad_usage("--admin-tls-cert needs --admin-listen");
 	if (cfg->token_type && !strcmp(cfg->token_type, JOSE_TYP_AT_JWT) &&
 	    (!cfg->issuer || !cfg->n_audiences))
 		return main_bad_usage("--token-type at+jwt (RFC 9068) needs "
@@ -738,6 +791,48 @@ static int main_civetweb_log(const struct mg_connection *conn,
 	return 1;
 }
 
+/*
+ * CivetWeb's init_ssl callbacks: the listener's SSL_CTX gets jwksd's
+ * policy and the certificate callback of its struct jwks_tls (crypto/tls.c).
+ * 1: set up, CivetWeb loads no certificate of its own; -1: failed, and
+ * mg_start2() fails.
+ */
+static int main_setup_tls(struct jwks_tls *tls, void *ssl_ctx,
+			  const char *which)
+{
+	struct ks_err e = {{0}};
+
+	if (jwks_tls_setup_ctx(tls, ssl_ctx, &e)) {
+		fprintf(stderr,
+			"jwksd: cannot set up TLS on the %s listener: %s\n",
+			which, e.text);
+		return -1;
+	}
+	return 1;
+}
+
+static int main_init_ssl(void *ssl_ctx, void *user_data)
+{
+	const struct main_config *cfg = user_data;
+
+	return main_setup_tls(cfg->tls, ssl_ctx, "public");
+}
+
+static int main_admin_init_ssl(void *ssl_ctx, void *user_data)
+{
+	const struct main_config *cfg = user_data;
+
+	return main_setup_tls(cfg->admin_tls, ssl_ctx, "admin");
+}
+
+/* listen with CivetWeb's "s" suffix when tls is set, into out. */
+static const char *main_ports(const char *listen, const struct jwks_tls *tls,
+			      char *out, size_t len)
+{
+	snprintf(out, len, "%s%s", listen, tls ? "s" : "");
+	return out;
+}
+
 static struct mg_context *main_start_http(struct main_config *cfg,
 					  const struct jwks_http_routes *routes)
 {
@@ -749,7 +844,8 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 	struct mg_context *ctx;
 	const char *options[] = {
 		"listening_ports",
-		cfg->listen,
+		main_ports(cfg->listen, cfg->tls, cfg->listen_ports,
+			   sizeof(cfg->listen_ports)),
 		"num_threads",
 		threads,
 		"request_timeout_ms",
@@ -779,6 +875,8 @@ static struct mg_context *main_start_http(struct main_config *cfg,
 	callbacks.http_error = main_http_error;
 	callbacks.init_connection = main_init_connection;
 	callbacks.connection_close = main_connection_close;
+	if (cfg->tls)
+		callbacks.init_ssl = main_init_ssl;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
@@ -808,7 +906,8 @@ main_start_admin(struct main_config *cfg,
 	struct mg_context *ctx;
 	const char *options[] = {
 		"listening_ports",
-		cfg->admin_listen,
+		main_ports(cfg->admin_listen, cfg->admin_tls, cfg->admin_ports,
+			   sizeof(cfg->admin_ports)),
 		"num_threads",
 		"4",
 		"request_timeout_ms",
@@ -831,6 +930,8 @@ main_start_admin(struct main_config *cfg,
 	callbacks.begin_request = main_admin_begin_request;
 	callbacks.end_request = main_admin_end_request;
 	callbacks.http_error = main_admin_http_error;
+	if (cfg->admin_tls)
+		callbacks.init_ssl = main_admin_init_ssl;
 	init.configuration_options = options;
 	ctx = mg_start2(&init, &error);
 	if (!ctx) {
@@ -923,6 +1024,65 @@ static void main_stop_http(struct mg_context *ctx, const char *listen)
 		atomic_store(&w.done, 1);
 		pthread_join(tid, NULL);
 	}
+}
+
+/*
+ * Load and check the certificates and keys given (--tls-cert/--tls-key,
+ * --admin-tls-cert/--admin-tls-key). Returns 0, or 1 after a message.
+ */
+static int main_load_tls(struct main_config *cfg)
+{
+	struct ks_err e = {{0}};
+	char about[512];
+
+	if (cfg->tls_cert) {
+		if (jwks_tls_new(&cfg->tls, cfg->tls_cert, cfg->tls_key, &e)) {
+			fprintf(stderr, "jwksd: --tls-cert/--tls-key: %s\n",
+				e.text);
+			return 1;
+		}
+		jwks_tls_describe(cfg->tls, about, sizeof(about));
+		fprintf(stderr, "jwksd: TLS on the public listener: %s\n",
+			about);
+	}
+	if (cfg->admin_tls_cert) {
+		if (jwks_tls_new(&cfg->admin_tls, cfg->admin_tls_cert,
+				 cfg->admin_tls_key, &e)) {
+			fprintf(stderr,
+				"jwksd: --admin-tls-cert/--admin-tls-key: %s\n",
+				e.text);
+			return 1;
+		}
+		jwks_tls_describe(cfg->admin_tls, about, sizeof(about));
+		fprintf(stderr, "jwksd: TLS on the admin listener: %s\n",
+			about);
+	}
+	return 0;
+}
+
+/*
+ * SIGHUP: read a listener's certificate and key again. Handshakes that
+ * begin afterwards use the new pair; connections already open keep
+ * theirs. Bad files keep the pair loaded before, said in one line.
+ */
+static void main_reload_tls(struct jwks_tls *tls, const char *which,
+			    const char *cert_flag, const char *key_flag)
+{
+	struct ks_err e = {{0}};
+	char about[512];
+
+	if (!tls)
+		return;
+	if (jwks_tls_reload(tls, &e)) {
+		fprintf(stderr,
+			"jwksd: TLS reload on the %s listener failed, still "
+			"serving the previous certificate: %s/%s: %s\n",
+			which, cert_flag, key_flag, e.text);
+		return;
+	}
+	jwks_tls_describe(tls, about, sizeof(about));
+	fprintf(stderr, "jwksd: TLS on the %s listener reloaded: %s\n", which,
+		about);
 }
 
 /* NAME:PATH, split at the first colon. */
@@ -1106,6 +1266,10 @@ int main(int argc, char **argv)
 		}
 	}
 
+	/* Before the store too: the certificates and keys, checked. */
+	if (main_load_tls(&cfg))
+		goto out;
+
 	path = cfg.db ? cfg.db : ks_backend_default_path(be);
 	/* The store as every message shows it: never with a password. */
 	ks_describe(be, path, shown, sizeof(shown));
@@ -1156,8 +1320,23 @@ int main(int argc, char **argv)
 	}
 
 	/* Listen at once; requests wait until the first keys are ready. */
-	mg_init_library(0);
-	library = 1;
+	if (cfg.tls || cfg.admin_tls) {
+		if (jwks_tls_civetweb_init(&e)) {
+			fprintf(stderr, "jwksd: TLS: %s\n", e.text);
+			goto out;
+		}
+		library = 1;
+		if (!(mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS)) {
+			fprintf(stderr,
+				"jwksd: CivetWeb cannot load OpenSSL for "
+				"TLS (it opens libssl.so and "
+				"libcrypto.so)\n");
+			goto out;
+		}
+	} else {
+		mg_init_library(0);
+		library = 1;
+	}
 	if (cfg.admin_listen)
 		jwks_metrics_enable();
 	ctx = main_start_http(&cfg, &routes);
@@ -1184,13 +1363,19 @@ int main(int argc, char **argv)
 		cfg.algs[0] ? main_alg_list(&cfg, algs, sizeof(algs)) : "RS256",
 		admin_address[0] ? ", admin on " : "", admin_address);
 
-	/* SIGHUP reopens the access log (rotation); SIGINT/TERM stop. */
+	/*
+	 * SIGHUP reopens the access log (rotation) and reloads the TLS
+	 * certificates and keys; SIGINT/TERM stop.
+	 */
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig != SIGHUP)
 			break;
 		jwks_access_log_reopen(main_access_log);
+		main_reload_tls(cfg.tls, "public", "--tls-cert", "--tls-key");
+		main_reload_tls(cfg.admin_tls, "admin", "--admin-tls-cert",
+				"--admin-tls-key");
 	}
 	fprintf(stderr, "jwksd: %s received, stopping\n",
 		sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -1210,5 +1395,8 @@ out:
 	kek_free(kek);
 	if (library)
 		mg_exit_library();
+	/* After the listeners and their SSL_CTXs. */
+	jwks_tls_free(cfg.admin_tls);
+	jwks_tls_free(cfg.tls);
 	return status;
 }
