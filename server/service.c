@@ -827,6 +827,9 @@ static const char *svc_alg_of(int64_t kid, void *arg)
 	return svc_known_alg(arg, kid);
 }
 
+/* Expired records a background pass loads only to learn their algorithm. */
+#define SVC_LEARN_PER_PASS 4
+
 /*
  * For each configured algorithm, the most recently expired record that
  * may sign for ?expired=true: not revoked, and loads (work_lock held).
@@ -841,7 +844,7 @@ static int svc_listing_expired(struct svc_listing *l,
 {
 	struct jwks_service *svc = l->svc;
 	struct svc_kid_alg *known = NULL;
-	size_t i, n_known = 0, filled = 0;
+	size_t i, n_known = 0, filled = 0, learnt = 0;
 	int rc = 0;
 
 	memset(out, 0, JWKS_MAX_ALGS * sizeof(*out));
@@ -873,12 +876,18 @@ static int svc_listing_expired(struct svc_listing *l,
 		}
 		if (alg && (!*alg || !usable || filled == svc->n_algs))
 			continue;
-		/* Learning only: in the background, never delaying a start. */
+		/*
+		 * Learning only: in the background, never delaying a start,
+		 * and a few records a pass, so that a store with many expired
+		 * keys costs no burst of parsing.
+		 */
 		if (!alg && (!usable || filled == svc->n_algs) &&
-		    !svc->thread_started) {
+		    (!svc->thread_started || learnt == SVC_LEARN_PER_PASS)) {
 			svc->sched_incomplete = 1;
 			continue;
 		}
+		if (!alg && (!usable || filled == svc->n_algs))
+			learnt++;
 		a = svc_alg_index(svc, alg);
 		if (alg && (a < 0 || out[a]))
 			continue;

@@ -26,8 +26,15 @@ import harness  # noqa: E402
 import jwt  # noqa: E402
 
 BUILD_TIMEOUT = 900
+MULTIARCH = subprocess.run(["dpkg-architecture", "-qDEB_HOST_MULTIARCH"],
+                           capture_output=True, text=True,
+                           check=True).stdout.strip()
 EXPECTED_FILES = {
     "./usr/sbin/jwksd",
+    # CivetWeb's OpenSSL 3 stand-ins, in a directory ldconfig never scans
+    # (crypto/tls_compat.c).
+    f"./usr/lib/{MULTIARCH}/jwksd/libjwksd-compat-crypto.so",
+    f"./usr/lib/{MULTIARCH}/jwksd/libjwksd-compat-ssl.so",
     "./usr/share/man/man8/jwksd.8.gz",
     "./lib/systemd/system/jwksd.service",
     "./etc/default/jwksd",
