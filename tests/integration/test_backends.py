@@ -183,26 +183,19 @@ class CopyTests(JwksdTestCase):
         self.assertIn("kid", res.stderr, res.describe())
         self.assertEqual(self.sqlite_rows(b), before, "nothing was written")
 
-    def keys_json(self, backend, db):
-        import json
-        res = run_jwksd(["keys", "list", "--json", "--backend", backend,
-                         "--db", str(db)], cwd=self.tmp, timeout=30)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return {str(e["kid"]): e for e in json.loads(res.stdout)}
-
     def test_a_failed_lifecycle_write_leaves_the_destination_unchanged(self):
         """Keys and their lifecycle entries go in together: when the entries
         cannot be written (a trigger refuses them), no key is copied, and a
         rerun with --merge copies keys WITH entries (revoked stays revoked)."""
         src = self.tmp / "a.lmdb"
         self.stop_server(self.start_server(backend="lmdb", db=src))
-        before = self.keys_json("lmdb", src)
+        before = self.key_list(db=src, backend="lmdb", timeout=30)
         self.assertEqual(len(before), 2, before)
         signing = next(k for k, e in before.items() if e["state"] != "expired")
         res = run_jwksd(["keys", "revoke", signing, "--backend", "lmdb",
                          "--db", str(src)], cwd=self.tmp, timeout=30)
         self.assertEqual(res.returncode, 0, res.describe())
-        self.assertEqual(self.keys_json("lmdb", src)[signing]["state"],
+        self.assertEqual(self.key_list(db=src, backend="lmdb", timeout=30)[signing]["state"],
                          "revoked")
 
         dst = self.tmp / "b.db"
@@ -226,7 +219,7 @@ class CopyTests(JwksdTestCase):
         res = self.copy(f"lmdb:{src}", f"sqlite:{dst}", "--merge")
         self.assertEqual(res.returncode, 0, res.describe())
         self.assertIn("copied 2 keys", res.stdout, res.describe())
-        after = self.keys_json("sqlite", dst)
+        after = self.key_list(db=dst, backend="sqlite", timeout=30)
         self.assertEqual(set(after), set(before))
         self.assertEqual(after[signing]["state"], "revoked", after[signing])
         self.assertIn("revoked_at", after[signing])
@@ -240,7 +233,7 @@ class CopyTests(JwksdTestCase):
         failed after its keys left) gets them from a --merge rerun."""
         src = self.tmp / "a.db"
         self.stop_server(self.start_server(backend="sqlite", db=src))
-        before = self.keys_json("sqlite", src)
+        before = self.key_list(db=src, backend="sqlite", timeout=30)
         signing = next(k for k, e in before.items() if e["state"] != "expired")
         res = run_jwksd(["keys", "revoke", signing, "--backend", "sqlite",
                          "--db", str(src)], cwd=self.tmp, timeout=30)
@@ -254,7 +247,7 @@ class CopyTests(JwksdTestCase):
         res = self.copy(f"sqlite:{src}", f"sqlite:{dst}", "--merge")
         self.assertEqual(res.returncode, 0, res.describe())
         self.assertIn("copied 0 keys", res.stdout, res.describe())
-        self.assertEqual(self.keys_json("sqlite", dst)[signing]["state"],
+        self.assertEqual(self.key_list(db=dst, backend="sqlite", timeout=30)[signing]["state"],
                          "revoked")
 
     ACCOUNT_TABLES = (
