@@ -81,16 +81,11 @@ class SharedStoreTests(JwksdTestCase):
         # before its key's exp) and b adds a key that signs at once.
         b = self.start_server("--margin", "90000", "--key-ttl", "200000",
                               db=a.db, label="b")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            kids_b = set(jwks_kids(self.get_jwks(b)))
-            if kids_b - kids_a:
-                break
-            time.sleep(0.05)
-        else:
-            self.failure(f"b never added a key: {kids_b}")
+        added_kids = self.wait_for(
+            "b adding a key", lambda: set(jwks_kids(self.get_jwks(b))) - kids_a,
+            timeout=10)
         added = time.monotonic()
-        new_kid = (kids_b - kids_a).pop()
+        new_kid = added_kids.pop()
         while time.monotonic() < added + 1.0:
             if new_kid in jwks_kids(self.get_jwks(a)):
                 break
@@ -152,12 +147,11 @@ class CopyTests(JwksdTestCase):
         third = self.start_server("--margin", "90000", "--key-ttl",
                                   "200000", backend="lmdb",
                                   db=self.tmp / "b.lmdb", label="lmdb2")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now_kids = jwks_kids(self.get_jwks(third))
-            if len(now_kids) > len(kids):
-                break
-            time.sleep(0.05)
+
+        def more_kids():
+            now = jwks_kids(self.get_jwks(third))
+            return now if len(now) > len(kids) else None
+        now_kids = self.wait_for("a key added after the copy", more_kids, timeout=10)
         self.assertGreater(max(int(k) for k in now_kids),
                            max(row[0] for row in before), now_kids)
 
@@ -417,12 +411,11 @@ class PostgresCopyTests(JwksdTestCase):
         # New keys after a copy get kids above the copied ones.
         third = self.start_server("--margin", "90000", "--key-ttl", "200000",
                                   db=store, label="postgres2")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now_kids = jwks_kids(self.get_jwks(third))
-            if len(now_kids) > len(kids):
-                break
-            time.sleep(0.05)
+
+        def more_kids():
+            now = jwks_kids(self.get_jwks(third))
+            return now if len(now) > len(kids) else None
+        now_kids = self.wait_for("a key added after the copy", more_kids, timeout=10)
         self.assertGreater(max(int(k) for k in now_kids),
                            max(row[0] for row in before), now_kids)
 
@@ -449,14 +442,11 @@ class LmdbMapFullTests(JwksdTestCase):
         server = self.start_server("--lmdb-map-size", "64K", "--key-ttl", "2",
                                    "--token-ttl", "1", "--jwks-max-age", "0",
                                    "--margin", "0", backend="lmdb")
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if "store is full" in server.stderr_text():
-                break
+
+        def full():
             self.assertTrue(server.running, "the server must not crash")
-            time.sleep(0.2)
-        else:
-            self.failure("no 'store is full' log line within 40 s")
+            return "store is full" in server.stderr_text()
+        self.wait_for("a 'store is full' log line", full, timeout=40, interval=0.2)
         self.assertTrue(server.running, "the server must not crash")
         jwks = self.get_jwks(server)
         resp = self.request(server, "POST", "/auth")
