@@ -14,8 +14,10 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from jwt.algorithms import RSAAlgorithm
 
 LOOPBACK = "127.0.0.1"
@@ -63,6 +66,8 @@ START_TIMEOUT = 10.0  # until the server accepts TCP connections
 STOP_TIMEOUT = 10.0   # from SIGTERM to exit
 START_ATTEMPTS = 3    # a start is retried on a new port if the server exits
 CLOCK_SLACK = 2       # seconds allowed between our clock reads and the server's
+WAIT_TIMEOUT = 10.0   # default bound of JwksdTestCase.wait_for (a hang guard)
+KEYS_TIMEOUT = 60.0   # default bound of a `jwksd keys` command (a hang guard)
 
 KID_RE = re.compile(r"[1-9][0-9]*")
 B64URL_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -225,6 +230,24 @@ def pg_store_for(directory, tag=""):
     return PgStore(f"t_{digest[:20]}")
 
 
+def sqlite_records(path, immutable=False):
+    """{kid string: (blob bytes, exp)} of a SQLite store, read-only
+    (immutable: without SQLite's locks, for a file no process writes)."""
+    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+    con = sqlite3.connect(uri, uri=True, timeout=5)
+    try:
+        return {str(kid): (as_bytes(key), exp) for kid, key, exp in
+                con.execute("SELECT kid, key, exp FROM keys ORDER BY kid")}
+    finally:
+        con.close()
+
+
+def pg_records(store):
+    """{kid string: (blob bytes, exp)} of a PostgreSQL store (psql)."""
+    return {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in store.rows(
+        "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
+
+
 def store_for(directory, backend=BACKEND):
     """The store a test keeps in a directory: the backend's default file name
     there, or for postgres a schema derived from the directory's path."""
@@ -302,6 +325,17 @@ def as_bytes(value):
     return value.encode("latin-1") if isinstance(value, str) else bytes(value)
 
 
+def load_private(pem):
+    """A cryptography private key from a PEM store value (str or bytes)."""
+    return serialization.load_pem_private_key(as_bytes(pem), password=None)
+
+
+def public_pem(pem):
+    """The SubjectPublicKeyInfo PEM of a PEM private key (str or bytes)."""
+    return load_private(pem).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def b64url_decode(text):
     """Decode unpadded base64url; raises ValueError on padding or bad chars."""
     if not isinstance(text, str) or not B64URL_RE.fullmatch(text):
@@ -332,6 +366,21 @@ def jwk_for_kid(jwks, kid):
 
 def jwks_kids(jwks):
     return [k.get("kid") for k in jwks.get("keys", [])]
+
+
+def all_json_keys(value):
+    """Every object member name anywhere in a parsed JSON value."""
+    if isinstance(value, dict):
+        names = set(value)
+        for item in value.values():
+            names |= all_json_keys(item)
+        return names
+    if isinstance(value, list):
+        names = set()
+        for item in value:
+            names |= all_json_keys(item)
+        return names
+    return set()
 
 
 def rsa_public_key_from_jwk(jwk):
@@ -674,6 +723,76 @@ class JwksdTestCase(unittest.TestCase):
         file path, or for postgres a PgStore (a schema of its own, dropped
         when the directory's cleanup runs)."""
         return store_for(directory or self.tmp, backend)
+
+    # -- the keys commands and the store's contents
+
+    # Bounds for a suite to raise: how long wait_for polls, how long a
+    # `jwksd keys` command may run.
+    wait_timeout = WAIT_TIMEOUT
+    keys_timeout = KEYS_TIMEOUT
+
+    def keys(self, command, *args, db=None, backend=BACKEND, timeout=None):
+        """Run `jwksd keys COMMAND --backend B --db DB ARGS...` to completion
+        (db: the test's store by default); returns the RunResult."""
+        db = self.store_path() if db is None else db
+        return run_jwksd(["keys", command, "--backend", backend, "--db", str(db),
+                          *args], cwd=self.tmp,
+                         timeout=self.keys_timeout if timeout is None else timeout)
+
+    def keys_ok(self, command, *args, **kwargs):
+        """keys(), asserting exit code 0."""
+        res = self.keys(command, *args, **kwargs)
+        self.assertEqual(res.returncode, 0, res.describe())
+        return res
+
+    def key_list(self, *args, **kwargs):
+        """`jwksd keys list --json ARGS...` as {kid string: entry}; kwargs
+        as for keys()."""
+        res = self.keys_ok("list", "--json", *args, **kwargs)
+        try:
+            entries = json.loads(res.stdout)
+        except ValueError as exc:
+            self.failure(f"keys list --json is not JSON ({exc}):\n{res.describe()}")
+        self.assertIsInstance(entries, list, res.describe())
+        return {str(e["kid"]): e for e in entries}
+
+    def lmdb_as_sqlite(self, db, check=True):
+        """A SQLite copy of an LMDB store made by `jwksd copy` from a scratch
+        copy of its data file (the store itself is never opened). When
+        jwksd cannot read it: a failure, or None if check is false."""
+        scratch = self.make_tmpdir()
+        shutil.copyfile(db, scratch / "src.lmdb")
+        res = run_jwksd(["copy", "--from", f"lmdb:{scratch / 'src.lmdb'}",
+                         "--to", f"sqlite:{scratch / 'copy.db'}"], cwd=scratch,
+                        timeout=30)
+        if res.returncode != 0 or not (scratch / "copy.db").exists():
+            if not check:
+                return None
+            self.failure(f"reading the LMDB store through jwksd copy failed:\n"
+                         f"{res.describe()}")
+        return scratch / "copy.db"
+
+    def store_records(self, db, backend=BACKEND):
+        """{kid string: (blob bytes, exp)} of a store (LMDB: through
+        lmdb_as_sqlite, so the store itself is not opened)."""
+        if isinstance(db, PgStore):
+            return pg_records(db)
+        if backend == "sqlite":
+            return sqlite_records(db)
+        return sqlite_records(self.lmdb_as_sqlite(db))
+
+    def wait_for(self, what, predicate, timeout=None, interval=0.05):
+        """Poll predicate() until it returns a true value and return that;
+        fail naming what after timeout seconds (default wait_timeout)."""
+        timeout = self.wait_timeout if timeout is None else timeout
+        started = time.monotonic()
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() - started > timeout:
+                self.failure(f"{what}: not within {timeout} s")
+            time.sleep(interval)
 
     # -- diagnostics on failure
 

@@ -70,16 +70,9 @@ def line_count(path):
         return -1
 
 
-def wait_for(predicate, what, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"gave up waiting ({timeout} s) for {what}")
-
-
 class AccessLogTestCase(JwksdTestCase):
+
+    wait_timeout = WAIT
 
     def by_marker(self, entries):
         """{marker: [entries]} for entries whose first query name is a
@@ -224,7 +217,7 @@ class AccessLogFileTests(AccessLogTestCase):
         for i in range(20):
             resp = self.request(server, "GET", f"{JWKS_PATH}?r{i}=v")
             self.assertEqual(resp.status, 200, resp.describe())
-        wait_for(lambda: line_count(log) == 20, "the first 20 lines")
+        self.wait_for("the first 20 lines", lambda: line_count(log) == 20)
 
         # Requests keep coming across the rotation, from another thread.
         stop = threading.Event()
@@ -244,7 +237,7 @@ class AccessLogFileTests(AccessLogTestCase):
             time.sleep(0.2)
             os.rename(log, rotated)
             os.kill(server.proc.pid, signal.SIGHUP)
-            wait_for(log.exists, "the new file after SIGHUP")
+            self.wait_for("the new file after SIGHUP", log.exists)
             time.sleep(0.2)
         finally:
             stop.set()

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from harness import (
-    as_bytes,
+    all_json_keys, as_bytes,
     AUTH_PATH, BACKEND, CLOCK_SLACK, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK,
     JwksdTestCase, PgStore, Server, SharedServerTestCase, b64url_decode,
     free_port, header_of, jwks_kids, parse_raw_response, raw_exchange, run_jwksd,
@@ -90,21 +90,6 @@ READY_TIMEOUT = 120.0
 
 def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def all_json_keys(value):
-    """Every object member name anywhere in a parsed JSON value."""
-    if isinstance(value, dict):
-        names = set(value)
-        for item in value.values():
-            names |= all_json_keys(item)
-        return names
-    if isinstance(value, list):
-        names = set()
-        for item in value:
-            names |= all_json_keys(item)
-        return names
-    return set()
 
 
 def jwk_by_kid(jwks, kid):
@@ -254,18 +239,6 @@ def jws_parts(token):
     return f"{head}.{payload}".encode("ascii"), b64url_decode(sig)
 
 
-# ------------------------------------------------------------ the store
-
-def sqlite_records(path):
-    """{kid string: (blob bytes, exp)} of a SQLite store, read-only."""
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return {str(kid): (as_bytes(key), exp) for kid, key, exp in
-                con.execute("SELECT kid, key, exp FROM keys ORDER BY kid")}
-    finally:
-        con.close()
-
-
 # ------------------------------------------------------------ base class
 
 def configured_algs(args):
@@ -316,6 +289,9 @@ def clear_secret(add_cleanup):
 class AlgChecks:
     """Checks shared by every test class here (a mixin for JwksdTestCase
     and SharedServerTestCase)."""
+
+    wait_timeout = NOTICE
+    keys_timeout = 120
 
     @classmethod
     def setUpClass(cls):
@@ -455,60 +431,6 @@ class AlgChecks:
         self.assertEqual(set(jwks_algs(jwks).values()), set(algs),
                          f"algorithms in the JWKS {jwks_algs(jwks)}")
 
-    # -- the store
-
-    def store_records(self, db):
-        """{kid: (blob, exp)} of a store (LMDB: through a SQLite copy of a
-        scratch copy of the data file, so the store itself is not opened)."""
-        if isinstance(db, PgStore):
-            return {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in db.rows(
-                "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
-        if BACKEND == "sqlite":
-            return sqlite_records(db)
-        return sqlite_records(self.lmdb_as_sqlite(db))
-
-    def lmdb_as_sqlite(self, db):
-        scratch = self.make_tmpdir()
-        shutil.copyfile(db, scratch / "src.lmdb")
-        res = run_jwksd(["copy", "--from", f"lmdb:{scratch / 'src.lmdb'}",
-                         "--to", f"sqlite:{scratch / 'copy.db'}"], cwd=scratch,
-                        timeout=30)
-        if res.returncode != 0:
-            self.failure(f"reading the LMDB store through jwksd copy failed:\n"
-                         f"{res.describe()}")
-        return scratch / "copy.db"
-
-    # -- keys commands
-
-    def keys(self, db, command, *args, timeout=120):
-        return run_jwksd(["keys", command, "--backend", BACKEND, "--db", str(db),
-                          *args], cwd=self.tmp, timeout=timeout)
-
-    def keys_ok(self, db, command, *args):
-        res = self.keys(db, command, *args)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return res
-
-    def key_list(self, db):
-        """`keys list --json` as {kid string: entry}."""
-        res = self.keys_ok(db, "list", "--json")
-        try:
-            entries = json.loads(res.stdout)
-        except ValueError as exc:
-            self.failure(f"keys list --json is not JSON ({exc}):\n{res.describe()}")
-        self.assertIsInstance(entries, list, res.describe())
-        return {str(e["kid"]): e for e in entries}
-
-    def wait_for(self, what, predicate, timeout=NOTICE, interval=0.05):
-        started = time.monotonic()
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() - started > timeout:
-                self.failure(f"{what}: not within {timeout} s")
-            time.sleep(interval)
-
 
 class AlgTestCase(AlgChecks, JwksdTestCase):
     pass
@@ -646,7 +568,7 @@ class AllAlgorithmsTests(SharedAlgTestCase):
     def test_expired_token_of_every_algorithm(self):
         server = self.server
         jwks = self.get_jwks(server)
-        listed = self.key_list(server.db)
+        listed = self.key_list(db=server.db)
         records = self.store_records(server.db)
         expired_kids = {}
         for alg in ALGS:
@@ -691,7 +613,7 @@ class AllAlgorithmsTests(SharedAlgTestCase):
         for alg in ALGS:
             self.token_for(server, alg)
         records = self.store_records(server.db)
-        listed = self.key_list(server.db)
+        listed = self.key_list(db=server.db)
         self.assertEqual(set(listed), set(records))
         counts = {}
         for kid, (blob, _) in records.items():
@@ -724,7 +646,7 @@ class AllAlgorithmsTests(SharedAlgTestCase):
 
     def test_export_public_equals_the_served_jwks(self):
         server = self.server
-        res = self.keys_ok(server.db, "export-public")
+        res = self.keys_ok("export-public", db=server.db)
         served = self.request(server, "GET", JWKS_PATH).body
         self.assertEqual(json.loads(res.stdout), json.loads(served))
         self.assertEqual(PRIVATE_MEMBERS & all_json_keys(json.loads(res.stdout)), set())
@@ -926,7 +848,7 @@ class StartupRefusalTests(AlgTestCase):
         for args in (["--alg", "HS256"], ["--alg", "none"], ["--alg", "es256"],
                      ["--alg", "RS256", "--rsa-bits", "1024"]):
             with self.subTest(args=args):
-                res = self.keys(db, "rotate", *args)
+                res = self.keys("rotate", *args, db=db)
                 self.assertEqual(res.returncode, 2, res.describe())
         self.assertEqual(self.store_records(db), before, "a refused rotate wrote")
 
@@ -983,7 +905,7 @@ class RotationTests(AlgTestCase):
             self.assertGreaterEqual(len(kids), 2, f"{alg}: no successor signed "
                                                   f"(signing kids {seen})")
             self.assertEqual(kids, sorted(kids), f"{alg}: kids only grow: {kids}")
-        listed = self.key_list(server.db)
+        listed = self.key_list(db=server.db)
         for kid, alg in kid_alg.items():
             self.assertEqual(listed[kid]["alg"], alg, listed[kid])
         for alg in ALGS:
@@ -996,10 +918,10 @@ class RotationTests(AlgTestCase):
         server = self.start_server("--alg", "RS256,ES256,EdDSA", db=db)
         signers = {alg: split_jwt(self.token_for(server, alg))[0]["kid"]
                    for alg in ("RS256", "ES256", "EdDSA")}
-        before = self.key_list(db)
+        before = self.key_list(db=db)
 
-        res = self.keys_ok(db, "rotate", "--alg", "ES256")
-        after = self.key_list(db)
+        res = self.keys_ok("rotate", "--alg", "ES256", db=db)
+        after = self.key_list(db=db)
         new = set(after) - set(before)
         self.assertEqual(len(new), 1, f"one new key: {sorted(new)}\n{res.describe()}")
         (new_kid,) = new
@@ -1029,14 +951,14 @@ class RotationTests(AlgTestCase):
             self.verify_served(server, token, alg, jwks=jwks)
 
         # The other algorithms rotate on their own too.
-        res = self.keys_ok(db, "rotate", "--alg", "EdDSA")
-        again = self.key_list(db)
+        res = self.keys_ok("rotate", "--alg", "EdDSA", db=db)
+        again = self.key_list(db=db)
         (ed_kid,) = set(again) - set(after)
         self.assertEqual(again[ed_kid]["alg"], "EdDSA", again[ed_kid])
         self.assertEqual(again[ed_kid]["state"], "pending", again[ed_kid])
 
         # The table: an ALG column with each key's algorithm.
-        res = self.keys_ok(db, "list")
+        res = self.keys_ok("list", db=db)
         lines = [line.split() for line in res.stdout.splitlines() if line.strip()]
         self.assertEqual(lines[0][:2], ["KID", "ALG"], res.describe())
         rows = {cols[0]: cols[1] for cols in lines[1:]}
@@ -1046,7 +968,7 @@ class RotationTests(AlgTestCase):
         # export-public: the served set, every algorithm.
         self.wait_for(f"key {ed_kid} in the JWKS",
                       lambda: ed_kid in jwks_kids(self.get_jwks(server)))
-        res = self.keys_ok(db, "export-public")
+        res = self.keys_ok("export-public", db=db)
         self.assertEqual(json.loads(res.stdout),
                          json.loads(self.request(server, "GET", JWKS_PATH).body))
 
@@ -1138,7 +1060,7 @@ class ForeignKeyTests(AlgTestCase):
             self.assertTrue(
                 any(re.search(rf"\bkey {kid}\b", line) for line in second.stderr_lines()),
                 f"no log line names the refused {names[kid]} key {kid}")
-        res = self.keys_ok(db, "export-public")
+        res = self.keys_ok("export-public", db=db)
         self.assertEqual(set(jwks_kids(json.loads(res.stdout))) & set(foreign), set(),
                          "keys export-public exports a foreign key")
         # Still refused after the server ran: nothing made them usable,

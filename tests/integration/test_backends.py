@@ -81,16 +81,11 @@ class SharedStoreTests(JwksdTestCase):
         # before its key's exp) and b adds a key that signs at once.
         b = self.start_server("--margin", "90000", "--key-ttl", "200000",
                               db=a.db, label="b")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            kids_b = set(jwks_kids(self.get_jwks(b)))
-            if kids_b - kids_a:
-                break
-            time.sleep(0.05)
-        else:
-            self.failure(f"b never added a key: {kids_b}")
+        added_kids = self.wait_for(
+            "b adding a key", lambda: set(jwks_kids(self.get_jwks(b))) - kids_a,
+            timeout=10)
         added = time.monotonic()
-        new_kid = (kids_b - kids_a).pop()
+        new_kid = added_kids.pop()
         while time.monotonic() < added + 1.0:
             if new_kid in jwks_kids(self.get_jwks(a)):
                 break
@@ -152,12 +147,11 @@ class CopyTests(JwksdTestCase):
         third = self.start_server("--margin", "90000", "--key-ttl",
                                   "200000", backend="lmdb",
                                   db=self.tmp / "b.lmdb", label="lmdb2")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now_kids = jwks_kids(self.get_jwks(third))
-            if len(now_kids) > len(kids):
-                break
-            time.sleep(0.05)
+
+        def more_kids():
+            now = jwks_kids(self.get_jwks(third))
+            return now if len(now) > len(kids) else None
+        now_kids = self.wait_for("a key added after the copy", more_kids, timeout=10)
         self.assertGreater(max(int(k) for k in now_kids),
                            max(row[0] for row in before), now_kids)
 
@@ -183,26 +177,19 @@ class CopyTests(JwksdTestCase):
         self.assertIn("kid", res.stderr, res.describe())
         self.assertEqual(self.sqlite_rows(b), before, "nothing was written")
 
-    def keys_json(self, backend, db):
-        import json
-        res = run_jwksd(["keys", "list", "--json", "--backend", backend,
-                         "--db", str(db)], cwd=self.tmp, timeout=30)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return {str(e["kid"]): e for e in json.loads(res.stdout)}
-
     def test_a_failed_lifecycle_write_leaves_the_destination_unchanged(self):
         """Keys and their lifecycle entries go in together: when the entries
         cannot be written (a trigger refuses them), no key is copied, and a
         rerun with --merge copies keys WITH entries (revoked stays revoked)."""
         src = self.tmp / "a.lmdb"
         self.stop_server(self.start_server(backend="lmdb", db=src))
-        before = self.keys_json("lmdb", src)
+        before = self.key_list(db=src, backend="lmdb", timeout=30)
         self.assertEqual(len(before), 2, before)
         signing = next(k for k, e in before.items() if e["state"] != "expired")
         res = run_jwksd(["keys", "revoke", signing, "--backend", "lmdb",
                          "--db", str(src)], cwd=self.tmp, timeout=30)
         self.assertEqual(res.returncode, 0, res.describe())
-        self.assertEqual(self.keys_json("lmdb", src)[signing]["state"],
+        self.assertEqual(self.key_list(db=src, backend="lmdb", timeout=30)[signing]["state"],
                          "revoked")
 
         dst = self.tmp / "b.db"
@@ -226,7 +213,7 @@ class CopyTests(JwksdTestCase):
         res = self.copy(f"lmdb:{src}", f"sqlite:{dst}", "--merge")
         self.assertEqual(res.returncode, 0, res.describe())
         self.assertIn("copied 2 keys", res.stdout, res.describe())
-        after = self.keys_json("sqlite", dst)
+        after = self.key_list(db=dst, backend="sqlite", timeout=30)
         self.assertEqual(set(after), set(before))
         self.assertEqual(after[signing]["state"], "revoked", after[signing])
         self.assertIn("revoked_at", after[signing])
@@ -240,7 +227,7 @@ class CopyTests(JwksdTestCase):
         failed after its keys left) gets them from a --merge rerun."""
         src = self.tmp / "a.db"
         self.stop_server(self.start_server(backend="sqlite", db=src))
-        before = self.keys_json("sqlite", src)
+        before = self.key_list(db=src, backend="sqlite", timeout=30)
         signing = next(k for k, e in before.items() if e["state"] != "expired")
         res = run_jwksd(["keys", "revoke", signing, "--backend", "sqlite",
                          "--db", str(src)], cwd=self.tmp, timeout=30)
@@ -254,7 +241,7 @@ class CopyTests(JwksdTestCase):
         res = self.copy(f"sqlite:{src}", f"sqlite:{dst}", "--merge")
         self.assertEqual(res.returncode, 0, res.describe())
         self.assertIn("copied 0 keys", res.stdout, res.describe())
-        self.assertEqual(self.keys_json("sqlite", dst)[signing]["state"],
+        self.assertEqual(self.key_list(db=dst, backend="sqlite", timeout=30)[signing]["state"],
                          "revoked")
 
     ACCOUNT_TABLES = (
@@ -424,12 +411,11 @@ class PostgresCopyTests(JwksdTestCase):
         # New keys after a copy get kids above the copied ones.
         third = self.start_server("--margin", "90000", "--key-ttl", "200000",
                                   db=store, label="postgres2")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            now_kids = jwks_kids(self.get_jwks(third))
-            if len(now_kids) > len(kids):
-                break
-            time.sleep(0.05)
+
+        def more_kids():
+            now = jwks_kids(self.get_jwks(third))
+            return now if len(now) > len(kids) else None
+        now_kids = self.wait_for("a key added after the copy", more_kids, timeout=10)
         self.assertGreater(max(int(k) for k in now_kids),
                            max(row[0] for row in before), now_kids)
 
@@ -456,14 +442,11 @@ class LmdbMapFullTests(JwksdTestCase):
         server = self.start_server("--lmdb-map-size", "64K", "--key-ttl", "2",
                                    "--token-ttl", "1", "--jwks-max-age", "0",
                                    "--margin", "0", backend="lmdb")
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if "store is full" in server.stderr_text():
-                break
+
+        def full():
             self.assertTrue(server.running, "the server must not crash")
-            time.sleep(0.2)
-        else:
-            self.failure("no 'store is full' log line within 40 s")
+            return "store is full" in server.stderr_text()
+        self.wait_for("a 'store is full' log line", full, timeout=40, interval=0.2)
         self.assertTrue(server.running, "the server must not crash")
         jwks = self.get_jwks(server)
         resp = self.request(server, "POST", "/auth")

@@ -37,7 +37,8 @@ from harness import (
     sha256, as_bytes,
     AUTH_PATH, BACKEND, DEFAULT_STORE_NAMES, JWKS_PATH, LOOPBACK, JwksdTestCase,
     PgStore, Server, file_backends_only, free_port, http_request, int_from_b64url,
-    jwks_kids, jwksd_bin, raw_exchange, run_jwksd, split_jwt, store_for,
+    jwks_kids, jwksd_bin, public_pem, raw_exchange, run_jwksd, split_jwt,
+    sqlite_records, store_for,
 )
 
 STORE_NAME = DEFAULT_STORE_NAMES.get(BACKEND, "store")
@@ -55,17 +56,6 @@ def companions(db, backend=BACKEND):
     """The store file and the companion files its backend may create."""
     suffixes = SQLITE_COMPANIONS if backend == "sqlite" else LMDB_COMPANIONS
     return [Path(db)] + [Path(f"{db}{suffix}") for suffix in suffixes]
-
-
-def sqlite_records(path, immutable=False):
-    """{kid: (blob bytes, exp)} of a SQLite store, read-only."""
-    uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
-    con = sqlite3.connect(uri, uri=True, timeout=5)
-    try:
-        return {str(kid): (as_bytes(key), exp) for kid, key, exp in
-                con.execute("SELECT kid, key, exp FROM keys ORDER BY kid")}
-    finally:
-        con.close()
 
 
 def sqlite_readable_rows(path, kids):
@@ -97,12 +87,6 @@ def public_n(blob):
     except (ValueError, TypeError):
         return None
     return key.public_key().public_numbers().n
-
-
-def public_pem(blob):
-    key = serialization.load_pem_private_key(blob, password=None)
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def new_pem():
@@ -150,38 +134,13 @@ def needs_setpriv(cls_or_fn):
 
 class FaultTestCase(JwksdTestCase):
 
-    def lmdb_as_sqlite(self, db):
-        """A SQLite copy of an LMDB store made by `jwksd copy` from a scratch
-        copy of its data file (the store itself is never opened), or None
-        when jwksd cannot read it; returns (path, RunResult)."""
-        scratch = self.make_tmpdir()
-        shutil.copyfile(db, scratch / "src.lmdb")
-        res = run_jwksd(["copy", "--from", f"lmdb:{scratch / 'src.lmdb'}",
-                         "--to", f"sqlite:{scratch / 'copy.db'}"], cwd=scratch, timeout=30)
-        if res.returncode != 0 or not (scratch / "copy.db").exists():
-            return None, res
-        return scratch / "copy.db", res
-
-    def records(self, db, backend=BACKEND):
-        """{kid: (blob, exp)} of a stopped store."""
-        if backend == "sqlite":
-            return sqlite_records(db)
-        if isinstance(db, PgStore):
-            return {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in db.rows(
-                "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
-        copy, res = self.lmdb_as_sqlite(db)
-        if copy is None:
-            self.failure(f"reading the LMDB store through jwksd copy failed:\n"
-                         f"{res.describe()}")
-        return sqlite_records(copy)
-
     def readable_records(self, db, kids, backend=BACKEND):
         """What a possibly damaged store still yields, without touching it."""
         if backend == "sqlite":
             return sqlite_readable_rows(db, kids)
         if isinstance(db, PgStore):
-            return self.records(db)
-        copy, _ = self.lmdb_as_sqlite(db)
+            return self.store_records(db)
+        copy = self.lmdb_as_sqlite(db, check=False)
         try:
             return {} if copy is None else sqlite_records(copy)
         except sqlite3.Error:
@@ -377,7 +336,7 @@ class DamagedStoreTests(FaultTestCase):
 
     def setUp(self):
         super().setUp()
-        self.original = self.records(self.template)
+        self.original = self.store_records(self.template)
         self.assertEqual(len(self.original), 2, f"template store: {list(self.original)}")
 
     def check_damaged(self, label, damage):
@@ -506,7 +465,7 @@ class ReadOnlyStoreTests(FaultTestCase):
     def test_read_only_store_with_an_unexpired_key(self):
         directory = self.make_tmpdir()
         db = self.make_store(directory)
-        original = self.records(db)
+        original = self.store_records(db)
         unexpired = sorted(k for k, (_, exp) in original.items() if exp > time.time())
         self.make_readonly(db)
         label = "read-only store with an unexpired key"
@@ -527,7 +486,7 @@ class ReadOnlyStoreTests(FaultTestCase):
         directory = self.make_tmpdir()
         db = self.make_store(directory, "--key-ttl", "2", "--token-ttl", "1",
                              *NO_PREPUBLICATION, expired_token=False)
-        original = self.records(db)
+        original = self.store_records(db)
         time.sleep(max(0.0, max(exp for _, exp in original.values()) + 1.2 - time.time()))
         self.make_readonly(db)
         label = "read-only store with only expired keys"
@@ -639,14 +598,14 @@ class PgWriteLockTests(FaultTestCase):
         res = run_jwksd(["copy", "--from", f"sqlite:{src}", "--to", f"postgres:{store}"],
                         cwd=self.tmp, timeout=30)
         self.assertEqual(res.returncode, 0, res.describe())
-        before = self.records(store)
+        before = self.store_records(store)
         self.assertEqual(len(before), 1, before)
         release = self.hold(store, 60)
         server = self.new_server(db=store)
         launched = time.monotonic()
         rc = self.settle(server, timeout=self.BUSY_TIMEOUT + 10)
         waited = time.monotonic() - launched
-        self.assertEqual(self.records(store), before, "the store changed while locked")
+        self.assertEqual(self.store_records(store), before, "the store changed while locked")
         release()
         if rc is not None:
             self.assertClearFailure(rc, server, store.schema, "write lock held at start")
@@ -661,7 +620,7 @@ class PgWriteLockTests(FaultTestCase):
         server = self.start_server()
         _, token = self.post_auth(server)
         store = server.db
-        before = self.records(store)
+        before = self.store_records(store)
         release = self.hold(store, 60)
         deadline = time.monotonic() + 2.0
         rounds, slowest = 0, 0.0
@@ -675,7 +634,7 @@ class PgWriteLockTests(FaultTestCase):
             self.assertLess(split_jwt(expired)[1]["exp"], time.time())
             slowest = max(slowest, time.monotonic() - started)
         self.assertTrue(server.running, "the server died while the store was locked")
-        self.assertEqual(self.records(store), before, "the store changed while locked")
+        self.assertEqual(self.store_records(store), before, "the store changed while locked")
         release()
         self.assertGreater(rounds, 3)
         self.assertLess(slowest, 1.0, "a round of requests waited on the locked store")
@@ -721,7 +680,7 @@ class UndecodableKeyTests(FaultTestCase):
         self.failure(f"no log line names the undecodable key {kid}")
 
     def assertBadRowKept(self, db, kid):
-        records = self.records(db)
+        records = self.store_records(db)
         self.assertIn(kid, records, "the undecodable record was removed")
         self.assertEqual(records[kid][0], b"garbage", "the undecodable record was changed")
 
@@ -975,7 +934,7 @@ class KillDuringWritesTests(FaultTestCase):
                 return
         if not seen:
             return
-        records = self.records(db)
+        records = self.store_records(db)
         for kid, modulus in sorted(seen.items(), key=lambda item: int(item[0])):
             self.assertIn(kid, records, f"kid {kid} was seen by a client but is not "
                                         f"in the store {what}")
@@ -1054,7 +1013,7 @@ class SecretsTests(FaultTestCase):
                 outputs.append(path.read_bytes())
         blob = b"\n".join(outputs)
 
-        records = self.records(server.db)
+        records = self.store_records(server.db)
         self.assertGreaterEqual(len(records), 3, "expected a rotation to add a key")
         self.assertNotIn(b"PRIVATE KEY", blob, "a PEM header leaked")
         for kid, (pem, _) in records.items():

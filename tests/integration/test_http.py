@@ -20,28 +20,13 @@ from harness import (
     ASSIGNMENT_CREDENTIALS, AUTH_PATH, BACKEND, BASIC_AUTH, CLOCK_SLACK,
     DEFAULT_STORE_NAMES, HTTP_TIMEOUT, JWKS_PATH, LOOPBACK, PRIVATE_JWK_MEMBERS,
     PUBLIC_JWK_MEMBERS, START_ATTEMPTS, JwksdTestCase, SharedServerTestCase,
-    b64url_decode, free_port, header_of, jwk_for_kid, jwks_kids,
+    all_json_keys, b64url_decode, free_port, header_of, jwk_for_kid, jwks_kids,
     file_backends_only, parse_raw_response, raw_exchange, rsa_public_key_from_jwk,
     run_jwksd, store_display, strip_store,
 )
 
 DEFAULT_TOKEN_TTL = 3600
 MARKER = "zzmarker123"
-
-
-def all_json_keys(value):
-    """Every object member name anywhere in a parsed JSON value."""
-    if isinstance(value, dict):
-        names = set(value)
-        for item in value.values():
-            names |= all_json_keys(item)
-        return names
-    if isinstance(value, list):
-        names = set()
-        for item in value:
-            names |= all_json_keys(item)
-        return names
-    return set()
 
 
 def allow_set(resp):

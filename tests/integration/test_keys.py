@@ -19,7 +19,6 @@ also searched for a PEM header.
 
 import json
 import os
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import jwt
 from harness import (
     sha256, as_bytes,
     BACKEND, CLOCK_SLACK, DEFAULT_STORE_NAMES, JwksdTestCase, PgStore,
-    file_backends_only, free_port, jwk_for_kid, jwks_kids, run_jwksd, split_jwt,
+    file_backends_only, free_port, pg_records, jwk_for_kid, jwks_kids, run_jwksd, split_jwt,
     store_display,
 )
 
@@ -38,9 +37,10 @@ PEM_HEADER = b"-----BEGIN"
 SEALED_MAGIC = b"JWKE"
 STORE_NAME = DEFAULT_STORE_NAMES.get(BACKEND, "store")
 
-# A running server shows a store change within a second; the slack covers a
-# loaded machine.
-NOTICE = 1.5
+# A running server shows a store change within a second. The bound is how
+# long a test waits, not a speed target: 1.5 s was too short on a loaded
+# machine, a passing run returns as soon as the change shows.
+NOTICE = 10.0
 # A change that needs a new RSA key first (generated in the background).
 KEYGEN_NOTICE = 10.0
 
@@ -66,8 +66,7 @@ def sqlite_state(path):
 
 def pg_state(store):
     """({kid: (blob, exp)}, [lifecycle rows]) of a PostgreSQL store (psql)."""
-    records = {kid: (bytes.fromhex(key), int(exp)) for kid, key, exp in store.rows(
-        "SELECT kid, encode(key, 'hex'), exp FROM keys ORDER BY kid")}
+    records = pg_records(store)
     life = [tuple(int(v) for v in row)
             for row in store.rows("SELECT * FROM key_lifecycle ORDER BY kid")]
     return records, life
@@ -87,6 +86,8 @@ def pg_table_files(store):
 class KeysTestCase(JwksdTestCase):
     """Base class: no secret in the environment unless a test sets one, and
     helpers for the keys commands and the store's contents."""
+
+    wait_timeout = NOTICE
 
     def setUp(self):
         super().setUp()
@@ -118,27 +119,6 @@ class KeysTestCase(JwksdTestCase):
 
     # -- commands
 
-    def keys(self, command, *args, db=None, timeout=60):
-        """Run `jwksd keys COMMAND --backend B --db DB ARGS...`."""
-        db = self.store_path() if db is None else db
-        return run_jwksd(["keys", command, "--backend", BACKEND, "--db", str(db),
-                          *args], cwd=self.tmp, timeout=timeout)
-
-    def keys_ok(self, command, *args, **kwargs):
-        res = self.keys(command, *args, **kwargs)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return res
-
-    def key_list(self, *args, db=None):
-        """`keys list --json` as {kid string: entry}."""
-        res = self.keys_ok("list", "--json", *args, db=db)
-        try:
-            entries = json.loads(res.stdout)
-        except ValueError as exc:
-            self.failure(f"keys list --json is not JSON ({exc}):\n{res.describe()}")
-        self.assertIsInstance(entries, list, res.describe())
-        return {str(e["kid"]): e for e in entries}
-
     def run_server_to_exit(self, *args, db=None, timeout=15):
         """Run the server where it must fail: returns the RunResult; fails
         if it ever accepted a connection."""
@@ -151,17 +131,6 @@ class KeysTestCase(JwksdTestCase):
         return res
 
     # -- the store
-
-    def lmdb_as_sqlite(self, db):
-        scratch = self.make_tmpdir()
-        shutil.copyfile(db, scratch / "src.lmdb")
-        res = run_jwksd(["copy", "--from", f"lmdb:{scratch / 'src.lmdb'}",
-                         "--to", f"sqlite:{scratch / 'copy.db'}"], cwd=scratch,
-                        timeout=30)
-        if res.returncode != 0:
-            self.failure(f"reading the LMDB store through jwksd copy failed:\n"
-                         f"{res.describe()}")
-        return scratch / "copy.db"
 
     def state(self, db=None, backend=BACKEND):
         """({kid: (blob, exp)}, [lifecycle rows]) of the store."""
@@ -229,18 +198,6 @@ class KeysTestCase(JwksdTestCase):
 
     # -- HTTP
 
-    def wait_for(self, what, predicate, timeout=NOTICE, interval=0.05):
-        """Poll predicate() until it returns a true value; returns it and the
-        seconds it took."""
-        started = time.monotonic()
-        while True:
-            value = predicate()
-            if value:
-                return value, time.monotonic() - started
-            if time.monotonic() - started > timeout:
-                self.failure(f"{what}: not within {timeout} s")
-            time.sleep(interval)
-
     def token_kid(self, token):
         return jwt.get_unverified_header(token)["kid"]
 
@@ -275,7 +232,7 @@ class EncryptionTests(KeysTestCase):
         before = set(jwks_kids(self.get_jwks(server)))
         res = self.keys_ok("rotate", *keys_args)
         new = self.wait_for("the rotated key in the JWKS", lambda: set(
-            jwks_kids(self.get_jwks(server))) - before)[0]
+            jwks_kids(self.get_jwks(server))) - before)
         self.assertEqual(len(new), 1, new)
         self.assertIn(f"key {next(iter(new))}", res.stdout, res.describe())
 
@@ -621,8 +578,8 @@ class KeysCommandTests(KeysTestCase):
             if resp.status != 200:
                 return None
             return resp.json()["token"]
-        token, _ = self.wait_for("a token from another key", signs_with_another,
-                                 timeout=KEYGEN_NOTICE)
+        token = self.wait_for("a token from another key", signs_with_another,
+                              timeout=KEYGEN_NOTICE)
         for _ in range(5):
             jwks = self.get_jwks(server)
             self.assertNotIn(kid, jwks_kids(jwks))

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import (
     as_bytes,
     AUTH_PATH, LOOPBACK, REPO_ROOT, JwksdTestCase, SharedServerTestCase,
-    free_port, int_from_b64url, jwk_for_kid, jwks_kids, run_jwksd,
+    free_port, int_from_b64url, jwk_for_kid, jwks_kids, load_private, public_pem,
+    run_jwksd,
 )
 
 BACKEND = "sqlite"
@@ -54,15 +55,6 @@ def pkcs1_pem(index):
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption()))
     return _pem_cache[index]
-
-
-def load_private(pem):
-    return serialization.load_pem_private_key(as_bytes(pem), password=None)
-
-
-def public_pem(pem):
-    return load_private(pem).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class SqliteHelpers:

@@ -27,7 +27,6 @@ on stdout once it holds the lock and lets it go after `seconds`. Another
 backend adds its own entry (hold_postgres is the hook for PostgreSQL).
 """
 
-import json
 import os
 import statistics
 import subprocess
@@ -37,7 +36,6 @@ import time
 
 from harness import (
     AUTH_PATH, BACKEND, JWKS_PATH, JwksdTestCase, http_request, jwks_kids,
-    run_jwksd,
 )
 import pgserver  # noqa: E402  (on the path harness sets)
 
@@ -148,15 +146,9 @@ class StoreLockTests(JwksdTestCase):
         self.assertEqual(resp.status, 200, resp.describe())
         return set(jwks_kids(resp.json()))
 
-    def key_list(self, server):
-        res = run_jwksd(["keys", "list", "--json", "--backend", BACKEND,
-                         "--db", str(server.db)], cwd=self.tmp, timeout=30)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return json.loads(res.stdout)
-
     def takeover(self, server):
         """When the successor of the key signing now takes over."""
-        active = [e["retire_at"] for e in self.key_list(server)
+        active = [e["retire_at"] for e in self.key_list(db=server.db, timeout=30).values()
                   if e.get("state") == "active" and "retire_at" in e]
         self.assertTrue(active, "a key signs")
         return min(active)
@@ -203,7 +195,7 @@ class StoreLockTests(JwksdTestCase):
             held_kids = self.kids(server)
             # The schedule lets a key sign past the release (see above).
             wall = time.time()
-            signs = [e for e in self.key_list(server)
+            signs = [e for e in self.key_list(db=server.db, timeout=30).values()
                      if e.get("activate_at", 0) <= wall and
                      e.get("retire_at", 0) >= wall + HOLD + 1 and
                      e.get("state") in ("active", "pending")]

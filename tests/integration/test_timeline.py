@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 from harness import (
-    BACKEND, LOOPBACK, JwksdTestCase, can_connect, free_port, http_request,
-    run_jwksd,
+    LOOPBACK, JwksdTestCase, can_connect, free_port, http_request,
 )
 
 try:
@@ -163,12 +162,6 @@ class TimelinePageTest(JwksdTestCase):
         self.assertIsInstance(data, list, resp.describe())
         return data
 
-    def keys_cli(self, server, *args):
-        res = run_jwksd(["keys", *args, "--backend", BACKEND, "--db", str(server.db)],
-                        cwd=self.tmp, timeout=60)
-        self.assertEqual(res.returncode, 0, res.describe())
-        return res
-
     # -- the browser
 
     def browser(self):
@@ -187,7 +180,7 @@ class TimelinePageTest(JwksdTestCase):
                                {"source": VIOLATION_WATCH})
         return driver
 
-    def wait_for(self, driver, what, predicate, timeout=WAIT):
+    def wait_for_page(self, driver, what, predicate, timeout=WAIT):
         try:
             return WebDriverWait(driver, timeout, poll_frequency=0.2).until(
                 lambda d: predicate(d))
@@ -211,7 +204,7 @@ class TimelinePageTest(JwksdTestCase):
         while time.monotonic() < deadline:
             before = self.keys_json(admin)
             seen = self.updates(driver)
-            self.wait_for(driver, "two refreshes from /keys.json",
+            self.wait_for_page(driver, "two refreshes from /keys.json",
                           lambda d: self.updates(d) >= seen + 2, REFRESH_WAIT)
             lanes = driver.execute_script(LANES_JS)
             next_text = driver.find_element("id", "next").text
@@ -285,11 +278,11 @@ class TimelinePageTest(JwksdTestCase):
         es = [k for k in self.keys_json(admin)
               if k["alg"] == "ES256" and k["state"] == "active"]
         self.assertEqual(len(es), 1, self.keys_json(admin))
-        self.keys_cli(server, "revoke", str(es[0]["kid"]))
+        self.keys_ok("revoke", str(es[0]["kid"]), db=server.db)
 
         driver = self.browser()
         driver.get(f"http://{LOOPBACK}:{admin}/")
-        self.wait_for(driver, "data from /keys.json", lambda d: self.updates(d) >= 1)
+        self.wait_for_page(driver, "data from /keys.json", lambda d: self.updates(d) >= 1)
         marker = secrets.token_hex(8)
         driver.execute_script("window.__timelineMarker = arguments[0];", marker)
 
@@ -298,11 +291,11 @@ class TimelinePageTest(JwksdTestCase):
         self.assertLessEqual({"active", "expired", "revoked"}, states, keys)
 
         # A rotation through the CLI: the new key's lane appears, no reload.
-        res = self.keys_cli(server, "rotate", *SCHEDULE)
+        res = self.keys_ok("rotate", *SCHEDULE, db=server.db)
         m = re.search(r"\bkey (\d+) published\b", res.stdout + res.stderr)
         self.assertIsNotNone(m, f"no new kid in the output: {res.describe()}")
         new_kid = m.group(1)
-        self.wait_for(driver, f"a lane for key {new_kid}",
+        self.wait_for_page(driver, f"a lane for key {new_kid}",
                       lambda d: d.execute_script(
                           "return document.querySelector("
                           "'#timeline g.lane[data-kid=\"' + arguments[0] + '\"]') !== null",
@@ -332,7 +325,7 @@ class TimelinePageTest(JwksdTestCase):
 
         # The policy is enforced: a style attribute is refused and reported.
         driver.execute_script("document.body.setAttribute('style', 'color: red')")
-        self.wait_for(driver, "the violation of a style attribute",
+        self.wait_for_page(driver, "the violation of a style attribute",
                       lambda d: d.execute_script("return window.__cspViolations.length") > 0)
         self.assertNotEqual(driver.execute_script(
             "return getComputedStyle(document.body).color"), "rgb(255, 0, 0)",
@@ -340,7 +333,7 @@ class TimelinePageTest(JwksdTestCase):
 
         # The server goes away: the page says so and keeps the last data.
         self.stop_server(server)
-        self.wait_for(driver, "the error line",
+        self.wait_for_page(driver, "the error line",
                       lambda d: d.find_element("id", "error").is_displayed(), REFRESH_WAIT)
         text = driver.find_element("id", "error").text
         self.assertTrue(text.startswith("Cannot load /keys.json"), text)
