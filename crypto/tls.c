@@ -363,6 +363,7 @@ static int jwks_tls_cert_cb(SSL *ssl, void *arg)
 
 int jwks_tls_setup_ctx(struct jwks_tls *tls, void *ssl_ctx, struct ks_err *err)
 {
+	char groups[] = JWKS_TLS_GROUPS;
 	SSL_CTX *ctx = ssl_ctx;
 
 	if (!tls || !ctx)
@@ -389,7 +390,8 @@ int jwks_tls_setup_ctx(struct jwks_tls *tls, void *ssl_ctx, struct ks_err *err)
 	if (SSL_CTX_set_ciphersuites(ctx, JWKS_TLS_CIPHERS_TLS13) != 1)
 		return signer__ossl_err(err, KS_ECRYPTO,
 					"SSL_CTX_set_ciphersuites");
-	if (SSL_CTX_set1_groups_list(ctx, JWKS_TLS_GROUPS) != 1)
+	/* The macro casts its argument to char *: give it one (clang). */
+	if (SSL_CTX_set1_groups_list(ctx, groups) != 1)
 		return signer__ossl_err(err, KS_ECRYPTO,
 					"SSL_CTX_set1_groups_list");
 	/* A session id context, so that session ids may resume. */
