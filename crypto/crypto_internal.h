@@ -169,4 +169,17 @@ int signer__digest_verify(const struct signer_key *key, const void *data,
  */
 int signer__ossl_err(struct ks_err *err, int code, const char *what);
 
+/*
+ * The contents of the regular file path, at most max bytes, in memory from
+ * OPENSSL_malloc() (wiped and freed by the caller with
+ * OPENSSL_clear_free(*out, *len_out + 1)), NUL-terminated. Opened without
+ * blocking (a FIFO in its place must not hang us). private: refuse a file
+ * open to group or others. what names the file in messages. Returns 0,
+ * KS_ENOTFOUND, KS_EACCES (no access, or private and too open), KS_EINVAL
+ * (not a regular file, larger than max), KS_EIO, KS_ENOMEM.
+ */
+int crypto__read_file(const char *path, const char *what, int private,
+		      size_t max, char **out, size_t *len_out,
+		      struct ks_err *err);
+
 #endif /* JWKS_CRYPTO_INTERNAL_H */

@@ -5,11 +5,7 @@
  */
 #include "crypto_internal.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -147,97 +143,38 @@ out:
 	return rc;
 }
 
-/* The project code for a failed open(2). */
-static int kek_errno_code(int e)
-{
-	switch (e) {
-	case ENOENT:
-	case ENOTDIR:
-		return KS_ENOTFOUND;
-	case EACCES:
-	case EPERM:
-		return KS_EACCES;
-	default:
-		return KS_EIO;
-	}
-}
-
 int kek_read_file(struct kek **out, const char *path, struct ks_err *err)
 {
-	/* Room for the longest secret, "\r\n", and one byte to see more. */
-	unsigned char buf[KEK_SECRET_MAX + 3];
-	struct stat st;
-	size_t len = 0;
-	ssize_t n;
-	int fd = -1, rc, e;
+	char *buf = NULL;
+	size_t len = 0, read_len;
+	int rc;
 
 	if (out)
 		*out = NULL;
 	if (!out || !path)
 		return ks_err_set(err, KS_EINVAL, "kek_read_file: no %s",
 				  out ? "path" : "out-param");
-	/* O_NONBLOCK: a FIFO put in the file's place must not hang us. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0) {
-		e = errno;
-		rc = ks_err_set(err, kek_errno_code(e),
-				"open secret file '%s': %s", path, strerror(e));
-		goto out;
-	}
-	if (fstat(fd, &st) != 0) {
-		e = errno;
-		rc = ks_err_set(err, KS_EIO, "fstat secret file '%s': %s", path,
-				strerror(e));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		rc = ks_err_set(err, KS_EINVAL,
-				"secret file '%s' is not a regular file", path);
-		goto out;
-	}
-	if (st.st_mode & 077) {
-		rc = ks_err_set(err, KS_EACCES,
-				"secret file '%s' is open to group or others "
-				"(mode %03o); chmod 600 it",
-				path, (unsigned int)(st.st_mode & 0777));
-		goto out;
-	}
-	while (len < sizeof(buf)) {
-		n = read(fd, buf + len, sizeof(buf) - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			e = errno;
-			rc = ks_err_set(err, KS_EIO,
-					"read secret file '%s': %s", path,
-					strerror(e));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
+	/* Room for the longest secret and a "\r\n" after it. */
+	rc = crypto__read_file(path, "secret file", 1, KEK_SECRET_MAX + 2, &buf,
+			       &len, err);
+	if (rc)
+		return rc;
+	read_len = len;
 	if (len > 0 && buf[len - 1] == '\n') {
 		len--;
 		if (len > 0 && buf[len - 1] == '\r')
 			len--;
 	}
-	if (len == 0) {
+	if (len == 0)
 		rc = ks_err_set(err, KS_EINVAL, "secret file '%s' is empty",
 				path);
-		goto out;
-	}
-	if (len > KEK_SECRET_MAX) {
+	else if (len > KEK_SECRET_MAX)
 		rc = ks_err_set(err, KS_EINVAL,
 				"secret file '%s' holds more than %d bytes",
 				path, KEK_SECRET_MAX);
-		goto out;
-	}
-	rc = kek_from_secret(out, buf, len, err);
-out:
-	if (fd >= 0)
-		close(fd);
-	OPENSSL_cleanse(buf, sizeof(buf));
+	else
+		rc = kek_from_secret(out, (const unsigned char *)buf, len, err);
+	OPENSSL_clear_free(buf, read_len + 1);
 	return rc;
 }
 

@@ -7,14 +7,11 @@
 #include "crypto_internal.h"
 
 #include <dlfcn.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,101 +59,6 @@ static void jwks_tls_pair_free(struct jwks_tls_pair *pair)
 	sk_X509_pop_free(pair->chain, X509_free);
 	EVP_PKEY_free(pair->key);
 	free(pair);
-}
-
-/* The project code for a failed open(2). */
-static int jwks_tls_errno_code(int e)
-{
-	switch (e) {
-	case ENOENT:
-	case ENOTDIR:
-		return KS_ENOTFOUND;
-	case EACCES:
-	case EPERM:
-		return KS_EACCES;
-	default:
-		return KS_EIO;
-	}
-}
-
-/*
- * The contents of the regular file path into memory from OPENSSL_malloc()
- * (wiped and freed by the caller with OPENSSL_clear_free(*out, *len_out +
- * 1)), NUL terminated. private: refuse a file open to group or others. what names
- * the file in messages.
- */
-static int jwks_tls_read_file(const char *path, const char *what, int private,
-			      char **out, size_t *len_out, struct ks_err *err)
-{
-	struct stat st;
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	ssize_t n;
-	int fd, rc, e;
-
-	*out = NULL;
-	*len_out = 0;
-	/* O_NONBLOCK: a FIFO put in the file's place must not hang us. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	if (fd < 0) {
-		e = errno;
-		return ks_err_set(err, jwks_tls_errno_code(e),
-				  "open %s '%s': %s", what, path, strerror(e));
-	}
-	if (fstat(fd, &st) != 0) {
-		e = errno;
-		rc = ks_err_set(err, KS_EIO, "fstat %s '%s': %s", what, path,
-				strerror(e));
-		goto out;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		rc = ks_err_set(err, KS_EINVAL, "%s '%s' is not a regular file",
-				what, path);
-		goto out;
-	}
-	if (private && (st.st_mode & 077)) {
-		rc = ks_err_set(err, KS_EACCES,
-				"%s '%s' is open to group or others (mode "
-				"%03o); chmod 600 it",
-				what, path, (unsigned int)(st.st_mode & 0777));
-		goto out;
-	}
-	if (st.st_size > JWKS_TLS_FILE_MAX) {
-		rc = ks_err_set(err, KS_EINVAL,
-				"%s '%s' is larger than %d bytes", what, path,
-				JWKS_TLS_FILE_MAX);
-		goto out;
-	}
-	cap = (size_t)st.st_size + 1;
-	buf = OPENSSL_malloc(cap);
-	if (!buf) {
-		rc = ks_err_set(err, KS_ENOMEM, "reading %s '%s'", what, path);
-		goto out;
-	}
-	/* What fstat() saw; a file that grew since is read that far. */
-	while (len < cap - 1) {
-		n = read(fd, buf + len, cap - 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			e = errno;
-			rc = ks_err_set(err, KS_EIO, "read %s '%s': %s", what,
-					path, strerror(e));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	buf[len] = '\0';
-	*out = buf;
-	*len_out = len;
-	buf = NULL;
-	rc = 0;
-out:
-	OPENSSL_clear_free(buf, cap);
-	close(fd);
-	return rc;
 }
 
 /* Refuse every passphrase: keys are read unencrypted only. */
@@ -261,16 +163,16 @@ static int jwks_tls_load(const struct jwks_tls *tls, struct jwks_tls_pair **out,
 	pair = calloc(1, sizeof(*pair));
 	if (!pair)
 		return ks_err_set(err, KS_ENOMEM, "allocating a TLS pair");
-	rc = jwks_tls_read_file(tls->cert_path, "certificate file", 0, &text,
-				&len, err);
+	rc = crypto__read_file(tls->cert_path, "certificate file", 0,
+			       JWKS_TLS_FILE_MAX, &text, &len, err);
 	if (rc == 0)
 		rc = jwks_tls_parse_certs(pair, text, len, tls->cert_path, err);
 	OPENSSL_clear_free(text, len + 1);
 	text = NULL;
 	if (rc)
 		goto out;
-	rc = jwks_tls_read_file(tls->key_path, "private key file", 1, &text,
-				&len, err);
+	rc = crypto__read_file(tls->key_path, "private key file", 1,
+			       JWKS_TLS_FILE_MAX, &text, &len, err);
 	if (rc == 0)
 		rc = jwks_tls_parse_key(pair, text, len, tls->key_path, err);
 	OPENSSL_clear_free(text, len + 1);
